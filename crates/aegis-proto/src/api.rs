@@ -1,0 +1,1 @@
+//! REST API bodies of `aegisd` (filled in with the daemon).

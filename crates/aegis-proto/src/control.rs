@@ -1,0 +1,550 @@
+//! The control channel: newline-delimited JSON-RPC 2.0 between `aegisd` (host) and `aegis-harness`
+//! (guest PID 1), one channel per VM.
+//!
+//! Each frame is one JSON object on one line. Both sides may send requests and notifications; the
+//! host sends the requests in [`Method`], the guest sends the notifications in [`Notification`].
+//! Types here ignore unknown fields so that a newer daemon can talk to an older harness that is
+//! still running inside a VM (and the other way round).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of the harness ↔ daemon protocol. Bumped on incompatible changes; reported by `health`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Name of the virtio-serial port carrying the channel (`/sys/class/virtio-ports/*/name`).
+pub const CONTROL_PORT_NAME: &str = "org.aegis.control";
+
+/// Largest frame the host sends to the guest. `run`/`exec` parameters (argv + env) are the biggest
+/// requests; 1 MiB is far above any real command line and keeps the guest's line buffer bounded.
+pub const MAX_HOST_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Raw bytes of process output carried by one `output` notification. Longer lines are split into
+/// several notifications with `eol: false`; the receiver joins them.
+pub const OUTPUT_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Largest frame the guest may send. An output chunk expands at most six-fold when escaped as JSON
+/// (`\u00XX`), plus the envelope; anything bigger is a misbehaving guest and is discarded.
+pub const MAX_GUEST_FRAME_BYTES: usize = OUTPUT_CHUNK_BYTES * 6 + 4096;
+
+/// Maximum number of processes (primary + execs) the harness runs at once.
+pub const MAX_PROCESSES: usize = 256;
+
+/// The JSON-RPC version string every frame carries.
+pub const JSONRPC: &str = "2.0";
+
+/// Methods the host calls on the guest harness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Start the primary process ([`ProcessSpec`] → [`SpawnResult`]). At most one at a time.
+    Run,
+    /// Start an additional process ([`ExecParams`] → [`SpawnResult`]).
+    Exec,
+    /// Send a signal to a process ([`SignalParams`] → `{}`).
+    Signal,
+    /// Liveness and version ([`HealthParams`] → [`HealthResult`]).
+    Health,
+    /// Stop all processes gracefully, sync, power off ([`ShutdownParams`] → `{}`, then the VM ends).
+    Shutdown,
+    /// Set the guest's wall clock, after a restore from a snapshot ([`SetTimeParams`] → `{}`).
+    SetTime,
+}
+
+impl Method {
+    /// The wire spelling of the method.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Run => "run",
+            Method::Exec => "exec",
+            Method::Signal => "signal",
+            Method::Health => "health",
+            Method::Shutdown => "shutdown",
+            Method::SetTime => "set_time",
+        }
+    }
+
+    /// Parses a wire spelling.
+    pub fn parse(s: &str) -> Option<Method> {
+        [
+            Method::Run,
+            Method::Exec,
+            Method::Signal,
+            Method::Health,
+            Method::Shutdown,
+            Method::SetTime,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identifies an exec process on the wire. The primary process has no exec id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ExecId(pub String);
+
+impl fmt::Display for ExecId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What to start inside the guest. `run` takes it directly; `exec` wraps it in [`ExecParams`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no slash.
+    pub argv: Vec<String>,
+    /// Environment of the process, in addition to the harness defaults (`PATH`, `HOME`, `TERM`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; `/` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// User to run as: `name`, `uid`, `name:group` or `uid:gid`, resolved against the guest's
+    /// `/etc/passwd` and `/etc/group`. Root when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Parameters of `exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecParams {
+    /// Chosen by the host, unique per VM; tags this process's output and exit.
+    pub exec_id: ExecId,
+    /// What to run.
+    #[serde(flatten)]
+    pub process: ProcessSpec,
+}
+
+/// Reply to `run` and `exec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnResult {
+    /// Guest pid of the new process.
+    pub pid: u32,
+}
+
+/// Parameters of `signal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalParams {
+    /// The exec to signal; the primary process when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<ExecId>,
+    /// Signal number (Linux numbering, e.g. 15 for SIGTERM).
+    pub signal: i32,
+}
+
+/// Parameters of `health` (none today; an object so fields can be added).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthParams {}
+
+/// Reply to `health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResult {
+    /// Version of the harness binary (its crate version).
+    pub harness_version: String,
+    /// [`PROTOCOL_VERSION`] the harness speaks.
+    pub protocol: u32,
+    /// Milliseconds since the harness started.
+    pub uptime_ms: u64,
+    /// Processes currently running (primary + execs).
+    pub processes: u32,
+    /// Whether the primary process is running.
+    pub primary_running: bool,
+}
+
+/// Parameters of `shutdown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownParams {
+    /// How long processes get between SIGTERM and SIGKILL.
+    pub grace_ms: u64,
+}
+
+/// Parameters of `set_time`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetTimeParams {
+    /// Wall-clock time as nanoseconds since the Unix epoch.
+    pub unix_nanos: u128,
+}
+
+/// Notifications the guest sends to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum Notification {
+    /// A chunk of a process's output.
+    Output(OutputParams),
+    /// A process ended. Sent after all of its output.
+    Exit(ExitParams),
+}
+
+/// Which output stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Parameters of the `output` notification.
+///
+/// A line longer than [`OUTPUT_CHUNK_BYTES`] arrives as several chunks, all but the last with
+/// `eol: false`. Output that ends without a newline is flushed with `eol: false` when the stream
+/// closes. `data` never contains the newline itself. Bytes that are not UTF-8 are replaced with
+/// U+FFFD; a multi-byte character is never split across chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputParams {
+    /// The exec this output belongs to; the primary process when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<ExecId>,
+    /// Which stream.
+    pub stream: Stream,
+    /// The text, without the trailing newline.
+    pub data: String,
+    /// Whether a newline ended this chunk.
+    pub eol: bool,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code when the process exited; `128 + signal` when a signal killed it.
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// A normal exit with `code`.
+    pub fn exited(code: i32) -> Self {
+        ExitStatus { code, signal: None }
+    }
+
+    /// Death by `signal`, reported as `128 + signal` as shells do.
+    pub fn signaled(signal: i32) -> Self {
+        ExitStatus {
+            code: 128 + signal,
+            signal: Some(signal),
+        }
+    }
+}
+
+/// Parameters of the `exit` notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitParams {
+    /// The exec that ended; the primary process when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<ExecId>,
+    /// How it ended.
+    #[serde(flatten)]
+    pub status: ExitStatus,
+}
+
+/// A JSON-RPC request id. Aegis uses numbers; strings are accepted from other peers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    /// Numeric id.
+    Number(u64),
+    /// String id.
+    String(String),
+}
+
+/// A request frame as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Id the response will carry.
+    pub id: RequestId,
+    /// Method name.
+    pub method: String,
+    /// Parameters object.
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// One of the codes in [`codes`].
+    pub code: i64,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code)
+    }
+}
+
+/// JSON-RPC error codes: the standard ones and Aegis's own range (-32000 to -32099).
+pub mod codes {
+    /// The frame is not valid JSON (or not one line).
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Valid JSON but not a JSON-RPC request object.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Unknown method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Parameters do not match the method.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The harness failed internally.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// The process could not be started (no such program, bad user, bad workdir).
+    pub const SPAWN_FAILED: i64 = -32000;
+    /// No such process (unknown or already exited exec id, no primary process).
+    pub const NO_SUCH_PROCESS: i64 = -32001;
+    /// [`super::MAX_PROCESSES`] reached.
+    pub const TOO_MANY_PROCESSES: i64 = -32002;
+    /// `run` while a primary process is already running, or an exec id reused.
+    pub const ALREADY_RUNNING: i64 = -32003;
+    /// The frame exceeded [`super::MAX_HOST_FRAME_BYTES`].
+    pub const FRAME_TOO_LARGE: i64 = -32004;
+    /// The harness is shutting down and accepts no new work.
+    pub const SHUTTING_DOWN: i64 = -32005;
+}
+
+/// A response frame as sent on the wire: exactly one of `result` and `error` is present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// Id of the request answered; `null` when the request could not be parsed far enough.
+    pub id: Option<RequestId>,
+    /// Result on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Error on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+impl ResponseFrame {
+    /// A success response.
+    pub fn ok(id: RequestId, result: Value) -> Self {
+        ResponseFrame {
+            jsonrpc: JSONRPC.to_owned(),
+            id: Some(id),
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    /// An error response.
+    pub fn err(id: Option<RequestId>, code: i64, message: impl Into<String>) -> Self {
+        ResponseFrame {
+            jsonrpc: JSONRPC.to_owned(),
+            id,
+            result: None,
+            error: Some(RpcError {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// A notification frame as sent on the wire (no id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationFrame {
+    /// Always `"2.0"`.
+    pub jsonrpc: String,
+    /// The notification itself (`method` + `params`).
+    #[serde(flatten)]
+    pub notification: Notification,
+}
+
+impl NotificationFrame {
+    /// Wraps a notification in its envelope.
+    pub fn new(notification: Notification) -> Self {
+        NotificationFrame {
+            jsonrpc: JSONRPC.to_owned(),
+            notification,
+        }
+    }
+}
+
+/// Any incoming frame, classified by shape: a request has `method` and `id`, a notification has
+/// `method` only, a response has `result` or `error`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A request.
+    Request(RequestFrame),
+    /// A notification, with method name and raw params (decoded by the receiver, which may not
+    /// know a newer peer's notifications).
+    Notification {
+        /// Method name.
+        method: String,
+        /// Raw params.
+        params: Value,
+    },
+    /// A response.
+    Response(ResponseFrame),
+}
+
+/// Why a line could not be classified as a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Not JSON.
+    Parse(String),
+    /// JSON, but not a JSON-RPC 2.0 object; carries the id when one could be read.
+    Invalid {
+        /// The id of the offending message, if it had a usable one.
+        id: Option<RequestId>,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Parse(e) => write!(f, "frame is not valid JSON: {e}"),
+            FrameError::Invalid { reason, .. } => write!(f, "invalid JSON-RPC frame: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl Frame {
+    /// Classifies one line (without its newline).
+    ///
+    /// # Errors
+    /// [`FrameError::Parse`] when the line is not JSON, [`FrameError::Invalid`] when it is not a
+    /// JSON-RPC 2.0 message.
+    pub fn parse(line: &[u8]) -> Result<Frame, FrameError> {
+        let value: Value =
+            serde_json::from_slice(line).map_err(|e| FrameError::Parse(e.to_string()))?;
+        let Value::Object(obj) = value else {
+            return Err(FrameError::Invalid {
+                id: None,
+                reason: "not an object".to_owned(),
+            });
+        };
+        let id = obj
+            .get("id")
+            .and_then(|v| serde_json::from_value::<RequestId>(v.clone()).ok());
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC) {
+            return Err(FrameError::Invalid {
+                id,
+                reason: "\"jsonrpc\" must be \"2.0\"".to_owned(),
+            });
+        }
+        let value = Value::Object(obj);
+        if let Some(method) = value.get("method") {
+            let Some(method) = method.as_str().map(str::to_owned) else {
+                return Err(FrameError::Invalid {
+                    id,
+                    reason: "\"method\" must be a string".to_owned(),
+                });
+            };
+            let params = value.get("params").cloned().unwrap_or(Value::Null);
+            if !matches!(params, Value::Object(_) | Value::Null) {
+                return Err(FrameError::Invalid {
+                    id,
+                    reason: "\"params\" must be an object".to_owned(),
+                });
+            }
+            return match (value.get("id"), id) {
+                (None, _) => Ok(Frame::Notification { method, params }),
+                (Some(_), Some(id)) => Ok(Frame::Request(RequestFrame {
+                    jsonrpc: JSONRPC.to_owned(),
+                    id,
+                    method,
+                    params,
+                })),
+                (Some(_), None) => Err(FrameError::Invalid {
+                    id: None,
+                    reason: "\"id\" must be a number or a string".to_owned(),
+                }),
+            };
+        }
+        serde_json::from_value::<ResponseFrame>(value)
+            .map(Frame::Response)
+            .map_err(|e| FrameError::Invalid {
+                id,
+                reason: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_frames() {
+        let req = Frame::parse(br#"{"jsonrpc":"2.0","id":1,"method":"health","params":{}}"#);
+        assert!(matches!(req, Ok(Frame::Request(r)) if r.method == "health"));
+        let note = Frame::parse(br#"{"jsonrpc":"2.0","method":"output","params":{"stream":"stdout","data":"hi","eol":true}}"#);
+        assert!(matches!(note, Ok(Frame::Notification { ref method, .. }) if method == "output"));
+        let resp = Frame::parse(br#"{"jsonrpc":"2.0","id":7,"result":{"pid":3}}"#);
+        assert!(matches!(resp, Ok(Frame::Response(r)) if r.id == Some(RequestId::Number(7))));
+    }
+
+    #[test]
+    fn rejects_garbage_with_id_when_possible() {
+        assert!(matches!(Frame::parse(b"{nope"), Err(FrameError::Parse(_))));
+        assert!(matches!(Frame::parse(b"[1,2]"), Err(FrameError::Invalid { id: None, .. })));
+        let bad_version = Frame::parse(br#"{"jsonrpc":"1.0","id":4,"method":"run"}"#);
+        assert!(matches!(
+            bad_version,
+            Err(FrameError::Invalid { id: Some(RequestId::Number(4)), .. })
+        ));
+        let bad_params = Frame::parse(br#"{"jsonrpc":"2.0","id":5,"method":"run","params":[1]}"#);
+        assert!(matches!(bad_params, Err(FrameError::Invalid { .. })));
+    }
+
+    #[test]
+    fn notifications_round_trip() {
+        let n = NotificationFrame::new(Notification::Exit(ExitParams {
+            exec_id: Some(ExecId("e1".into())),
+            status: ExitStatus::signaled(9),
+        }));
+        let text = serde_json::to_string(&n).unwrap();
+        assert_eq!(
+            text,
+            r#"{"jsonrpc":"2.0","method":"exit","params":{"exec_id":"e1","code":137,"signal":9}}"#
+        );
+        let back: NotificationFrame = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, n);
+    }
+
+    #[test]
+    fn method_spellings_round_trip() {
+        for m in [
+            Method::Run,
+            Method::Exec,
+            Method::Signal,
+            Method::Health,
+            Method::Shutdown,
+            Method::SetTime,
+        ] {
+            assert_eq!(Method::parse(m.as_str()), Some(m));
+            assert_eq!(serde_json::to_value(m).unwrap(), Value::from(m.as_str()));
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Wire types shared by the Aegis daemon, CLI and guest harness.
+//!
+//! This crate holds types only: the JSON-RPC 2.0 control channel between `aegisd` and the guest
+//! harness ([`control`]) and the REST API bodies ([`api`]). Every string that crosses a wire is
+//! spelled here, once, through serde attributes. Nothing in this crate performs I/O.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod control;
