@@ -1,0 +1,18 @@
+//! The virtual machine monitor layer: the [`Vmm`] trait that `aegisd` drives, its QEMU backend,
+//! accelerator selection, and the guest boot artifacts (kernel lookup and initramfs).
+//!
+//! This crate starts, pauses, resumes and ends VMs and tells when one has died. It knows nothing of
+//! instances, processes or logs: the control channel to the guest harness is exposed as an
+//! endpoint ([`ControlEndpoint`]) that the daemon connects to.
+#![warn(missing_docs)]
+
+pub mod accel;
+pub mod boot;
+pub mod qemu;
+mod vmm;
+
+pub use accel::{Accelerator, AcceleratorChoice};
+pub use vmm::{
+    Capabilities, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, Vm, VmExit, VmSpec, Vmm,
+    VmmError,
+};

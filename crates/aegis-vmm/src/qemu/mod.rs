@@ -1,0 +1,348 @@
+//! The QEMU backend: one `qemu-system-*` process per VM, started in its own session so it
+//! outlives the daemon, driven through QMP, watched through its QMP socket and (while it is our
+//! child) its exit status.
+
+pub mod argv;
+mod process;
+pub mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use self::argv::RunFiles;
+use self::qmp::Qmp;
+use crate::vmm::{Capabilities, ControlEndpoint, PortForward, Vm, VmExit, VmSpec, Vmm, VmmError};
+
+/// Environment variable overriding the QEMU program.
+pub const QEMU_ENV: &str = "AEGIS_QEMU";
+
+/// How long QEMU gets to open its QMP socket after it was started. Start-up is fast (well under a
+/// second) even under TCG; this bound only catches a wedged host.
+pub const QMP_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The QEMU program for this host's architecture.
+pub fn default_program() -> String {
+    if let Some(p) = std::env::var_os(QEMU_ENV).filter(|p| !p.is_empty()) {
+        return p.to_string_lossy().into_owned();
+    }
+    if cfg!(target_arch = "aarch64") {
+        "qemu-system-aarch64".to_owned()
+    } else {
+        "qemu-system-x86_64".to_owned()
+    }
+}
+
+/// Finds `program` in `PATH` (or takes it as a path).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    program: String,
+}
+
+impl QemuVmm {
+    /// A backend using `program` (see [`default_program`]).
+    pub fn new(program: String) -> QemuVmm {
+        QemuVmm { program }
+    }
+}
+
+impl Default for QemuVmm {
+    fn default() -> Self {
+        QemuVmm::new(default_program())
+    }
+}
+
+#[async_trait]
+impl Vmm for QemuVmm {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_resume: true,
+            snapshot: false,
+            port_forwarding: true,
+            runtime_port_forwarding: true,
+        }
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
+        let program = find_program(&self.program).ok_or_else(|| VmmError::VmmMissing {
+            program: self.program.clone(),
+        })?;
+        let files = RunFiles::new(&spec.run_dir);
+        std::fs::create_dir_all(&spec.run_dir).map_err(|source| VmmError::Io {
+            path: spec.run_dir.clone(),
+            source,
+        })?;
+        for stale in [&files.qmp, &files.control, &files.pid] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let args = argv::build(spec, &files);
+        tracing::debug!(program = %program.display(), ?args, "starting qemu");
+        let mut child = process::spawn_detached(&program, &args, &files.qemu_log)?;
+        let pid = child.id().unwrap_or(0);
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let deadline = tokio::time::Instant::now() + QMP_READY_TIMEOUT;
+        let qmp = loop {
+            if let Ok(qmp) = Qmp::connect(&files.qmp).await {
+                break qmp;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(VmmError::EarlyExit {
+                    exit: process::exit_of(status),
+                    log: process::log_tail(&files.qemu_log),
+                });
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.start_kill();
+                return Err(VmmError::NotReady {
+                    path: files.qmp.clone(),
+                    timeout: QMP_READY_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Our child: its exit status is authoritative, and waiting reaps it.
+        let tx = exit_tx.clone();
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => process::exit_of(status),
+                Err(_) => VmExit {
+                    code: None,
+                    signal: None,
+                },
+            };
+            tx.send_if_modified(|cur| set_once(cur, exit));
+        });
+        Ok(Box::new(QemuVm::new(
+            pid,
+            spec.run_dir.clone(),
+            files,
+            qmp,
+            exit_tx,
+            exit_rx,
+        )))
+    }
+
+    async fn attach(&self, run_dir: &Path) -> Result<Box<dyn Vm>, VmmError> {
+        let files = RunFiles::new(run_dir);
+        let nothing = || VmmError::NothingToAttach {
+            run_dir: run_dir.to_path_buf(),
+        };
+        let pid = std::fs::read_to_string(&files.pid)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .ok_or_else(nothing)?;
+        // A recycled pid must not be mistaken for our VM: its command line names our run dir.
+        if !process::is_vmm_of(pid, run_dir) {
+            return Err(nothing());
+        }
+        let qmp = Qmp::connect(&files.qmp).await.map_err(|_| nothing())?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        Ok(Box::new(QemuVm::new(
+            pid,
+            run_dir.to_path_buf(),
+            files,
+            qmp,
+            exit_tx,
+            exit_rx,
+        )))
+    }
+
+    async fn create_overlay(&self, base: &Path, overlay: &Path) -> Result<(), VmmError> {
+        process::create_overlay(base, overlay).await
+    }
+}
+
+fn set_once(cur: &mut Option<VmExit>, exit: VmExit) -> bool {
+    if cur.is_some() {
+        return false;
+    }
+    *cur = Some(exit);
+    true
+}
+
+/// A VM run by a QEMU process.
+#[derive(Debug)]
+pub struct QemuVm {
+    pid: u32,
+    run_dir: PathBuf,
+    files: RunFiles,
+    control: ControlEndpoint,
+    qmp: Qmp,
+    exit_tx: watch::Sender<Option<VmExit>>,
+    exit_rx: watch::Receiver<Option<VmExit>>,
+}
+
+impl QemuVm {
+    fn new(
+        pid: u32,
+        run_dir: PathBuf,
+        files: RunFiles,
+        qmp: Qmp,
+        exit_tx: watch::Sender<Option<VmExit>>,
+        exit_rx: watch::Receiver<Option<VmExit>>,
+    ) -> QemuVm {
+        // QMP closing means QEMU is gone. For an attached VM that is the only signal we get;
+        // confirm with the pid so a closed monitor alone is not taken for a death.
+        let mut closed = qmp.closed();
+        let tx = exit_tx.clone();
+        tokio::spawn(async move {
+            while !*closed.borrow() {
+                if closed.changed().await.is_err() {
+                    return;
+                }
+            }
+            while process::alive(pid) {
+                if tx.borrow().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tx.send_if_modified(|cur| {
+                set_once(
+                    cur,
+                    VmExit {
+                        code: None,
+                        signal: None,
+                    },
+                )
+            });
+        });
+        QemuVm {
+            pid,
+            control: ControlEndpoint::UnixSocket(files.control.clone()),
+            run_dir,
+            files,
+            qmp,
+            exit_tx,
+            exit_rx,
+        }
+    }
+
+    async fn qmp(&self, command: &str, arguments: Value) -> Result<Value, VmmError> {
+        if let Some(exit) = self.exit_rx.borrow().clone() {
+            return Err(VmmError::Gone(exit));
+        }
+        self.qmp
+            .execute(command, arguments)
+            .await
+            .map_err(|message| VmmError::Command {
+                command: command.to_owned(),
+                message,
+            })
+    }
+
+    async fn wait_exit(&self, timeout: Duration) -> Option<VmExit> {
+        let mut rx = self.exit_rx.clone();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if let Some(exit) = rx.borrow().clone() {
+                    return exit;
+                }
+                if rx.changed().await.is_err() {
+                    return VmExit {
+                        code: None,
+                        signal: None,
+                    };
+                }
+            }
+        })
+        .await;
+        waited.ok()
+    }
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn control(&self) -> &ControlEndpoint {
+        &self.control
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.files.console.clone()
+    }
+
+    fn exited(&self) -> watch::Receiver<Option<VmExit>> {
+        self.exit_rx.clone()
+    }
+
+    async fn pause(&self) -> Result<(), VmmError> {
+        self.qmp("stop", Value::Null).await.map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), VmmError> {
+        self.qmp("cont", Value::Null).await.map(drop)
+    }
+
+    async fn kill(&self, grace: Duration) -> VmExit {
+        if let Some(exit) = self.exit_rx.borrow().clone() {
+            return exit;
+        }
+        let _ = self.qmp.execute("quit", Value::Null).await;
+        if let Some(exit) = self.wait_exit(grace).await {
+            return exit;
+        }
+        tracing::warn!(pid = self.pid, run_dir = %self.run_dir.display(), "qemu did not quit, killing it");
+        process::kill(self.pid);
+        match self.wait_exit(Duration::from_secs(5)).await {
+            Some(exit) => exit,
+            None => {
+                let exit = VmExit {
+                    code: None,
+                    signal: Some(libc::SIGKILL),
+                };
+                self.exit_tx
+                    .send_if_modified(|cur| set_once(cur, exit.clone()));
+                exit
+            }
+        }
+    }
+
+    async fn add_forward(&self, forward: PortForward) -> Result<(), VmmError> {
+        let line = format!("hostfwd_add {} {}", argv::NETDEV_ID, argv::hostfwd(forward));
+        self.qmp
+            .human(&line)
+            .await
+            .map_err(|message| VmmError::Command {
+                command: line,
+                message,
+            })
+    }
+
+    async fn remove_forward(&self, forward: PortForward) -> Result<(), VmmError> {
+        let line = format!(
+            "hostfwd_remove {} tcp:127.0.0.1:{}",
+            argv::NETDEV_ID,
+            forward.host_port
+        );
+        self.qmp
+            .human(&line)
+            .await
+            .map_err(|message| VmmError::Command {
+                command: line,
+                message,
+            })
+    }
+}
