@@ -1,1 +1,347 @@
-//! REST API bodies of `aegisd` (filled in with the daemon).
+//! REST API bodies of `aegisd` (HTTP/1.1 + JSON on a unix socket). Shapes follow the original
+//! AegisVM clients (design brief §3.8) and extend rather than rename. Request bodies reject
+//! unknown fields, so a misspelt field is a 400 that names it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// API version prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+
+/// Lifecycle status of an instance, as persisted and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    /// The VM is booting.
+    Starting,
+    /// The VM runs.
+    Running,
+    /// The VM's vCPUs are frozen; memory is kept.
+    Paused,
+    /// No VM; woken by exec or traffic unless disabled.
+    Stopped,
+}
+
+impl InstanceStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Starting => "starting",
+            InstanceStatus::Running => "running",
+            InstanceStatus::Paused => "paused",
+            InstanceStatus::Stopped => "stopped",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<InstanceStatus> {
+        [
+            InstanceStatus::Starting,
+            InstanceStatus::Running,
+            InstanceStatus::Paused,
+            InstanceStatus::Stopped,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /v1/instances`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    /// Unique alias (letters, digits, `.`, `_`, `-`; starts with a letter or digit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// The primary process; the image's entrypoint + cmd when empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Image reference; the default image when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
+    /// Environment of the primary process and of execs.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Secrets to inject (names, or `*` for all). Accepted for AegisVM clients.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Workspace (name or host path). Accepted for AegisVM clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Guest memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Kit preset. Accepted for AegisVM clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kit: Option<String>,
+    /// Ports to expose. Accepted for AegisVM clients.
+    #[serde(default)]
+    pub exposes: Vec<ExposeRequest>,
+    /// Working directory of the primary process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+/// A port to expose (`POST /v1/instances/{id}/expose` and `exposes` on create).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposeRequest {
+    /// Guest port.
+    pub port: u16,
+    /// Public (host) port; chosen when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    /// `tcp` or `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// An exposed port as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Guest port.
+    pub guest_port: u16,
+    /// Public (host) port.
+    pub public_port: u16,
+    /// `tcp` or `http`.
+    pub protocol: String,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// `inst-<nanos>`.
+    pub id: String,
+    /// Alias, if any.
+    pub handle: Option<String>,
+    /// Lifecycle status.
+    pub state: InstanceStatus,
+    /// `false` once disabled: never woken until started again.
+    pub enabled: bool,
+    /// Image reference.
+    pub image_ref: String,
+    /// Primary process.
+    pub command: Vec<String>,
+    /// Environment names (values are not shown: they may be credentials).
+    pub env_keys: Vec<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 time of the last stop.
+    pub stopped_at: Option<String>,
+    /// RFC 3339 time of the last activity.
+    pub last_active_at: Option<String>,
+    /// Exposed ports.
+    pub endpoints: Vec<Endpoint>,
+    /// Secret names injected.
+    pub secret_keys: Vec<String>,
+    /// Kit, if any.
+    pub kit: Option<String>,
+    /// Guest memory in MiB.
+    pub memory_mb: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Workspace, if any.
+    pub workspace: Option<String>,
+    /// Why the instance is stopped, or why its last boot failed.
+    pub reason: Option<String>,
+    /// Exit code of the primary process's last run.
+    pub exit_code: Option<i32>,
+    /// Host pid of the VMM process while a VM exists.
+    pub vmm_pid: Option<u32>,
+}
+
+/// `POST /v1/instances/{id}/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+/// One line of the exec NDJSON stream: the start record, output entries, then the end record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExecEvent {
+    /// Last record.
+    Done {
+        /// Always true.
+        done: bool,
+        /// Exit code (`128 + signal` after a signal).
+        exit_code: i32,
+        /// Signal that killed the process, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// The exec.
+        exec_id: String,
+    },
+    /// An output line.
+    Output(LogEntry),
+    /// First record.
+    Started {
+        /// The exec.
+        exec_id: String,
+        /// RFC 3339.
+        started_at: String,
+    },
+    /// The exec failed after it started streaming (the VM died, the channel closed).
+    Error {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogSource {
+    /// The primary process.
+    Server,
+    /// An exec.
+    Exec,
+    /// Aegis itself (lifecycle lines).
+    System,
+}
+
+/// Output stream of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// Standard output (and system lines).
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One log line (`GET /v1/instances/{id}/logs` NDJSON, and exec output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// RFC 3339 with nanoseconds.
+    pub ts: String,
+    /// Stream.
+    pub stream: LogStream,
+    /// The text, without a newline.
+    pub line: String,
+    /// Source.
+    pub source: LogSource,
+    /// Instance id.
+    pub instance_id: String,
+    /// Exec id for `exec` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    /// True when the process's output ended without a newline after this text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Always `running`.
+    pub status: String,
+    /// Daemon version.
+    pub version: String,
+    /// VMM backend (`qemu`).
+    pub backend: String,
+    /// Accelerator in use (`kvm`, `hvf`, `tcg`).
+    pub accelerator: String,
+    /// Why that accelerator.
+    pub accelerator_reason: String,
+    /// What the backend and daemon support.
+    pub capabilities: BTreeMap<String, bool>,
+    /// Number of instances by status.
+    pub instances: BTreeMap<String, u32>,
+    /// Daemon pid.
+    pub pid: u32,
+}
+
+/// Every error body: `{"error": "...", "hint": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error chain, joined by `": "`.
+    pub error: String,
+    /// What to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// Checks a handle: starts with a letter or digit, then letters, digits, `.`, `_` or `-`, at most
+/// 63 characters.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn validate_handle(handle: &str) -> Result<(), String> {
+    const MAX: usize = 63;
+    let mut chars = handle.chars();
+    match chars.next() {
+        None => return Err("handle is empty".to_owned()),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(format!(
+                "invalid handle {handle:?}: must start with a letter or digit"
+            ))
+        }
+        Some(_) => {}
+    }
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!(
+            "invalid handle {handle:?}: {bad:?} is not allowed (use letters, digits, '.', '_' and '-')"
+        ));
+    }
+    if handle.len() > MAX {
+        return Err(format!("invalid handle {handle:?}: longer than {MAX} characters"));
+    }
+    if handle.starts_with("inst-") {
+        return Err(format!(
+            "invalid handle {handle:?}: the prefix \"inst-\" is reserved for instance ids"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles() {
+        for ok in ["web", "a", "9lives", "my-agent_1.2"] {
+            assert_eq!(validate_handle(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a b", "a/b", "ü", "inst-1"] {
+            assert!(validate_handle(bad).is_err(), "{bad}");
+        }
+        assert!(validate_handle(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn exec_events_are_distinguishable() {
+        let done = r#"{"done":true,"exit_code":3,"exec_id":"e"}"#;
+        assert!(matches!(serde_json::from_str::<ExecEvent>(done).unwrap(), ExecEvent::Done { exit_code: 3, .. }));
+        let start = r#"{"exec_id":"e","started_at":"t"}"#;
+        assert!(matches!(serde_json::from_str::<ExecEvent>(start).unwrap(), ExecEvent::Started { .. }));
+        let out = r#"{"ts":"t","stream":"stderr","line":"x","source":"exec","instance_id":"i","exec_id":"e"}"#;
+        assert!(matches!(serde_json::from_str::<ExecEvent>(out).unwrap(), ExecEvent::Output(_)));
+    }
+
+    #[test]
+    fn create_rejects_unknown_fields() {
+        let err = serde_json::from_str::<CreateInstance>(r#"{"comand":["x"]}"#).unwrap_err();
+        assert!(err.to_string().contains("comand"));
+    }
+}

@@ -1,0 +1,364 @@
+//! The control channel to one guest: a writer task, a reader task (the demuxer) and a table of
+//! pending calls. Cloning a [`ControlChannel`] is cheap; all clones share the connection.
+//!
+//! Notifications go to a bounded [`NotificationSink`] with `try_send`: if its consumer falls
+//! behind, notifications are dropped and counted rather than letting the guest stall the reader,
+//! which also carries the responses every caller waits for.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aegis_proto::control::{
+    codes, Frame, HealthParams, HealthResult, Method, Notification, RequestFrame, RequestId,
+    ResponseFrame, RpcError, JSONRPC, MAX_GUEST_FRAME_BYTES,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::framing::{FrameReader, ReadFrame};
+
+/// Default deadline of one control call. Calls are cheap (spawn a process, send a signal);
+/// under TCG a loaded guest can still take seconds to schedule the harness.
+pub const CONTROL_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often `wait_ready` asks the harness for its health while the guest boots.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Outgoing frames queued for the writer task.
+const WRITE_QUEUE: usize = 64;
+
+/// Where notifications from the guest are delivered.
+pub type NotificationSink = mpsc::Sender<Notification>;
+
+/// Failures of control calls.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The control socket could not be reached.
+    #[error("cannot connect to the guest control socket {}", path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The channel closed (the VM stopped or the socket broke).
+    #[error("the guest control channel is closed")]
+    Closed,
+    /// No answer in time.
+    #[error("the guest harness did not answer `{method}` within {}s", after.as_secs())]
+    Timeout {
+        /// The method called.
+        method: Method,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The harness answered with an error.
+    #[error("the guest harness refused `{method}`: {error}")]
+    Rpc {
+        /// The method called.
+        method: Method,
+        /// Its error.
+        error: RpcError,
+    },
+    /// The harness answered with something we cannot decode.
+    #[error("cannot decode the guest harness's answer to `{method}`: {reason}")]
+    Decode {
+        /// The method called.
+        method: Method,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+type Pending = oneshot::Sender<Result<Value, RpcError>>;
+
+#[derive(Debug)]
+struct Shared {
+    writer: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    dropped_notifications: AtomicU64,
+    closed: watch::Receiver<bool>,
+}
+
+/// A connected control channel.
+#[derive(Debug, Clone)]
+pub struct ControlChannel {
+    shared: Arc<Shared>,
+}
+
+impl ControlChannel {
+    /// Connects to the guest's control socket and starts the demuxer.
+    ///
+    /// # Errors
+    /// When the socket cannot be connected.
+    pub async fn connect(path: &Path, sink: NotificationSink) -> Result<ControlChannel, ControlError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ControlError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self::from_stream(stream, sink))
+    }
+
+    /// Wraps an already connected stream (used by tests with a socket pair).
+    pub fn from_stream(stream: UnixStream, sink: NotificationSink) -> ControlChannel {
+        let (read, write) = stream.into_split();
+        let (writer, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let (closed_tx, closed) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            writer,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dropped_notifications: AtomicU64::new(0),
+            closed,
+        });
+        tokio::spawn(write_loop(write, write_rx));
+        tokio::spawn(read_loop(
+            FrameReader::new(BufReader::new(read), MAX_GUEST_FRAME_BYTES),
+            Arc::clone(&shared),
+            sink,
+            closed_tx,
+        ));
+        ControlChannel { shared }
+    }
+
+    /// Calls `method` with `params` and decodes the result.
+    ///
+    /// # Errors
+    /// [`ControlError`] for a closed channel, a timeout, an RPC error or an undecodable answer.
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        params: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<R, ControlError> {
+        let value = self.call_value(method, params, timeout).await?;
+        serde_json::from_value(value).map_err(|e| ControlError::Decode {
+            method,
+            reason: e.to_string(),
+        })
+    }
+
+    async fn call_value(
+        &self,
+        method: Method,
+        params: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<Value, ControlError> {
+        if self.is_closed() {
+            return Err(ControlError::Closed);
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = serde_json::to_value(params).map_err(|e| ControlError::Decode {
+            method,
+            reason: e.to_string(),
+        })?;
+        let frame = RequestFrame {
+            jsonrpc: JSONRPC.to_owned(),
+            id: RequestId::Number(id),
+            method: method.as_str().to_owned(),
+            params,
+        };
+        let mut line = serde_json::to_vec(&frame).map_err(|e| ControlError::Decode {
+            method,
+            reason: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let (tx, rx) = oneshot::channel();
+        self.pending().insert(id, tx);
+        let _forget = ForgetOnDrop { shared: &self.shared, id };
+        tracing::trace!(rpc_method = %method, rpc_id = id, "control call");
+        if self.shared.writer.send(line).await.is_err() {
+            return Err(ControlError::Closed);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(error))) => Err(ControlError::Rpc { method, error }),
+            Ok(Err(_)) => Err(ControlError::Closed),
+            Err(_) => Err(ControlError::Timeout {
+                method,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Asks for the harness's health until it answers, the channel closes or `timeout` passes.
+    ///
+    /// # Errors
+    /// [`ControlError::Closed`] or [`ControlError::Timeout`].
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<HealthResult, ControlError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ControlError::Timeout {
+                    method: Method::Health,
+                    after: timeout,
+                });
+            }
+            match self
+                .call(Method::Health, &HealthParams {}, READY_POLL_INTERVAL.min(left))
+                .await
+            {
+                Ok(health) => return Ok(health),
+                Err(ControlError::Timeout { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow()
+    }
+
+    /// A receiver that turns `true` when the connection closes.
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.shared.closed.clone()
+    }
+
+    /// Notifications dropped because the sink was full.
+    pub fn dropped_notifications(&self) -> u64 {
+        self.shared.dropped_notifications.load(Ordering::Relaxed)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        lock(&self.shared.pending)
+    }
+}
+
+fn lock(m: &Mutex<HashMap<u64, Pending>>) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+    // A poisoned table only means a caller panicked while inserting; the map itself is intact.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes a call's pending entry however the call ends (answer, timeout, cancellation).
+struct ForgetOnDrop<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).remove(&self.id);
+    }
+}
+
+async fn write_loop(mut write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(line) = rx.recv().await {
+        if let Err(e) = write.write_all(&line).await {
+            tracing::debug!(error = %e, "control channel write failed");
+            break;
+        }
+    }
+}
+
+async fn read_loop(
+    mut frames: FrameReader<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    shared: Arc<Shared>,
+    sink: NotificationSink,
+    closed: watch::Sender<bool>,
+) {
+    loop {
+        let line = match frames.next().await {
+            Ok(ReadFrame::Line(line)) => line,
+            Ok(ReadFrame::Oversized(bytes)) => {
+                tracing::warn!(bytes, "guest sent an oversized control frame; discarded");
+                continue;
+            }
+            Ok(ReadFrame::Eof) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "control channel read failed");
+                break;
+            }
+        };
+        match Frame::parse(&line) {
+            Ok(Frame::Response(resp)) => deliver(&shared, resp),
+            Ok(Frame::Notification { method, params }) => {
+                let note = serde_json::json!({ "method": method, "params": params });
+                match serde_json::from_value::<Notification>(note) {
+                    Ok(n) => {
+                        if sink.try_send(n).is_err()
+                            && shared.dropped_notifications.fetch_add(1, Ordering::Relaxed) == 0
+                        {
+                            tracing::warn!("guest notifications arrive faster than they are consumed; dropping");
+                        }
+                    }
+                    Err(e) => tracing::debug!(%method, error = %e, "ignoring unknown guest notification"),
+                }
+            }
+            Ok(Frame::Request(req)) => {
+                // The guest has no methods to call on the host yet; answer so it is not left waiting.
+                let resp = ResponseFrame::err(
+                    Some(req.id),
+                    codes::METHOD_NOT_FOUND,
+                    format!("unknown method {:?}", req.method),
+                );
+                if let Ok(mut text) = serde_json::to_vec(&resp) {
+                    text.push(b'\n');
+                    let _ = shared.writer.try_send(text);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "ignoring malformed guest frame"),
+        }
+    }
+    lock(&shared.pending).clear();
+    let _ = closed.send(true);
+}
+
+fn deliver(shared: &Shared, resp: ResponseFrame) {
+    let Some(RequestId::Number(id)) = resp.id else {
+        return;
+    };
+    let Some(reply) = lock(&shared.pending).remove(&id) else {
+        return;
+    };
+    let result = match (resp.result, resp.error) {
+        (_, Some(error)) => Err(error),
+        (Some(value), None) => Ok(value),
+        (None, None) => Ok(Value::Null),
+    };
+    let _ = reply.send(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    #[tokio::test]
+    async fn routes_responses_and_notifications_and_survives_garbage() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let (sink, mut notes) = mpsc::channel(8);
+        let chan = ControlChannel::from_stream(host, sink);
+        let (gr, mut gw) = guest.into_split();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(gr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let req: RequestFrame = serde_json::from_str(&line).unwrap();
+                let out = format!(
+                    "garbage\n{}\n{{\"jsonrpc\":\"2.0\",\"method\":\"output\",\"params\":{{\"stream\":\"stdout\",\"data\":\"x\",\"eol\":true}}}}\n{}\n",
+                    "x".repeat(MAX_GUEST_FRAME_BYTES + 10),
+                    serde_json::to_string(&ResponseFrame::ok(req.id, serde_json::json!({"pid": 7}))).unwrap()
+                );
+                gw.write_all(out.as_bytes()).await.unwrap();
+            }
+        });
+        let res: aegis_proto::control::SpawnResult = chan
+            .call(Method::Run, &serde_json::json!({"argv": ["true"]}), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(res.pid, 7);
+        assert!(matches!(notes.recv().await, Some(Notification::Output(o)) if o.data == "x"));
+    }
+}

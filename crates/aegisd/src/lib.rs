@@ -1,0 +1,8 @@
+//! `aegisd`, the Aegis daemon: owns instances and their VMs, serves the REST API on a unix
+//! socket, keeps the SQLite registry and the logs. `main.rs` only parses flags and calls
+//! [`daemon::run`].
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod control;
+pub mod lifecycle;

@@ -1,0 +1,252 @@
+//! Booting one guest: overlay disk, initramfs, VMM process, control channel, harness ready. Also
+//! re-attaching to a guest a previous daemon started. Every step has a deadline, so a missing
+//! kernel, a dead VMM or a harness that never answers ends in a [`BootError`], never a hang.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aegis_proto::control::HealthResult;
+use aegis_vmm::boot::{GuestKernel, Initramfs, InitramfsError, KernelError};
+use aegis_vmm::{
+    Accelerator, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, Vm, VmExit, VmSpec, Vmm,
+    VmmError,
+};
+
+use crate::control::{ControlChannel, ControlError, NotificationSink};
+
+/// How long a guest gets from VMM start to a harness answering `health`. A cold boot takes
+/// 4–10 s under TCG on an idle host; parallel boots on a loaded two-core machine take several
+/// times that. Finite everywhere, so `aegis run` never hangs on a guest that will not come up.
+pub const HARNESS_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a re-attached harness gets to answer (it is already running).
+pub const ATTACH_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What every boot shares: the backend and the boot artifacts.
+#[derive(Debug, Clone)]
+pub struct BootEnv {
+    /// The VMM backend.
+    pub vmm: Arc<dyn Vmm>,
+    /// Accelerator for new VMs.
+    pub accelerator: Accelerator,
+    /// Directory of the set-up step's kernel.
+    pub kernel_dir: PathBuf,
+    /// The static harness binary.
+    pub harness: PathBuf,
+    /// Where built initramfs files are cached.
+    pub cache_dir: PathBuf,
+}
+
+/// One boot's parameters.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    /// Runtime directory of this VM (sockets, console log).
+    pub run_dir: PathBuf,
+    /// Read-only base image of the root filesystem.
+    pub base_image: PathBuf,
+    /// The instance's copy-on-write overlay; created on first boot, kept afterwards.
+    pub overlay: PathBuf,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest host name.
+    pub hostname: String,
+    /// Outbound network access.
+    pub egress: bool,
+    /// Host ports forwarded to the guest.
+    pub forwards: Vec<PortForward>,
+}
+
+/// A guest whose harness answers.
+#[derive(Debug)]
+pub struct Guest {
+    /// The VM.
+    pub vm: Box<dyn Vm>,
+    /// The harness's control channel.
+    pub control: ControlChannel,
+    /// The harness's first health answer.
+    pub health: HealthResult,
+}
+
+/// Why a guest could not be booted or re-attached.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// No guest kernel.
+    #[error("cannot find the guest kernel")]
+    Kernel(#[source] KernelError),
+    /// The initramfs could not be built.
+    #[error("cannot build the initramfs")]
+    Initramfs(#[source] InitramfsError),
+    /// The root filesystem image is missing.
+    #[error("root filesystem image {} is missing", path.display())]
+    MissingBaseImage {
+        /// The image.
+        path: PathBuf,
+    },
+    /// The VMM failed.
+    #[error("cannot start the VM")]
+    Vmm(#[source] VmmError),
+    /// The VM ended before its harness answered.
+    #[error("the VM stopped during boot ({exit}); console: {console}")]
+    DiedDuringBoot {
+        /// How the VMM ended.
+        exit: VmExit,
+        /// Last lines of the guest console.
+        console: String,
+    },
+    /// The harness never answered.
+    #[error("the guest harness did not answer within {}s; console: {console}", timeout.as_secs())]
+    HarnessTimeout {
+        /// The deadline.
+        timeout: Duration,
+        /// Last lines of the guest console.
+        console: String,
+    },
+    /// The control channel failed.
+    #[error("cannot talk to the guest harness")]
+    Control(#[source] ControlError),
+}
+
+impl BootError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            BootError::Kernel(e) => Some(e.hint()),
+            BootError::Initramfs(InitramfsError::ReadHarness { .. }) => Some(
+                "build the guest harness with `scripts/build.sh` (or set AEGIS_HARNESS)".to_owned(),
+            ),
+            BootError::Initramfs(_) => Some("re-run `./setup.sh` to reinstall the guest kernel".to_owned()),
+            BootError::MissingBaseImage { .. } => Some("pull or import the image again (`aegis image pull …`)".to_owned()),
+            BootError::Vmm(e) => e.hint(),
+            BootError::DiedDuringBoot { .. } | BootError::HarnessTimeout { .. } => Some(
+                "the guest console above tells why; run `aegis doctor` to check the set-up".to_owned(),
+            ),
+            BootError::Control(_) => None,
+        }
+    }
+}
+
+/// Boots a guest and waits for its harness.
+///
+/// # Errors
+/// [`BootError`] naming the failed step; the VMM process is killed on failure.
+pub async fn boot(env: &BootEnv, plan: &BootPlan, sink: NotificationSink) -> Result<Guest, BootError> {
+    let started = Instant::now();
+    let kernel = GuestKernel::locate(&env.kernel_dir).map_err(BootError::Kernel)?;
+    let (harness, cache_dir) = (env.harness.clone(), env.cache_dir.clone());
+    let kernel_for_initramfs = kernel.clone();
+    let initramfs = tokio::task::spawn_blocking(move || {
+        Initramfs::ensure(&harness, &kernel_for_initramfs, &cache_dir)
+    })
+    .await
+    .map_err(|e| BootError::Initramfs(InitramfsError::Write {
+        path: env.cache_dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    }))?
+    .map_err(BootError::Initramfs)?;
+    if !plan.base_image.is_file() {
+        return Err(BootError::MissingBaseImage {
+            path: plan.base_image.clone(),
+        });
+    }
+    if !plan.overlay.exists() {
+        env.vmm
+            .create_overlay(&plan.base_image, &plan.overlay)
+            .await
+            .map_err(BootError::Vmm)?;
+    }
+    let spec = VmSpec {
+        run_dir: plan.run_dir.clone(),
+        kernel,
+        initramfs: initramfs.path,
+        root_disk: DiskSpec {
+            path: plan.overlay.clone(),
+            read_only: false,
+        },
+        extra_disks: Vec::new(),
+        memory_mib: plan.memory_mib,
+        vcpus: plan.vcpus,
+        hostname: plan.hostname.clone(),
+        network: NetworkSpec {
+            egress: plan.egress,
+            forwards: plan.forwards.clone(),
+        },
+        accelerator: env.accelerator,
+    };
+    let vm = env.vmm.start(&spec).await.map_err(BootError::Vmm)?;
+    match connect_ready(vm.as_ref(), sink, HARNESS_READY_TIMEOUT).await {
+        Ok((control, health)) => {
+            tracing::info!(pid = vm.pid(), took_ms = started.elapsed().as_millis() as u64, "guest ready");
+            Ok(Guest { vm, control, health })
+        }
+        Err(e) => {
+            vm.kill(Duration::from_secs(2)).await;
+            Err(e)
+        }
+    }
+}
+
+/// Re-attaches to a guest started earlier in `run_dir`.
+///
+/// # Errors
+/// When no VMM runs there or its harness does not answer.
+pub async fn attach(env: &BootEnv, run_dir: &Path, sink: NotificationSink) -> Result<Guest, BootError> {
+    let vm = env.vmm.attach(run_dir).await.map_err(BootError::Vmm)?;
+    // A guest paused by the previous daemon cannot answer; the registry knows, the caller resumes.
+    let (control, health) = connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT).await?;
+    Ok(Guest { vm, control, health })
+}
+
+/// Connects to the VM's control socket and waits for `health`, racing the VMM's death.
+async fn connect_ready(
+    vm: &dyn Vm,
+    sink: NotificationSink,
+    timeout: Duration,
+) -> Result<(ControlChannel, HealthResult), BootError> {
+    let ControlEndpoint::UnixSocket(path) = vm.control().clone();
+    let console = vm.console_log();
+    let mut exited = vm.exited();
+    let ready = async {
+        let control = ControlChannel::connect(&path, sink).await.map_err(BootError::Control)?;
+        match control.wait_ready(timeout).await {
+            Ok(health) => Ok((control, health)),
+            Err(ControlError::Timeout { .. }) => Err(BootError::HarnessTimeout {
+                timeout,
+                console: console_tail(&console),
+            }),
+            Err(e) => Err(BootError::Control(e)),
+        }
+    };
+    let died = async {
+        loop {
+            if let Some(exit) = exited.borrow().clone() {
+                return exit;
+            }
+            if exited.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = ready => r,
+        exit = died => Err(BootError::DiedDuringBoot { exit, console: console_tail(&console) }),
+    }
+}
+
+/// The last meaningful lines of a guest console, for error messages.
+pub fn console_tail(path: &Path) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(6)..].join(" | ");
+    if tail.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        tail
+    }
+}

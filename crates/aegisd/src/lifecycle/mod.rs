@@ -1,0 +1,3 @@
+//! Instance lifecycle: booting guests, the per-instance actor and its state machine.
+
+pub mod boot;
