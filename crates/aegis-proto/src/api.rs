@@ -250,6 +250,13 @@ pub struct LogEntry {
     pub partial: bool,
 }
 
+/// `DELETE /v1/instances/{id}` → `{"deleted": "<id>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// Id of the instance that was deleted.
+    pub deleted: String,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
