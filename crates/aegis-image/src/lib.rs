@@ -1,0 +1,19 @@
+//! Aegis images: pull OCI images from registries, import archives, keep them in a
+//! content-addressed store and turn each image into a read-only ext4 base image for microVMs.
+//!
+//! The pieces, in the order an image travels through them:
+//! - [`reference`]: image references and digests, parsed and normalised like docker does;
+//! - [`store`]: the on-disk blob store, image records and references, safe for two processes;
+//! - [`unpack`]: apply layers (whiteouts, links, devices) into a staging directory, keeping
+//!   ownership and modes in a table since the daemon is not root.
+#![warn(missing_docs)]
+
+pub mod manifest;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use manifest::{ImageConfig, ManifestError, Platform};
+pub use reference::{Digest, DigestError, ImageRef, ReferenceError};
+pub use store::{ImageRecord, ImageStore, LayerInfo, PruneReport, StoreError};
+pub use unpack::UnpackError;
