@@ -1,0 +1,382 @@
+//! [`Client`]: one method per `aegisd` route, typed with the bodies of [`aegis_proto::api`].
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use aegis_proto::api::{
+    CreateInstance, Deleted, ExecEvent, ExecRequest, Instance, InstanceStatus, LogEntry, Status,
+    API_PREFIX,
+};
+
+use crate::error::ClientError;
+use crate::ndjson::NdjsonStream;
+use crate::paths;
+use crate::transport::{self, Exchange};
+
+/// Deadline of a request that is not a stream. Actions such as `start` or `restart` wait for a
+/// guest to boot, which takes 5–10 s under software emulation and is bounded by the daemon's own
+/// boot deadline; this only catches a daemon that stopped answering.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Largest JSON answer read (an instance list with thousands of entries fits easily).
+const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+
+/// A client of one daemon, identified by its socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+/// The answer to [`Client::create_instance`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The instance.
+    pub instance: Instance,
+    /// True when the handle named an existing stopped instance, which was started again with its
+    /// stored configuration (HTTP 200 instead of 201).
+    pub restarted: bool,
+}
+
+/// A lifecycle action on an instance (`POST /v1/instances/{id}/{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAction {
+    /// Boot a stopped instance (and enable it again if it was disabled).
+    Start,
+    /// Stop the VM; traffic or exec wakes it later.
+    Stop,
+    /// Stop the VM and never wake it until started again.
+    Disable,
+    /// Stop, then start.
+    Restart,
+    /// Freeze the vCPUs, keep memory.
+    Pause,
+    /// Unfreeze a paused instance.
+    Resume,
+}
+
+impl InstanceAction {
+    /// The route segment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceAction::Start => "start",
+            InstanceAction::Stop => "stop",
+            InstanceAction::Disable => "disable",
+            InstanceAction::Restart => "restart",
+            InstanceAction::Pause => "pause",
+            InstanceAction::Resume => "resume",
+        }
+    }
+}
+
+/// Filters of `GET /v1/instances/{id}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogsQuery {
+    /// Keep the stream open for new lines until the instance stops.
+    pub follow: bool,
+    /// Only lines at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Only the last `tail` lines (before following).
+    pub tail: Option<u64>,
+    /// Only the lines of this exec.
+    pub exec_id: Option<String>,
+}
+
+impl LogsQuery {
+    fn to_query(&self) -> String {
+        let mut params = Vec::new();
+        if self.follow {
+            params.push(("follow", "1".to_owned()));
+        }
+        if let Some(since) = &self.since {
+            params.push(("since", since.clone()));
+        }
+        if let Some(tail) = self.tail {
+            params.push(("tail", tail.to_string()));
+        }
+        if let Some(exec_id) = &self.exec_id {
+            params.push(("exec_id", exec_id.clone()));
+        }
+        query_string(&params)
+    }
+}
+
+impl Client {
+    /// A client of the daemon listening on `socket`.
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: socket.into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// A client of the daemon of `$AEGIS_HOME` (default `~/.aegis`).
+    pub fn from_env() -> Client {
+        Client::new(paths::socket_in(&paths::home_from_env()))
+    }
+
+    /// The same client with another deadline for requests that are not streams (and for the
+    /// response head of streams).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /v1/status`.
+    ///
+    /// # Errors
+    /// [`ClientError::NotRunning`] when no daemon answers; see [`ClientError`].
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.json(Method::GET, route("/status"), None).await
+    }
+
+    /// `POST /v1/instances`.
+    ///
+    /// # Errors
+    /// 400 for invalid fields, 409 when the handle names a running instance; see [`ClientError`].
+    pub async fn create_instance(&self, body: &CreateInstance) -> Result<Created, ClientError> {
+        let path = route("/instances");
+        let (method, shown) = (Method::POST, path.clone());
+        self.within(&method, &shown, async {
+            let exchange =
+                transport::send(&self.socket, Method::POST, path, Some(encode(body))).await?;
+            let restarted = exchange.response.status() == StatusCode::OK;
+            let instance = exchange.json(MAX_JSON_BODY).await?;
+            Ok(Created {
+                instance,
+                restarted,
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/instances[?state=…]`.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn list_instances(
+        &self,
+        state: Option<InstanceStatus>,
+    ) -> Result<Vec<Instance>, ClientError> {
+        let query = match state {
+            Some(state) => query_string(&[("state", state.as_str().to_owned())]),
+            None => String::new(),
+        };
+        self.json(Method::GET, route(&format!("/instances{query}")), None)
+            .await
+    }
+
+    /// `GET /v1/instances/{id-or-handle}`.
+    ///
+    /// # Errors
+    /// 404 for an unknown instance; see [`ClientError`].
+    pub async fn instance(&self, id_or_handle: &str) -> Result<Instance, ClientError> {
+        self.json(Method::GET, instance_route(id_or_handle, ""), None)
+            .await
+    }
+
+    /// `DELETE /v1/instances/{id-or-handle}`: stops the VM if it runs and removes the instance,
+    /// its disk and its logs.
+    ///
+    /// # Errors
+    /// 404 for an unknown instance; see [`ClientError`].
+    pub async fn delete_instance(&self, id_or_handle: &str) -> Result<Deleted, ClientError> {
+        self.json(Method::DELETE, instance_route(id_or_handle, ""), None)
+            .await
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/{action}`.
+    ///
+    /// # Errors
+    /// 404 for an unknown instance, 409 for an action the state does not allow; see
+    /// [`ClientError`].
+    pub async fn instance_action(
+        &self,
+        id_or_handle: &str,
+        action: InstanceAction,
+    ) -> Result<Instance, ClientError> {
+        let path = instance_route(id_or_handle, &format!("/{}", action.as_str()));
+        self.json(Method::POST, path, None).await
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/exec`: a stream of [`ExecEvent`]s, `Started` first and
+    /// `Done` last.
+    ///
+    /// # Errors
+    /// 400 for an empty command, 404 for an unknown instance, 409 for a disabled one; see
+    /// [`ClientError`]. Errors after the stream started arrive as stream items.
+    pub async fn exec(
+        &self,
+        id_or_handle: &str,
+        body: &ExecRequest,
+    ) -> Result<NdjsonStream<ExecEvent>, ClientError> {
+        let path = instance_route(id_or_handle, "/exec");
+        let exchange = self
+            .exchange(Method::POST, path, Some(encode(body)))
+            .await?;
+        Ok(NdjsonStream::new(exchange))
+    }
+
+    /// `GET /v1/instances/{id-or-handle}/logs`: a stream of [`LogEntry`]s. With
+    /// [`LogsQuery::follow`] it ends when the instance reaches `stopped`.
+    ///
+    /// # Errors
+    /// 400 for a bad filter, 404 for an unknown instance; see [`ClientError`].
+    pub async fn logs(
+        &self,
+        id_or_handle: &str,
+        query: &LogsQuery,
+    ) -> Result<NdjsonStream<LogEntry>, ClientError> {
+        let path = instance_route(id_or_handle, &format!("/logs{}", query.to_query()));
+        let exchange = self.exchange(Method::GET, path, None).await?;
+        Ok(NdjsonStream::new(exchange))
+    }
+
+    /// `POST /v1/shutdown`: the daemon answers, then stops every VM cleanly and exits.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        let exchange = self
+            .exchange(Method::POST, route("/shutdown"), None)
+            .await?;
+        drop(exchange);
+        Ok(())
+    }
+
+    /// `GET /v1/openapi.json`: the daemon's OpenAPI document.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(Method::GET, route("/openapi.json"), None).await
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let (m, p) = (method.clone(), path.clone());
+        self.within(&m, &p, async {
+            let exchange = transport::send(&self.socket, method, path, body).await?;
+            exchange.json(MAX_JSON_BODY).await
+        })
+        .await
+    }
+
+    /// Sends a request and waits, within the deadline, for the response head only.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Vec<u8>>,
+    ) -> Result<Exchange, ClientError> {
+        let (m, p) = (method.clone(), path.clone());
+        self.within(&m, &p, transport::send(&self.socket, method, path, body))
+            .await
+    }
+
+    async fn within<T>(
+        &self,
+        method: &Method,
+        path: &str,
+        work: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout {
+                    method: method.clone(),
+                    path: path.to_owned(),
+                    after: self.timeout,
+                })
+            })
+    }
+}
+
+fn encode<T: serde::Serialize>(body: &T) -> Vec<u8> {
+    serde_json::to_vec(body).expect("API request bodies are plain data and always serialize")
+}
+
+fn route(rest: &str) -> String {
+    format!("{API_PREFIX}{rest}")
+}
+
+fn instance_route(id_or_handle: &str, rest: &str) -> String {
+    route(&format!(
+        "/instances/{}{rest}",
+        percent_encode(id_or_handle)
+    ))
+}
+
+fn query_string(params: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    for (i, (key, value)) in params.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        out.push_str(key);
+        out.push('=');
+        out.push_str(&percent_encode(value));
+    }
+    out
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a value is safe both as a
+/// path segment and in a query (where `+` would otherwise read as a space).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_encoded() {
+        assert_eq!(instance_route("web", "/stop"), "/v1/instances/web/stop");
+        assert_eq!(instance_route("a/b c", ""), "/v1/instances/a%2Fb%20c");
+    }
+
+    #[test]
+    fn logs_query() {
+        assert_eq!(LogsQuery::default().to_query(), "");
+        let q = LogsQuery {
+            follow: true,
+            since: Some("2024-05-01T10:00:00+02:00".to_owned()),
+            tail: Some(10),
+            exec_id: Some("exec-1".to_owned()),
+        };
+        assert_eq!(
+            q.to_query(),
+            "?follow=1&since=2024-05-01T10%3A00%3A00%2B02%3A00&tail=10&exec_id=exec-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_not_running() {
+        let dir = std::env::temp_dir().join(format!("aegis-client-test-{}", std::process::id()));
+        let err = Client::new(dir.join("aegisd.sock"))
+            .status()
+            .await
+            .unwrap_err();
+        assert!(err.is_not_running(), "{err:?}");
+    }
+}

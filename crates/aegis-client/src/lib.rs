@@ -1,0 +1,18 @@
+//! Typed async client for the `aegisd` REST API: HTTP/1.1 + JSON on the daemon's unix socket,
+//! one connection per request. Used by the `aegis` CLI and by the end-to-end tests.
+//!
+//! Request and response bodies are the types of [`aegis_proto::api`]; this crate adds only the
+//! transport, the routes, NDJSON stream decoding and [`ClientError`]. It never retries and never
+//! starts the daemon: that is the CLI's job (`aegis up`).
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+mod ndjson;
+mod paths;
+mod transport;
+
+pub use client::{Client, Created, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
+pub use error::ClientError;
+pub use ndjson::{NdjsonStream, MAX_LINE_BYTES};
+pub use paths::{home_from_env, socket_in, HOME_ENV, SOCKET_NAME};
