@@ -162,6 +162,20 @@ pub struct HealthResult {
     pub primary_running: bool,
 }
 
+impl HealthResult {
+    /// A placeholder for a harness that was not asked yet (a paused guest after a daemon
+    /// restart).
+    pub fn unknown() -> HealthResult {
+        HealthResult {
+            harness_version: String::new(),
+            protocol: PROTOCOL_VERSION,
+            uptime_ms: 0,
+            processes: 0,
+            primary_running: true,
+        }
+    }
+}
+
 /// Parameters of `shutdown`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShutdownParams {

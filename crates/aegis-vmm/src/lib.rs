@@ -14,5 +14,5 @@ mod vmm;
 pub use accel::{Accelerator, AcceleratorChoice};
 pub use vmm::{
     Capabilities, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, Vm, VmExit, VmSpec, Vmm,
-    VmmError,
+    VmmError, wait_for_exit,
 };

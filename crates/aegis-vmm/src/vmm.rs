@@ -245,3 +245,12 @@ pub trait Vm: Send + Sync + fmt::Debug {
         SocketAddr::from(([127, 0, 0, 1], forward.host_port))
     }
 }
+
+/// Waits until a VM's exit watch (see [`Vm::exited`]) reports an exit. A watch whose sender is
+/// gone without an exit reports an unknown exit.
+pub async fn wait_for_exit(exited: &mut watch::Receiver<Option<VmExit>>) -> VmExit {
+    match exited.wait_for(Option::is_some).await {
+        Ok(exit) => exit.clone().unwrap_or(VmExit { code: None, signal: None }),
+        Err(_) => VmExit { code: None, signal: None },
+    }
+}

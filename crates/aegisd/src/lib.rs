@@ -3,6 +3,11 @@
 //! [`daemon::run`].
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod config;
 pub mod control;
+pub mod daemon;
+pub mod images;
 pub mod lifecycle;
+pub mod logs;
+pub mod registry;

@@ -13,6 +13,8 @@ use aegis_vmm::{
     VmmError,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::control::{ControlChannel, ControlError, NotificationSink};
 
 /// How long a guest gets from VMM start to a harness answering `health`. A cold boot takes
@@ -107,6 +109,9 @@ pub enum BootError {
     /// The control channel failed.
     #[error("cannot talk to the guest harness")]
     Control(#[source] ControlError),
+    /// The boot was called off (stop or delete while starting).
+    #[error("the boot was cancelled")]
+    Cancelled,
 }
 
 impl BootError {
@@ -123,7 +128,7 @@ impl BootError {
             BootError::DiedDuringBoot { .. } | BootError::HarnessTimeout { .. } => Some(
                 "the guest console above tells why; run `aegis doctor` to check the set-up".to_owned(),
             ),
-            BootError::Control(_) => None,
+            BootError::Control(_) | BootError::Cancelled => None,
         }
     }
 }
@@ -132,7 +137,12 @@ impl BootError {
 ///
 /// # Errors
 /// [`BootError`] naming the failed step; the VMM process is killed on failure.
-pub async fn boot(env: &BootEnv, plan: &BootPlan, sink: NotificationSink) -> Result<Guest, BootError> {
+pub async fn boot(
+    env: &BootEnv,
+    plan: &BootPlan,
+    sink: NotificationSink,
+    cancel: &CancellationToken,
+) -> Result<Guest, BootError> {
     let started = Instant::now();
     let kernel = GuestKernel::locate(&env.kernel_dir).map_err(BootError::Kernel)?;
     let (harness, cache_dir) = (env.harness.clone(), env.cache_dir.clone());
@@ -175,8 +185,15 @@ pub async fn boot(env: &BootEnv, plan: &BootPlan, sink: NotificationSink) -> Res
         },
         accelerator: env.accelerator,
     };
+    if cancel.is_cancelled() {
+        return Err(BootError::Cancelled);
+    }
     let vm = env.vmm.start(&spec).await.map_err(BootError::Vmm)?;
-    match connect_ready(vm.as_ref(), sink, HARNESS_READY_TIMEOUT).await {
+    let ready = tokio::select! {
+        r = connect_ready(vm.as_ref(), sink, HARNESS_READY_TIMEOUT, true) => r,
+        () = cancel.cancelled() => Err(BootError::Cancelled),
+    };
+    match ready {
         Ok((control, health)) => {
             tracing::info!(pid = vm.pid(), took_ms = started.elapsed().as_millis() as u64, "guest ready");
             Ok(Guest { vm, control, health })
@@ -192,10 +209,15 @@ pub async fn boot(env: &BootEnv, plan: &BootPlan, sink: NotificationSink) -> Res
 ///
 /// # Errors
 /// When no VMM runs there or its harness does not answer.
-pub async fn attach(env: &BootEnv, run_dir: &Path, sink: NotificationSink) -> Result<Guest, BootError> {
+pub async fn attach(
+    env: &BootEnv,
+    run_dir: &Path,
+    sink: NotificationSink,
+    paused: bool,
+) -> Result<Guest, BootError> {
     let vm = env.vmm.attach(run_dir).await.map_err(BootError::Vmm)?;
-    // A guest paused by the previous daemon cannot answer; the registry knows, the caller resumes.
-    let (control, health) = connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT).await?;
+    // A paused guest cannot answer `health`; its harness is asked once it is resumed.
+    let (control, health) = connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT, !paused).await?;
     Ok(Guest { vm, control, health })
 }
 
@@ -204,12 +226,16 @@ async fn connect_ready(
     vm: &dyn Vm,
     sink: NotificationSink,
     timeout: Duration,
+    wait_health: bool,
 ) -> Result<(ControlChannel, HealthResult), BootError> {
     let ControlEndpoint::UnixSocket(path) = vm.control().clone();
     let console = vm.console_log();
     let mut exited = vm.exited();
     let ready = async {
         let control = ControlChannel::connect(&path, sink).await.map_err(BootError::Control)?;
+        if !wait_health {
+            return Ok((control, HealthResult::unknown()));
+        }
         match control.wait_ready(timeout).await {
             Ok(health) => Ok((control, health)),
             Err(ControlError::Timeout { .. }) => Err(BootError::HarnessTimeout {
@@ -219,16 +245,7 @@ async fn connect_ready(
             Err(e) => Err(BootError::Control(e)),
         }
     };
-    let died = async {
-        loop {
-            if let Some(exit) = exited.borrow().clone() {
-                return exit;
-            }
-            if exited.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    };
+    let died = aegis_vmm::wait_for_exit(&mut exited);
     tokio::select! {
         r = ready => r,
         exit = died => Err(BootError::DiedDuringBoot { exit, console: console_tail(&console) }),

@@ -1,3 +1,27 @@
-//! Instance lifecycle: booting guests, the per-instance actor and its state machine.
+//! Instance lifecycle: the state machine, the per-instance actor that owns a VM, booting guests,
+//! routing their output, and the id/handle map that finds an actor.
 
+pub mod actor;
 pub mod boot;
+pub mod command;
+pub mod instances;
+pub mod output;
+pub mod spec;
+pub mod state;
+
+use crate::config::Config;
+use crate::images::Images;
+use crate::registry::Registry;
+
+/// What every actor shares: configuration, boot environment, registry, images.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Paths and defaults.
+    pub config: Config,
+    /// VMM backend and boot artifacts.
+    pub boot: boot::BootEnv,
+    /// The registry.
+    pub registry: Registry,
+    /// The image store.
+    pub images: Images,
+}

@@ -1,0 +1,164 @@
+//! The one API error type: an exhaustive mapping to HTTP status codes and the JSON error body
+//! `{"error": "<chain>", "hint": "..."}`.
+
+use aegis_proto::api::ErrorBody;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::images::{error_chain, ImageError};
+use crate::lifecycle::command::LifecycleError;
+use crate::lifecycle::instances::CreateError;
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such instance.
+    #[error("instance {0:?} not found")]
+    UnknownInstance(String),
+    /// No such route.
+    #[error("no route {0}")]
+    NoRoute(String),
+    /// A lifecycle operation failed.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// Creating an instance failed.
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    /// The guest refused to start a process.
+    #[error("cannot start the process: {0}")]
+    Spawn(String),
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::Spawn(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownInstance(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::Lifecycle(e) => lifecycle_status(e),
+            ApiError::Create(e) => match e {
+                CreateError::Spec(_) | CreateError::NoCommand { .. } => StatusCode::BAD_REQUEST,
+                CreateError::HandleInUse { .. } => StatusCode::CONFLICT,
+                CreateError::Image(e) => image_status(e),
+                CreateError::Lifecycle(e) => lifecycle_status(e),
+                CreateError::Registry(_) | CreateError::Dir { .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            ApiError::Lifecycle(e) | ApiError::Create(CreateError::Lifecycle(e)) => e.hint(),
+            ApiError::Create(CreateError::Image(e)) => e.hint(),
+            ApiError::UnknownInstance(_) => Some("`aegis instance list` shows the instances".to_owned()),
+            ApiError::Create(CreateError::NoCommand { .. }) => {
+                Some("give a command after `--`".to_owned())
+            }
+            ApiError::Create(CreateError::HandleInUse { .. }) => {
+                Some("choose another --name, or stop or delete the existing instance".to_owned())
+            }
+            ApiError::BadRequest(_)
+            | ApiError::NoRoute(_)
+            | ApiError::Spawn(_)
+            | ApiError::Create(
+                CreateError::Spec(_) | CreateError::Registry(_) | CreateError::Dir { .. },
+            ) => None,
+        }
+    }
+}
+
+fn lifecycle_status(e: &LifecycleError) -> StatusCode {
+    match e {
+        LifecycleError::Invalid(_) | LifecycleError::Disabled { .. } | LifecycleError::Stopped { .. } => {
+            StatusCode::CONFLICT
+        }
+        LifecycleError::Gone { .. } => StatusCode::NOT_FOUND,
+        LifecycleError::Image { source, .. } => image_status(source),
+        LifecycleError::Boot { .. } | LifecycleError::Control { .. } => StatusCode::BAD_GATEWAY,
+        LifecycleError::Vmm { .. } | LifecycleError::Registry { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+fn image_status(e: &ImageError) -> StatusCode {
+    match e {
+        ImageError::InvalidReference { .. } => StatusCode::BAD_REQUEST,
+        ImageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ImageError::Store(_) | ImageError::Build { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %error_chain(&self), "request failed");
+        }
+        let body = ErrorBody {
+            error: error_chain(&self),
+            hint: self.hint(),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::spec::SpecError;
+    use crate::lifecycle::state::{Event, InvalidTransition};
+    use aegis_proto::api::InstanceStatus;
+
+    #[test]
+    fn maps_every_kind_to_a_status() {
+        let rows: Vec<(ApiError, u16)> = vec![
+            (ApiError::BadRequest("x".into()), 400),
+            (ApiError::UnknownInstance("x".into()), 404),
+            (ApiError::Spawn("x".into()), 400),
+            (ApiError::Create(CreateError::Spec(SpecError::Command)), 400),
+            (ApiError::Create(CreateError::NoCommand { image: "i".into() }), 400),
+            (
+                ApiError::Create(CreateError::HandleInUse {
+                    handle: "h".into(),
+                    id: "i".into(),
+                    state: InstanceStatus::Running,
+                }),
+                409,
+            ),
+            (
+                ApiError::Create(CreateError::Image(ImageError::NotFound { reference: "r".into(), default: false })),
+                404,
+            ),
+            (
+                ApiError::Lifecycle(LifecycleError::Invalid(InvalidTransition {
+                    from: InstanceStatus::Stopped,
+                    event: Event::Pause,
+                })),
+                409,
+            ),
+            (ApiError::Lifecycle(LifecycleError::Disabled { id: "i".into() }), 409),
+            (ApiError::Lifecycle(LifecycleError::Gone { id: "i".into() }), 404),
+        ];
+        for (err, want) in rows {
+            assert_eq!(err.status().as_u16(), want, "{err}");
+        }
+    }
+
+    #[test]
+    fn body_carries_chain_and_hint() {
+        let err = ApiError::Lifecycle(LifecycleError::Disabled { id: "inst-1".into() });
+        assert_eq!(err.to_string(), "instance inst-1 is disabled");
+        assert_eq!(err.hint().as_deref(), Some("start it first: `aegis instance start inst-1`"));
+    }
+}

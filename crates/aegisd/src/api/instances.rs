@@ -1,0 +1,95 @@
+//! `/v1/instances`: create, list, info, delete, lifecycle actions.
+
+use aegis_proto::api::{CreateInstance, Instance, InstanceStatus};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::AppState;
+use crate::lifecycle::command::{Command, StopMode};
+use crate::lifecycle::instances::InstanceHandle;
+
+/// Finds an instance by id or handle, or 404.
+pub fn find(state: &AppState, id: &str) -> Result<InstanceHandle, ApiError> {
+    state
+        .instances
+        .find(id)
+        .ok_or_else(|| ApiError::UnknownInstance(id.to_owned()))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateInstance>,
+) -> Result<(StatusCode, Json<Instance>), ApiError> {
+    let (view, created) = state.instances.create(req).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(view)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Instance>>, ApiError> {
+    let filter = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(InstanceStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "invalid state {s:?}: expected starting, running, paused or stopped"
+            ))
+        })?),
+    };
+    let views = state
+        .instances
+        .list()
+        .into_iter()
+        .filter(|v| filter.is_none_or(|f| v.state == f))
+        .collect();
+    Ok(Json(views))
+}
+
+pub async fn info(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+    Ok(Json(find(&state, &id)?.view()))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let handle = find(&state, &id)?;
+    state.instances.delete(&handle).await?;
+    Ok(Json(serde_json::json!({ "deleted": handle.id })))
+}
+
+pub async fn action(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<Instance>, ApiError> {
+    let handle = find(&state, &id)?;
+    let view = match action.as_str() {
+        "start" => handle.request(|reply| Command::Start { reply }).await?,
+        "stop" => {
+            handle
+                .request(|reply| Command::Stop { mode: StopMode::Graceful, reply })
+                .await?
+        }
+        "disable" => handle.request(|reply| Command::Disable { reply }).await?,
+        "restart" => handle.request(|reply| Command::Restart { reply }).await?,
+        "pause" => handle.request(|reply| Command::Pause { reply }).await?,
+        "resume" => handle.request(|reply| Command::Resume { reply }).await?,
+        other => {
+            return Err(ApiError::NoRoute(format!(
+                "/v1/instances/{id}/{other} (actions: start, stop, disable, restart, pause, resume, exec, logs)"
+            )))
+        }
+    };
+    Ok(Json(view))
+}

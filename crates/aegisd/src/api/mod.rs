@@ -1,0 +1,52 @@
+//! The REST API: axum routes, one file per resource, served over a unix socket. Handlers only
+//! translate between HTTP and typed lifecycle commands.
+
+mod error;
+mod exec;
+mod instances;
+mod json;
+mod logs;
+mod status;
+
+use std::sync::Arc;
+
+use aegis_vmm::AcceleratorChoice;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::lifecycle::instances::Instances;
+use crate::lifecycle::Ctx;
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// All instances.
+    pub instances: Arc<Instances>,
+    /// Daemon context.
+    pub ctx: Arc<Ctx>,
+    /// The accelerator chosen at start-up, with its reason.
+    pub accel: AcceleratorChoice,
+    /// Cancelled by `POST /v1/shutdown`.
+    pub shutdown: CancellationToken,
+}
+
+/// The checked-in OpenAPI document.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status::status))
+        .route("/v1/openapi.json", get(status::openapi))
+        .route("/v1/shutdown", post(status::shutdown))
+        .route("/v1/instances", post(instances::create).get(instances::list))
+        .route("/v1/instances/:id", get(instances::info).delete(instances::delete))
+        .route("/v1/instances/:id/:action", post(instances::action))
+        .route("/v1/instances/:id/exec", post(exec::exec))
+        .route("/v1/instances/:id/logs", get(logs::logs))
+        .fallback(error::not_found)
+        .with_state(state)
+}

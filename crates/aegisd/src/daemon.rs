@@ -1,0 +1,139 @@
+//! Wiring: open the registry and image store, re-attach to running VMs, serve the API on the
+//! unix socket, and own shutdown.
+//!
+//! Two ways to end: `POST /v1/shutdown` (`aegis down`) stops every VM gracefully first; SIGTERM
+//! or SIGINT (an upgrade, a service manager) leaves the VMs running for the next daemon to
+//! re-attach, as a crash or `kill -9` does.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aegis_image::store::ImageStore;
+use aegis_vmm::qemu::QemuVmm;
+use aegis_vmm::AcceleratorChoice;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, DEFAULT_IMAGE};
+use crate::images::Images;
+use crate::lifecycle::boot::BootEnv;
+use crate::lifecycle::instances::Instances;
+use crate::lifecycle::Ctx;
+use crate::registry::{Registry, RegistryError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory or socket could not be prepared.
+    #[error("cannot prepare {}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another daemon answers on the socket.
+    #[error("another aegisd is already running on {}", socket.display())]
+    AlreadyRunning {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// `AEGIS_ACCEL` is invalid.
+    #[error(transparent)]
+    Accel(#[from] aegis_vmm::accel::UnknownAccelerator),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The image store failed.
+    #[error("cannot open the image store")]
+    Images(#[source] aegis_image::store::StoreError),
+}
+
+/// Runs the daemon until it is told to stop.
+///
+/// # Errors
+/// [`DaemonError`] when start-up fails.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| DaemonError::Io { path, source }
+    };
+    std::fs::create_dir_all(&config.home).map_err(io(&config.home))?;
+    let _ = std::fs::set_permissions(&config.home, std::fs::Permissions::from_mode(0o700));
+    let socket = config.socket();
+    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        return Err(DaemonError::AlreadyRunning { socket });
+    }
+    let _ = std::fs::remove_file(&socket);
+    std::fs::write(config.pid_file(), format!("{}\n", std::process::id()))
+        .map_err(io(&config.pid_file()))?;
+
+    let accel = AcceleratorChoice::detect()?;
+    tracing::info!(accelerator = %accel.accelerator, reason = %accel.reason, "accelerator chosen");
+    let registry = Registry::open(&config.database())?;
+    let store = ImageStore::open(config.images_dir()).map_err(DaemonError::Images)?;
+    let ctx = Arc::new(Ctx {
+        boot: BootEnv {
+            vmm: Arc::new(QemuVmm::default()),
+            accelerator: accel.accelerator,
+            kernel_dir: config.kernel_dir(),
+            harness: config.harness.clone(),
+            cache_dir: config.cache_dir(),
+        },
+        registry,
+        images: Images::new(store, DEFAULT_IMAGE),
+        config: config.clone(),
+    });
+    let instances = Instances::load(Arc::clone(&ctx)).await?;
+
+    let listener = UnixListener::bind(&socket).map_err(io(&socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io(&socket))?;
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        instances: Arc::clone(&instances),
+        ctx: Arc::clone(&ctx),
+        accel,
+        shutdown: shutdown.clone(),
+    };
+    let app = api::router(state);
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "aegisd ready");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(io(&socket))?;
+    let connections = tokio_util::task::TaskTracker::new();
+    let stop_vms = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let service = TowerToHyperService::new(app.clone());
+                connections.spawn(async move {
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                        tracing::debug!(error = %e, "api connection ended with an error");
+                    }
+                });
+            }
+            () = shutdown.cancelled() => break true,
+            _ = sigterm.recv() => break false,
+            _ = tokio::signal::ctrl_c() => break false,
+        }
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    if stop_vms {
+        tracing::info!("stopping all instances");
+        instances.shutdown_all().await;
+    } else {
+        tracing::info!("leaving VMs running; the next aegisd re-attaches to them");
+    }
+    connections.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connections.wait()).await;
+    let _ = std::fs::remove_file(config.pid_file());
+    tracing::info!("aegisd stopped");
+    Ok(())
+}

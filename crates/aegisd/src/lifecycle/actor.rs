@@ -1,0 +1,698 @@
+//! One task per instance owns its state, its VM and its control channel. Everyone else sends it
+//! [`Command`]s; reads come from the [`Instance`] snapshot it publishes on every change, so a
+//! list never waits behind a boot.
+//!
+//! Long work does not block the mailbox: the boot runs in its own task and reports back with
+//! `BootFinished`. Wakes that arrive while it runs wait together and are answered at once (wake
+//! coalescing). Stop, delete and friends cancel a running boot and are replayed once it ended.
+//! A graceful stop is awaited inline: it is bounded by [`STOP_DEADLINE`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aegis_image::manifest::ImageConfig;
+use aegis_proto::api::{Instance, InstanceStatus};
+use aegis_proto::control::{Method, ProcessSpec, ShutdownParams, SpawnResult};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::boot::{self, BootError, BootPlan, Guest};
+use super::command::{Booted, Command, GuestLink, LifecycleError, Reply, StopMode};
+use super::output::OutputRouter;
+use super::spec::InstanceSpec;
+use super::state::{next, Event};
+use super::Ctx;
+use crate::control::CONTROL_CALL_TIMEOUT;
+use crate::logs::{now_ts, InstanceLog};
+use crate::registry::InstanceRow;
+
+/// Grace period the harness gives processes between SIGTERM and SIGKILL on a graceful stop.
+pub const GUEST_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a graceful stop may take in all before the VMM process is killed: the guest grace,
+/// plus syncing disks and powering off, which is slow under TCG.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(25);
+const _: () = assert!(STOP_DEADLINE.as_secs() > GUEST_STOP_GRACE.as_secs());
+/// How long the VMM gets to quit when asked before it is killed.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// A guest that runs (or is paused) with what the actor keeps of it.
+#[derive(Debug)]
+struct Live {
+    guest: Guest,
+    link: GuestLink,
+}
+
+#[derive(Debug)]
+enum State {
+    Stopped,
+    Starting {
+        waiters: Vec<Reply<GuestLink>>,
+        cancel: CancellationToken,
+        deferred: Vec<Command>,
+    },
+    Running(Live),
+    Paused(Live),
+}
+
+impl State {
+    fn status(&self) -> InstanceStatus {
+        match self {
+            State::Stopped => InstanceStatus::Stopped,
+            State::Starting { .. } => InstanceStatus::Starting,
+            State::Running(_) => InstanceStatus::Running,
+            State::Paused(_) => InstanceStatus::Paused,
+        }
+    }
+}
+
+/// The instance actor.
+#[derive(Debug)]
+pub struct Actor {
+    ctx: Arc<Ctx>,
+    row: InstanceRow,
+    spec: InstanceSpec,
+    state: State,
+    generation: u64,
+    log: Arc<InstanceLog>,
+    tx: mpsc::Sender<Command>,
+    rx: mpsc::Receiver<Command>,
+    snapshot: watch::Sender<Instance>,
+}
+
+/// What the actor decided after a command.
+enum Flow {
+    Continue,
+    End,
+}
+
+impl Actor {
+    /// Creates the actor (not yet running). Returns it with its mailbox and snapshot.
+    pub fn new(
+        ctx: Arc<Ctx>,
+        row: InstanceRow,
+        spec: InstanceSpec,
+        log: Arc<InstanceLog>,
+    ) -> (Actor, mpsc::Sender<Command>, watch::Receiver<Instance>) {
+        let (tx, rx) = mpsc::channel(64);
+        let view = render(&row, &spec, None);
+        let (snapshot, snapshot_rx) = watch::channel(view);
+        let actor = Actor {
+            ctx,
+            row,
+            spec,
+            state: State::Stopped,
+            generation: 0,
+            log,
+            tx: tx.clone(),
+            rx,
+            snapshot,
+        };
+        (actor, tx, snapshot_rx)
+    }
+
+    /// Runs the mailbox loop until the instance is deleted or the daemon shuts down.
+    /// `recover` re-attaches to a VM a previous daemon left running.
+    pub async fn run(mut self, recover: bool) {
+        let span = tracing::info_span!("instance", instance = %self.row.id);
+        let _guard = span.enter();
+        drop(_guard);
+        if recover {
+            self.recover().await;
+        }
+        while let Some(cmd) = self.rx.recv().await {
+            if let Flow::End = self.handle(cmd).await {
+                break;
+            }
+        }
+    }
+
+    fn id(&self) -> String {
+        self.row.id.clone()
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Flow {
+        // Commands that need a settled state wait for a running boot, which they cancel.
+        if let State::Starting { cancel, deferred, .. } = &mut self.state {
+            match cmd {
+                Command::Stop { .. }
+                | Command::Disable { .. }
+                | Command::Restart { .. }
+                | Command::Delete { .. }
+                | Command::Shutdown { .. } => {
+                    cancel.cancel();
+                    deferred.push(cmd);
+                    return Flow::Continue;
+                }
+                Command::Start { .. }
+                | Command::Pause { .. }
+                | Command::Resume { .. }
+                | Command::Wake { .. }
+                | Command::Touch
+                | Command::BootFinished { .. }
+                | Command::VmExited { .. }
+                | Command::PrimaryExited { .. } => {}
+            }
+        }
+        match cmd {
+            Command::Start { reply } => {
+                let r = self.start().await;
+                let _ = reply.send(r);
+            }
+            Command::Stop { mode, reply } => {
+                let r = self.stop(mode, "stopped by request").await;
+                let _ = reply.send(r);
+            }
+            Command::Disable { reply } => {
+                let r = self.disable().await;
+                let _ = reply.send(r);
+            }
+            Command::Restart { reply } => {
+                let r = match self.stop(StopMode::Graceful, "restarting").await {
+                    Ok(_) => self.start().await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Pause { reply } => {
+                let r = self.pause().await;
+                let _ = reply.send(r);
+            }
+            Command::Resume { reply } => {
+                let r = self.resume().await;
+                let _ = reply.send(r);
+            }
+            Command::Wake { reply } => self.wake(reply).await,
+            Command::Touch => {
+                self.row.last_active_at = Some(now_ts());
+                self.publish();
+            }
+            Command::Delete { reply } => {
+                let r = self.delete().await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                if ok {
+                    return Flow::End;
+                }
+            }
+            Command::Shutdown { reply } => {
+                let r = self.stop(StopMode::Graceful, "daemon shut down").await.map(drop);
+                let _ = reply.send(r);
+                return Flow::End;
+            }
+            Command::BootFinished { generation, result } => {
+                if generation == self.generation {
+                    self.boot_finished(result).await;
+                }
+            }
+            Command::VmExited { generation, exit } => {
+                if generation == self.generation
+                    && matches!(self.state, State::Running(_) | State::Paused(_))
+                {
+                    self.log.system(format!("VM exited unexpectedly ({exit})"));
+                    tracing::warn!(%exit, "VM crashed");
+                    self.state = State::Stopped;
+                    self.settle_stopped(format!("VM exited unexpectedly ({exit})")).await;
+                }
+            }
+            Command::PrimaryExited { generation, status } => {
+                if generation == self.generation
+                    && matches!(self.state, State::Running(_) | State::Paused(_))
+                {
+                    self.row.exit_code = Some(status.code);
+                    let reason = format!("process exited (code={})", status.code);
+                    let _ = self.stop(StopMode::Graceful, &reason).await;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn start(&mut self) -> Result<Instance, LifecycleError> {
+        if !self.row.enabled {
+            self.row.enabled = true;
+            self.persist().await?;
+        }
+        match self.state {
+            State::Starting { .. } | State::Running(_) | State::Paused(_) => {
+                return Ok(self.view());
+            }
+            State::Stopped => {}
+        }
+        self.begin_boot(Vec::new()).await?;
+        Ok(self.view())
+    }
+
+    async fn begin_boot(&mut self, waiters: Vec<Reply<GuestLink>>) -> Result<(), LifecycleError> {
+        next(self.state.status(), Event::Boot)?;
+        self.generation += 1;
+        let generation = self.generation;
+        let cancel = CancellationToken::new();
+        self.state = State::Starting {
+            waiters,
+            cancel: cancel.clone(),
+            deferred: Vec::new(),
+        };
+        self.row.reason = None;
+        self.row.exit_code = None;
+        self.row.last_active_at = Some(now_ts());
+        self.log.system(format!("booting ({} MiB, {} vCPU)", self.spec.memory_mib, self.spec.vcpus));
+        self.persist_status().await?;
+        let ctx = Arc::clone(&self.ctx);
+        let id = self.id();
+        let spec = self.spec.clone();
+        let hostname = self.row.handle.clone().unwrap_or_else(|| id.clone());
+        let (sink, output) = OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), generation);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = boot_task(&ctx, &id, &spec, hostname, sink, output, &cancel).await;
+            let _ = tx.send(Command::BootFinished { generation, result }).await;
+        });
+        Ok(())
+    }
+
+    async fn boot_finished(&mut self, result: Result<Booted, LifecycleError>) {
+        let State::Starting { waiters, deferred, cancel } =
+            std::mem::replace(&mut self.state, State::Stopped)
+        else {
+            return;
+        };
+        match result {
+            Ok(booted) if !cancel.is_cancelled() => {
+                let process = self.process_spec(&booted.image);
+                let live = Live {
+                    link: GuestLink {
+                        control: booted.guest.control.clone(),
+                        output: booted.output,
+                        defaults: ProcessSpec { argv: Vec::new(), ..process.clone() },
+                    },
+                    guest: booted.guest,
+                };
+                self.watch_vm(&live);
+                match self.start_primary(&live, process).await {
+                    Ok(pid) => {
+                        self.log.system(format!("running (guest pid {pid})"));
+                        self.state = State::Running(live);
+                        let _ = self.persist_status().await;
+                        for w in waiters {
+                            let _ = w.send(self.link());
+                        }
+                    }
+                    Err(e) => {
+                        let reason = format!("cannot start the process: {}", crate::images::error_chain(&e));
+                        self.log.system(reason.clone());
+                        self.state = State::Running(live);
+                        let _ = self.stop(StopMode::Graceful, &reason).await;
+                        for w in waiters {
+                            let _ = w.send(Err(LifecycleError::Stopped { id: self.id(), reason: reason.clone() }));
+                        }
+                    }
+                }
+            }
+            Ok(booted) => {
+                // Cancelled after the guest came up: end it right away.
+                let live = Live {
+                    link: GuestLink {
+                        control: booted.guest.control.clone(),
+                        output: booted.output,
+                        defaults: ProcessSpec::default(),
+                    },
+                    guest: booted.guest,
+                };
+                self.state = State::Running(live);
+                let _ = self.stop(StopMode::Force, "boot cancelled").await;
+                for w in waiters {
+                    let _ = w.send(Err(LifecycleError::Stopped { id: self.id(), reason: "boot cancelled".into() }));
+                }
+            }
+            Err(e) => {
+                let cancelled = matches!(&e, LifecycleError::Boot { source: BootError::Cancelled, .. });
+                let reason = if cancelled {
+                    "boot cancelled".to_owned()
+                } else {
+                    format!("boot failed: {}", crate::images::error_chain(&e))
+                };
+                self.log.system(reason.clone());
+                if !cancelled {
+                    tracing::warn!(%reason, "boot failed");
+                }
+                self.settle_stopped(reason.clone()).await;
+                let mut first = Some(e);
+                for w in waiters {
+                    let err = first.take().unwrap_or_else(|| LifecycleError::Stopped {
+                        id: self.id(),
+                        reason: reason.clone(),
+                    });
+                    let _ = w.send(Err(err));
+                }
+            }
+        }
+        for cmd in deferred {
+            if let Flow::End = Box::pin(self.handle(cmd)).await {
+                // Deleted or shut down: drain nothing further; the mailbox loop ends too.
+                self.rx.close();
+            }
+        }
+    }
+
+    /// The primary process: the image's settings with the instance's on top.
+    fn process_spec(&self, image: &ImageConfig) -> ProcessSpec {
+        let mut env: BTreeMap<String, String> = image
+            .env
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        env.extend(self.spec.env.clone());
+        ProcessSpec {
+            argv: image.argv(&self.spec.command),
+            env,
+            workdir: self.spec.workdir.clone().or_else(|| image.working_dir.clone()),
+            user: image.user.clone(),
+        }
+    }
+
+    async fn start_primary(&self, live: &Live, process: ProcessSpec) -> Result<u32, LifecycleError> {
+        let res: SpawnResult = live
+            .link
+            .control
+            .call(Method::Run, &process, CONTROL_CALL_TIMEOUT)
+            .await
+            .map_err(|source| LifecycleError::Control { id: self.id(), source })?;
+        Ok(res.pid)
+    }
+
+    fn watch_vm(&self, live: &Live) {
+        let mut exited = live.guest.vm.exited();
+        let tx = self.tx.clone();
+        let generation = self.generation;
+        tokio::spawn(async move {
+            let exit = aegis_vmm::wait_for_exit(&mut exited).await;
+            let _ = tx.send(Command::VmExited { generation, exit }).await;
+        });
+    }
+
+    async fn stop(&mut self, mode: StopMode, reason: &str) -> Result<Instance, LifecycleError> {
+        let live = match std::mem::replace(&mut self.state, State::Stopped) {
+            State::Running(live) => live,
+            State::Paused(live) => {
+                if mode == StopMode::Graceful {
+                    // The harness must run to stop its processes.
+                    let _ = live.guest.vm.resume().await;
+                }
+                live
+            }
+            State::Stopped => return Ok(self.view()),
+            other @ State::Starting { .. } => {
+                self.state = other;
+                return Ok(self.view());
+            }
+        };
+        let exit = shutdown_guest(live.guest, mode).await;
+        tracing::info!(%exit, reason, "stopped");
+        self.log.system(format!("stopped: {reason}"));
+        self.settle_stopped(reason.to_owned()).await;
+        Ok(self.view())
+    }
+
+    /// Records the stopped state (the VM is already gone).
+    async fn settle_stopped(&mut self, reason: String) {
+        self.state = State::Stopped;
+        self.row.reason = Some(reason);
+        self.row.stopped_at = Some(now_ts());
+        if let Err(e) = self.persist_status().await {
+            tracing::error!(error = %e, "cannot record stop");
+        }
+    }
+
+    async fn disable(&mut self) -> Result<Instance, LifecycleError> {
+        self.row.enabled = false;
+        self.stop(StopMode::Graceful, "disabled").await?;
+        self.persist().await?;
+        Ok(self.view())
+    }
+
+    async fn pause(&mut self) -> Result<Instance, LifecycleError> {
+        let to = next(self.state.status(), Event::Pause)?;
+        let State::Running(live) = std::mem::replace(&mut self.state, State::Stopped) else {
+            unreachable_state();
+            return Ok(self.view());
+        };
+        if let Err(source) = live.guest.vm.pause().await {
+            self.state = State::Running(live);
+            return Err(LifecycleError::Vmm { id: self.id(), source });
+        }
+        self.state = State::Paused(live);
+        debug_assert_eq!(self.state.status(), to);
+        self.log.system("paused");
+        self.persist_status().await?;
+        Ok(self.view())
+    }
+
+    async fn resume(&mut self) -> Result<Instance, LifecycleError> {
+        next(self.state.status(), Event::Resume)?;
+        self.resume_inner().await?;
+        Ok(self.view())
+    }
+
+    async fn resume_inner(&mut self) -> Result<(), LifecycleError> {
+        let State::Paused(live) = std::mem::replace(&mut self.state, State::Stopped) else {
+            unreachable_state();
+            return Ok(());
+        };
+        if let Err(source) = live.guest.vm.resume().await {
+            self.state = State::Paused(live);
+            return Err(LifecycleError::Vmm { id: self.id(), source });
+        }
+        self.state = State::Running(live);
+        self.log.system("resumed");
+        self.row.last_active_at = Some(now_ts());
+        self.persist_status().await
+    }
+
+    async fn wake(&mut self, reply: Reply<GuestLink>) {
+        match &mut self.state {
+            State::Running(_) => {
+                self.row.last_active_at = Some(now_ts());
+                let _ = reply.send(self.link());
+            }
+            State::Starting { waiters, .. } => waiters.push(reply),
+            State::Paused(_) => {
+                let r = match self.resume_inner().await {
+                    Ok(()) => self.link(),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            State::Stopped if !self.row.enabled => {
+                let _ = reply.send(Err(LifecycleError::Disabled { id: self.id() }));
+            }
+            State::Stopped => {
+                self.log.system("woken by a request");
+                if let Err(e) = self.begin_boot(vec![]).await {
+                    let _ = reply.send(Err(e));
+                } else if let State::Starting { waiters, .. } = &mut self.state {
+                    waiters.push(reply);
+                }
+            }
+        }
+    }
+
+    fn link(&self) -> Result<GuestLink, LifecycleError> {
+        match &self.state {
+            State::Running(live) | State::Paused(live) => Ok(live.link.clone()),
+            State::Stopped | State::Starting { .. } => Err(LifecycleError::Stopped {
+                id: self.id(),
+                reason: self.row.reason.clone().unwrap_or_else(|| "not running".to_owned()),
+            }),
+        }
+    }
+
+    async fn delete(&mut self) -> Result<(), LifecycleError> {
+        self.stop(StopMode::Force, "deleted").await?;
+        self.ctx
+            .registry
+            .delete_instance(self.id())
+            .await
+            .map_err(|source| LifecycleError::Registry { id: self.id(), source })?;
+        let dir = self.ctx.config.instance_dir(&self.row.id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove instance directory");
+            }
+        }
+        tracing::info!("deleted");
+        Ok(())
+    }
+
+    /// Re-attaches to the VM a previous daemon left running, or records that it is gone.
+    async fn recover(&mut self) {
+        let status = InstanceStatus::parse(&self.row.status).unwrap_or(InstanceStatus::Stopped);
+        if status == InstanceStatus::Stopped {
+            return;
+        }
+        self.generation += 1;
+        let paused = status == InstanceStatus::Paused;
+        let (sink, output) = OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), self.generation);
+        let run_dir = self.ctx.config.instance_dir(&self.row.id).join("run");
+        match boot::attach(&self.ctx.boot, &run_dir, sink, paused).await {
+            Ok(guest) => {
+                let ctx = Arc::clone(&self.ctx);
+                let image_ref = self.spec.image_ref.clone();
+                let image = tokio::task::spawn_blocking(move || ctx.images.resolve_blocking(&image_ref))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|r| r.config)
+                    .unwrap_or_default();
+                let process = self.process_spec(&image);
+                let live = Live {
+                    link: GuestLink {
+                        control: guest.control.clone(),
+                        output,
+                        defaults: ProcessSpec { argv: Vec::new(), ..process.clone() },
+                    },
+                    guest,
+                };
+                self.watch_vm(&live);
+                let needs_primary = status == InstanceStatus::Starting && !live.guest.health.primary_running;
+                if needs_primary {
+                    // The previous daemon died between boot and start of the primary process.
+                    let _ = self.start_primary(&live, process).await;
+                }
+                self.state = if paused { State::Paused(live) } else { State::Running(live) };
+                self.log.system("re-attached to the running VM after a daemon restart");
+                tracing::info!(?status, "re-attached");
+                let _ = self.persist_status().await;
+            }
+            Err(e) => {
+                let reason = format!("VM lost while the daemon was down ({})", crate::images::error_chain(&e));
+                self.log.system(reason.clone());
+                tracing::warn!(%reason, "cannot re-attach");
+                self.settle_stopped(reason).await;
+            }
+        }
+    }
+
+    async fn persist_status(&mut self) -> Result<(), LifecycleError> {
+        self.row.status = self.state.status().as_str().to_owned();
+        self.persist().await
+    }
+
+    async fn persist(&mut self) -> Result<(), LifecycleError> {
+        let res = self
+            .ctx
+            .registry
+            .update_instance(self.row.clone())
+            .await
+            .map_err(|source| LifecycleError::Registry { id: self.id(), source });
+        self.publish();
+        res
+    }
+
+    fn publish(&self) {
+        self.snapshot.send_replace(self.view());
+    }
+
+    fn view(&self) -> Instance {
+        let pid = match &self.state {
+            State::Running(l) | State::Paused(l) => Some(l.guest.vm.pid()),
+            State::Stopped | State::Starting { .. } => None,
+        };
+        let mut row = self.row.clone();
+        row.status = self.state.status().as_str().to_owned();
+        render(&row, &self.spec, pid)
+    }
+}
+
+fn unreachable_state() {
+    tracing::error!("instance actor reached a state its transition table excludes");
+}
+
+/// Builds the API view of an instance.
+pub fn render(row: &InstanceRow, spec: &InstanceSpec, vmm_pid: Option<u32>) -> Instance {
+    Instance {
+        id: row.id.clone(),
+        handle: row.handle.clone(),
+        state: InstanceStatus::parse(&row.status).unwrap_or(InstanceStatus::Stopped),
+        enabled: row.enabled,
+        image_ref: spec.image_ref.clone(),
+        command: spec.command.clone(),
+        env_keys: spec.env.keys().cloned().collect(),
+        created_at: row.created_at.clone(),
+        stopped_at: row.stopped_at.clone(),
+        last_active_at: row.last_active_at.clone(),
+        endpoints: Vec::new(),
+        secret_keys: spec.secrets.clone(),
+        kit: spec.kit.clone(),
+        memory_mb: spec.memory_mib,
+        vcpus: spec.vcpus,
+        workspace: spec.workspace.clone(),
+        reason: row.reason.clone(),
+        exit_code: row.exit_code,
+        vmm_pid,
+    }
+}
+
+/// Resolves the image and boots the guest (runs in its own task).
+async fn boot_task(
+    ctx: &Arc<Ctx>,
+    id: &str,
+    spec: &InstanceSpec,
+    hostname: String,
+    sink: crate::control::NotificationSink,
+    output: OutputRouter,
+    cancel: &CancellationToken,
+) -> Result<Booted, LifecycleError> {
+    let image_ref = spec.image_ref.clone();
+    let images = ctx.images.clone();
+    let resolved = tokio::task::spawn_blocking(move || images.resolve_blocking(&image_ref))
+        .await
+        .map_err(|e| LifecycleError::Image {
+            id: id.to_owned(),
+            source: crate::images::ImageError::Build {
+                reference: spec.image_ref.clone(),
+                message: e.to_string(),
+            },
+        })?
+        .map_err(|source| LifecycleError::Image { id: id.to_owned(), source })?;
+    let dir = ctx.config.instance_dir(id);
+    let plan = BootPlan {
+        run_dir: dir.join("run"),
+        base_image: resolved.base,
+        overlay: dir.join("root.qcow2"),
+        memory_mib: spec.memory_mib,
+        vcpus: spec.vcpus,
+        hostname,
+        egress: true,
+        forwards: Vec::new(),
+    };
+    let guest = boot::boot(&ctx.boot, &plan, sink, cancel)
+        .await
+        .map_err(|source| LifecycleError::Boot { id: id.to_owned(), source })?;
+    Ok(Booted {
+        guest,
+        image: resolved.config,
+        output,
+    })
+}
+
+/// Stops a guest: through its harness (graceful) with a deadline, then by killing the VMM.
+async fn shutdown_guest(guest: Guest, mode: StopMode) -> aegis_vmm::VmExit {
+    if mode == StopMode::Graceful {
+        let grace_ms = u64::try_from(GUEST_STOP_GRACE.as_millis()).unwrap_or(u64::MAX);
+        let params = ShutdownParams { grace_ms };
+        let asked: Result<serde_json::Value, _> = guest
+            .control
+            .call(Method::Shutdown, &params, GUEST_STOP_GRACE + Duration::from_secs(5))
+            .await;
+        if asked.is_ok() {
+            let mut exited = guest.vm.exited();
+            let gone = tokio::time::timeout(STOP_DEADLINE, aegis_vmm::wait_for_exit(&mut exited)).await;
+            if let Ok(exit) = gone {
+                return exit;
+            }
+            tracing::warn!("guest did not power off in time; killing the VM");
+        }
+    }
+    guest.vm.kill(KILL_GRACE).await
+}

@@ -1,0 +1,225 @@
+//! Messages to an instance actor: one variant per operation, each with a typed reply channel.
+
+use aegis_proto::api::Instance;
+use aegis_proto::control::{ExitStatus, ProcessSpec};
+use aegis_vmm::VmExit;
+use tokio::sync::oneshot;
+
+use aegis_image::manifest::ImageConfig;
+
+use super::boot::{BootError, Guest};
+use super::output::OutputRouter;
+use super::state::InvalidTransition;
+use crate::control::{ControlChannel, ControlError};
+use crate::images::ImageError;
+use crate::registry::RegistryError;
+
+/// The reply half of a command.
+pub type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
+
+/// How to stop a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Ask the harness: SIGTERM, grace period, SIGKILL, sync, power off.
+    Graceful,
+    /// End the VMM process now (delete).
+    Force,
+}
+
+/// A guest that booted, with what the actor needs to start its primary process.
+#[derive(Debug)]
+pub struct Booted {
+    /// The guest.
+    pub guest: Guest,
+    /// The image's run-time settings.
+    pub image: ImageConfig,
+    /// The guest's output router.
+    pub output: OutputRouter,
+}
+
+/// What a caller needs to use a running guest: its channel, its output router, and the
+/// environment, user and working directory execs inherit from the instance.
+#[derive(Debug, Clone)]
+pub struct GuestLink {
+    /// The harness's control channel.
+    pub control: ControlChannel,
+    /// Where exec output is routed.
+    pub output: OutputRouter,
+    /// Defaults for execs (`argv` empty).
+    pub defaults: ProcessSpec,
+}
+
+/// A message to an instance actor.
+#[derive(Debug)]
+pub enum Command {
+    /// Boot (also re-enables a disabled instance).
+    Start {
+        /// Answered once the boot has begun.
+        reply: Reply<Instance>,
+    },
+    /// Stop the VM; it can be woken again.
+    Stop {
+        /// How.
+        mode: StopMode,
+        /// Answered once stopped.
+        reply: Reply<Instance>,
+    },
+    /// Stop and never wake until started again.
+    Disable {
+        /// Answered once stopped.
+        reply: Reply<Instance>,
+    },
+    /// Stop, then boot.
+    Restart {
+        /// Answered once the new boot has begun.
+        reply: Reply<Instance>,
+    },
+    /// Freeze the vCPUs.
+    Pause {
+        /// Answered once paused.
+        reply: Reply<Instance>,
+    },
+    /// Unfreeze the vCPUs.
+    Resume {
+        /// Answered once running.
+        reply: Reply<Instance>,
+    },
+    /// Make sure the guest runs (boot or resume as needed) and hand out a link to it.
+    Wake {
+        /// Answered when the guest is ready.
+        reply: Reply<GuestLink>,
+    },
+    /// Record activity (exec, connection) for idle bookkeeping.
+    Touch,
+    /// Stop the VM, remove files and registry row, end the actor.
+    Delete {
+        /// Answered once gone.
+        reply: Reply<()>,
+    },
+    /// Daemon shutdown (`aegis down`): stop the VM gracefully and end the actor.
+    Shutdown {
+        /// Answered once stopped.
+        reply: Reply<()>,
+    },
+    /// Sent by the actor's own boot task.
+    BootFinished {
+        /// Which boot.
+        generation: u64,
+        /// Its outcome.
+        result: Result<Booted, LifecycleError>,
+    },
+    /// Sent by the VMM watcher.
+    VmExited {
+        /// Which boot's VM.
+        generation: u64,
+        /// How it ended.
+        exit: VmExit,
+    },
+    /// Sent by the output router when the primary process ended.
+    PrimaryExited {
+        /// Which boot's process.
+        generation: u64,
+        /// How it ended.
+        status: ExitStatus,
+    },
+}
+
+/// Why a lifecycle operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// Not allowed in the current state.
+    #[error(transparent)]
+    Invalid(#[from] InvalidTransition),
+    /// The instance is disabled.
+    #[error("instance {id} is disabled")]
+    Disabled {
+        /// The instance.
+        id: String,
+    },
+    /// The guest could not be booted.
+    #[error("cannot boot instance {id}")]
+    Boot {
+        /// The instance.
+        id: String,
+        /// Cause.
+        #[source]
+        source: BootError,
+    },
+    /// The image could not be resolved.
+    #[error("cannot prepare the image of instance {id}")]
+    Image {
+        /// The instance.
+        id: String,
+        /// Cause.
+        #[source]
+        source: ImageError,
+    },
+    /// The guest's harness failed a call.
+    #[error("instance {id}")]
+    Control {
+        /// The instance.
+        id: String,
+        /// Cause.
+        #[source]
+        source: ControlError,
+    },
+    /// The VMM failed.
+    #[error("instance {id}: VMM operation failed")]
+    Vmm {
+        /// The instance.
+        id: String,
+        /// Cause.
+        #[source]
+        source: aegis_vmm::VmmError,
+    },
+    /// The registry failed.
+    #[error("instance {id}: cannot record the change")]
+    Registry {
+        /// The instance.
+        id: String,
+        /// Cause.
+        #[source]
+        source: RegistryError,
+    },
+    /// The VM stopped while the operation waited for it.
+    #[error("instance {id} stopped: {reason}")]
+    Stopped {
+        /// The instance.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The instance was deleted (or its actor is gone).
+    #[error("instance {id} no longer exists")]
+    Gone {
+        /// The instance.
+        id: String,
+    },
+}
+
+impl LifecycleError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LifecycleError::Disabled { id } => Some(format!("start it first: `aegis instance start {id}`")),
+            LifecycleError::Boot { id, source } => Some(
+                source
+                    .hint()
+                    .map(|h| format!("{h}; `aegis logs {id}` shows the instance log"))
+                    .unwrap_or_else(|| format!("`aegis logs {id}` shows the instance log")),
+            ),
+            LifecycleError::Image { source, .. } => source.hint(),
+            LifecycleError::Stopped { id, .. } => Some(format!("`aegis logs {id}` shows why")),
+            LifecycleError::Invalid(_)
+            | LifecycleError::Control { .. }
+            | LifecycleError::Vmm { .. }
+            | LifecycleError::Registry { .. }
+            | LifecycleError::Gone { .. } => None,
+        }
+    }
+}
+
+/// Convenience: a oneshot pair for a command's reply.
+pub fn reply_channel<T>() -> (Reply<T>, oneshot::Receiver<Result<T, LifecycleError>>) {
+    oneshot::channel()
+}

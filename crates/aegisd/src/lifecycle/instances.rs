@@ -1,0 +1,317 @@
+//! The id → actor map (the only shared map, behind a short synchronous lock that is never held
+//! across `.await`), instance creation and lookup by id or handle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aegis_proto::api::{validate_handle, CreateInstance, Instance, InstanceStatus};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::actor::Actor;
+use super::boot::HARNESS_READY_TIMEOUT;
+use super::command::{reply_channel, Command, LifecycleError, Reply};
+use super::spec::{InstanceSpec, SpecError};
+use super::Ctx;
+use crate::images::ImageError;
+use crate::logs::{now_ts, InstanceLog};
+use crate::registry::{InstanceRow, RegistryError};
+
+/// Longest an API call waits for an actor: a wake may include a whole boot.
+pub const ACTOR_REPLY_DEADLINE: Duration = Duration::from_secs(HARNESS_READY_TIMEOUT.as_secs() + 60);
+
+/// A cheap handle to one instance's actor.
+#[derive(Debug, Clone)]
+pub struct InstanceHandle {
+    /// The instance id.
+    pub id: String,
+    tx: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Instance>,
+    /// The instance's log.
+    pub log: Arc<InstanceLog>,
+}
+
+impl InstanceHandle {
+    /// The latest published view.
+    pub fn view(&self) -> Instance {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver of view changes.
+    pub fn watch(&self) -> watch::Receiver<Instance> {
+        self.snapshot.clone()
+    }
+
+    /// Sends a command built around a reply channel and awaits the reply with a deadline.
+    ///
+    /// # Errors
+    /// The actor's error, or [`LifecycleError::Gone`] when the actor has ended.
+    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LifecycleError> {
+        let (reply, rx): (Reply<T>, oneshot::Receiver<_>) = reply_channel();
+        let gone = || LifecycleError::Gone { id: self.id.clone() };
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        match tokio::time::timeout(ACTOR_REPLY_DEADLINE, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(LifecycleError::Stopped {
+                id: self.id.clone(),
+                reason: format!("no answer within {}s", ACTOR_REPLY_DEADLINE.as_secs()),
+            }),
+        }
+    }
+
+    /// Sends a command that needs no reply.
+    pub fn notify(&self, cmd: Command) {
+        let _ = self.tx.try_send(cmd);
+    }
+}
+
+/// Why an instance could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Invalid request.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// No command and the image has none.
+    #[error("no command given and image {image} has no entrypoint or cmd")]
+    NoCommand {
+        /// The image.
+        image: String,
+    },
+    /// Handle in use by another instance that is not stopped.
+    #[error("handle {handle:?} is in use by instance {id}, which is {state}")]
+    HandleInUse {
+        /// The handle.
+        handle: String,
+        /// Its owner.
+        id: String,
+        /// Its state.
+        state: InstanceStatus,
+    },
+    /// The image cannot be used.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The instance directory could not be prepared.
+    #[error("cannot create instance directory {path}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting it failed.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_id: HashMap<String, InstanceHandle>,
+    by_handle: HashMap<String, String>,
+}
+
+/// All instances of the daemon.
+#[derive(Debug)]
+pub struct Instances {
+    ctx: Arc<Ctx>,
+    maps: Mutex<Maps>,
+    actors: Mutex<JoinSet<()>>,
+}
+
+impl Instances {
+    /// Loads every registered instance and starts its actor, re-attaching to VMs that a
+    /// previous daemon left running.
+    ///
+    /// # Errors
+    /// When the registry cannot be read.
+    pub async fn load(ctx: Arc<Ctx>) -> Result<Arc<Instances>, RegistryError> {
+        let this = Arc::new(Instances {
+            ctx: Arc::clone(&ctx),
+            maps: Mutex::new(Maps::default()),
+            actors: Mutex::new(JoinSet::new()),
+        });
+        for row in ctx.registry.list_instances().await? {
+            let spec: InstanceSpec = match serde_json::from_str(&row.spec) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(instance = %row.id, error = %e, "skipping instance with an unreadable configuration");
+                    continue;
+                }
+            };
+            match this.open_log(&row.id) {
+                Ok(log) => {
+                    this.spawn_actor(row, spec, log, true);
+                }
+                Err(e) => tracing::error!(instance = %row.id, error = %e, "cannot open instance log"),
+            }
+        }
+        Ok(this)
+    }
+
+    fn open_log(&self, id: &str) -> std::io::Result<Arc<InstanceLog>> {
+        let dir = self.ctx.config.instance_dir(id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Arc::new(InstanceLog::open(id, &dir.join("logs.ndjson"))?))
+    }
+
+    fn spawn_actor(&self, row: InstanceRow, spec: InstanceSpec, log: Arc<InstanceLog>, recover: bool) -> InstanceHandle {
+        let id = row.id.clone();
+        let handle_name = row.handle.clone();
+        let (actor, tx, snapshot) = Actor::new(Arc::clone(&self.ctx), row, spec, Arc::clone(&log));
+        let handle = InstanceHandle { id: id.clone(), tx, snapshot, log };
+        {
+            let mut maps = self.lock();
+            maps.by_id.insert(id.clone(), handle.clone());
+            if let Some(h) = handle_name {
+                maps.by_handle.insert(h, id);
+            }
+        }
+        self.actors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spawn(actor.run(recover));
+        handle
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Finds an instance by id or handle.
+    pub fn find(&self, id_or_handle: &str) -> Option<InstanceHandle> {
+        let maps = self.lock();
+        maps.by_id.get(id_or_handle).cloned().or_else(|| {
+            maps.by_handle
+                .get(id_or_handle)
+                .and_then(|id| maps.by_id.get(id))
+                .cloned()
+        })
+    }
+
+    /// Views of all instances, oldest first.
+    pub fn list(&self) -> Vec<Instance> {
+        let handles: Vec<InstanceHandle> = self.lock().by_id.values().cloned().collect();
+        let mut views: Vec<Instance> = handles.iter().map(InstanceHandle::view).collect();
+        views.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        views
+    }
+
+    /// Creates and starts an instance; or, for the handle of an existing stopped instance,
+    /// starts that one with its stored configuration. Returns the view and whether it is new.
+    ///
+    /// # Errors
+    /// [`CreateError`].
+    pub async fn create(&self, req: CreateInstance) -> Result<(Instance, bool), CreateError> {
+        if let Some(h) = &req.handle {
+            validate_handle(h).map_err(SpecError::Handle)?;
+            if let Some(existing) = self.find(h) {
+                let view = existing.view();
+                if view.state != InstanceStatus::Stopped {
+                    return Err(CreateError::HandleInUse {
+                        handle: h.clone(),
+                        id: view.id,
+                        state: view.state,
+                    });
+                }
+                let view = existing.request(|reply| Command::Start { reply }).await?;
+                return Ok((view, false));
+            }
+        }
+        let spec = InstanceSpec::from_request(&req)?;
+        let images = self.ctx.images.clone();
+        let image_ref = spec.image_ref.clone();
+        let resolved = tokio::task::spawn_blocking(move || images.resolve_blocking(&image_ref))
+            .await
+            .map_err(|e| ImageError::Build {
+                reference: spec.image_ref.clone(),
+                message: e.to_string(),
+            })??;
+        if resolved.config.argv(&spec.command).is_empty() {
+            return Err(CreateError::NoCommand { image: spec.image_ref });
+        }
+        let id = self.new_id();
+        let row = InstanceRow {
+            id: id.clone(),
+            handle: req.handle.clone(),
+            created_at: now_ts(),
+            spec: serde_json::to_string(&spec).map_err(|e| RegistryError::Corrupt {
+                id: id.clone(),
+                reason: e.to_string(),
+            })?,
+            status: InstanceStatus::Stopped.as_str().to_owned(),
+            enabled: true,
+            reason: None,
+            exit_code: None,
+            stopped_at: None,
+            last_active_at: None,
+        };
+        if let Err(taken) = self.ctx.registry.insert_instance(row.clone()).await? {
+            // Lost a race with a concurrent create of the same handle.
+            let owner = self.find(&taken.0).map(|h| h.view());
+            return Err(CreateError::HandleInUse {
+                handle: taken.0,
+                id: owner.as_ref().map(|v| v.id.clone()).unwrap_or_default(),
+                state: owner.map_or(InstanceStatus::Starting, |v| v.state),
+            });
+        }
+        let log = match self.open_log(&id) {
+            Ok(log) => log,
+            Err(source) => {
+                let _ = self.ctx.registry.delete_instance(id.clone()).await;
+                return Err(CreateError::Dir {
+                    path: self.ctx.config.instance_dir(&id).display().to_string(),
+                    source,
+                });
+            }
+        };
+        log.system(format!("created from image {}", spec.image_ref));
+        let handle = self.spawn_actor(row, spec, log, false);
+        let view = handle.request(|reply| Command::Start { reply }).await?;
+        Ok((view, true))
+    }
+
+    fn new_id(&self) -> String {
+        let mut nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        let maps = self.lock();
+        loop {
+            let id = format!("inst-{nanos}");
+            if !maps.by_id.contains_key(&id) {
+                return id;
+            }
+            nanos += 1;
+        }
+    }
+
+    /// Deletes an instance (stopping its VM).
+    ///
+    /// # Errors
+    /// The actor's error.
+    pub async fn delete(&self, handle: &InstanceHandle) -> Result<(), LifecycleError> {
+        handle.request(|reply| Command::Delete { reply }).await?;
+        let mut maps = self.lock();
+        maps.by_id.remove(&handle.id);
+        maps.by_handle.retain(|_, id| id != &handle.id);
+        Ok(())
+    }
+
+    /// Stops every VM gracefully and ends the actors (`aegis down`).
+    pub async fn shutdown_all(&self) {
+        let handles: Vec<InstanceHandle> = self.lock().by_id.values().cloned().collect();
+        let stops = handles.iter().map(|h| h.request(|reply| Command::Shutdown { reply }));
+        for (h, r) in handles.iter().zip(futures::future::join_all(stops).await) {
+            if let Err(e) = r {
+                tracing::warn!(instance = %h.id, error = %e, "stop at shutdown failed");
+            }
+        }
+        let mut actors = std::mem::take(&mut *self.actors.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while actors.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}

@@ -1,0 +1,164 @@
+//! An instance's validated configuration, built once from an API request and stored as JSON in
+//! the registry so a restart uses exactly what was asked for.
+
+use std::collections::BTreeMap;
+
+use aegis_proto::api::CreateInstance;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DEFAULT_IMAGE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_RANGE_MIB, VCPU_RANGE};
+
+/// The configuration of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// Image reference as given (or the default image).
+    pub image_ref: String,
+    /// Primary process; empty means the image's entrypoint + cmd.
+    pub command: Vec<String>,
+    /// Environment given explicitly (wins over the image's).
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the primary process.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Secret names to inject.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Workspace.
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// Kit.
+    #[serde(default)]
+    pub kit: Option<String>,
+}
+
+/// A request that does not describe a valid instance.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Bad handle.
+    #[error("{0}")]
+    Handle(String),
+    /// An environment variable name is not valid.
+    #[error("invalid environment variable name {0:?}: use letters, digits and '_', not starting with a digit")]
+    EnvName(String),
+    /// Memory out of range.
+    #[error("memory_mb {value} is out of range ({min}..={max})")]
+    Memory {
+        /// Requested.
+        value: u32,
+        /// Lower bound.
+        min: u32,
+        /// Upper bound.
+        max: u32,
+    },
+    /// vCPUs out of range.
+    #[error("vcpus {value} is out of range ({min}..={max})")]
+    Vcpus {
+        /// Requested.
+        value: u32,
+        /// Lower bound.
+        min: u32,
+        /// Upper bound.
+        max: u32,
+    },
+    /// A command element is empty or the command holds a NUL byte.
+    #[error("command contains an empty program name or a NUL byte")]
+    Command,
+}
+
+/// Whether `name` is a valid environment variable name.
+pub fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks an environment map.
+///
+/// # Errors
+/// The first invalid name.
+pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    match env.keys().find(|k| !valid_env_name(k)) {
+        Some(bad) => Err(SpecError::EnvName(bad.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Checks an argv: no empty program, no NUL anywhere.
+///
+/// # Errors
+/// [`SpecError::Command`].
+pub fn check_command(command: &[String]) -> Result<(), SpecError> {
+    if command.first().is_some_and(String::is_empty) || command.iter().any(|a| a.contains('\0')) {
+        return Err(SpecError::Command);
+    }
+    Ok(())
+}
+
+impl InstanceSpec {
+    /// Validates a create request (the handle is checked separately by the caller).
+    ///
+    /// # Errors
+    /// The first field that is invalid.
+    pub fn from_request(req: &CreateInstance) -> Result<InstanceSpec, SpecError> {
+        check_env(&req.env)?;
+        check_command(&req.command)?;
+        let memory_mib = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MIB);
+        if !(MEMORY_RANGE_MIB.0..=MEMORY_RANGE_MIB.1).contains(&memory_mib) {
+            return Err(SpecError::Memory {
+                value: memory_mib,
+                min: MEMORY_RANGE_MIB.0,
+                max: MEMORY_RANGE_MIB.1,
+            });
+        }
+        let vcpus = req.vcpus.unwrap_or(DEFAULT_VCPUS);
+        if !(VCPU_RANGE.0..=VCPU_RANGE.1).contains(&vcpus) {
+            return Err(SpecError::Vcpus {
+                value: vcpus,
+                min: VCPU_RANGE.0,
+                max: VCPU_RANGE.1,
+            });
+        }
+        Ok(InstanceSpec {
+            image_ref: req
+                .image_ref
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+            command: req.command.clone(),
+            env: req.env.clone(),
+            workdir: req.workdir.clone(),
+            memory_mib,
+            vcpus,
+            secrets: req.secrets.clone(),
+            workspace: req.workspace.clone(),
+            kit: req.kit.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_fields() {
+        let ok = CreateInstance { command: vec!["echo".into()], ..Default::default() };
+        let spec = InstanceSpec::from_request(&ok).unwrap();
+        assert_eq!(spec.image_ref, DEFAULT_IMAGE);
+        assert_eq!(spec.memory_mib, DEFAULT_MEMORY_MIB);
+        let rows: Vec<(CreateInstance, &str)> = vec![
+            (CreateInstance { memory_mb: Some(1), ..ok.clone() }, "memory_mb 1 is out of range"),
+            (CreateInstance { vcpus: Some(0), ..ok.clone() }, "vcpus 0 is out of range"),
+            (CreateInstance { env: [("1X".to_owned(), String::new())].into(), ..ok.clone() }, "invalid environment variable name \"1X\""),
+            (CreateInstance { command: vec![String::new()], ..ok.clone() }, "empty program name"),
+        ];
+        for (req, want) in rows {
+            let err = InstanceSpec::from_request(&req).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Numbered schema migrations, applied in order and recorded in `user_version`. Never edit a
+//! released migration: add the next one.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: instances. `spec` is the validated configuration as JSON (image, command, env,
+    // resources, ...); the columns are what lookups and lists filter on.
+    "CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        handle TEXT UNIQUE,
+        created_at TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        status TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        reason TEXT,
+        exit_code INTEGER,
+        stopped_at TEXT,
+        last_active_at TEXT
+    );",
+];
+
+/// Brings the schema up to date.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
