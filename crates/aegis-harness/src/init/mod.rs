@@ -1,0 +1,7 @@
+//! The synchronous boot phases that run before the async runtime: mounts, kernel modules, the
+//! root filesystem switch and networking. `main` calls them in order.
+
+pub mod modules;
+pub mod mounts;
+pub mod net;
+pub mod rootfs;

@@ -1,0 +1,7 @@
+//! The processes the harness runs: spawning, reaping, output, and the table that tracks them.
+
+pub mod output;
+pub mod reaper;
+pub mod spawn;
+pub mod table;
+pub mod user;

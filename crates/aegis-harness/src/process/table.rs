@@ -1,0 +1,291 @@
+//! The processes the harness runs for the host — the primary process (`run`) and any number of
+//! execs — and the rules about them: one primary at a time, exec ids unique while running, at
+//! most [`MAX_PROCESSES`], nothing new once shutdown began.
+//!
+//! The table is owned by the RPC server task; nobody else touches it. A process stays in the
+//! table until its [`Supervisor`] has seen both pipes close and the reaper report its exit; only
+//! then is it removed and its `exit` notification sent, so a host that reacts to `exit` with a
+//! new `run` never sees "already running".
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aegis_proto::control::{ExecId, ExitStatus, ProcessSpec, Stream, MAX_PROCESSES};
+use tokio::sync::oneshot;
+
+use super::output;
+use super::reaper::{ChildKey, KillError, Reaper};
+use super::spawn::{spawn, SpawnError, Spawned};
+use crate::channel::writer::OutboxSender;
+use crate::console;
+
+/// Highest Linux signal number (`SIGRTMAX`).
+pub const MAX_SIGNAL: i32 = 64;
+
+/// Which process a request means.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// The primary process.
+    Primary,
+    /// An exec.
+    Exec(ExecId),
+}
+
+impl Slot {
+    /// The wire's view: `None` for the primary process.
+    pub fn exec_id(&self) -> Option<ExecId> {
+        match self {
+            Slot::Primary => None,
+            Slot::Exec(id) => Some(id.clone()),
+        }
+    }
+}
+
+impl From<Option<ExecId>> for Slot {
+    fn from(exec_id: Option<ExecId>) -> Slot {
+        exec_id.map_or(Slot::Primary, Slot::Exec)
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Slot::Primary => f.write_str("the primary process"),
+            Slot::Exec(id) => write!(f, "exec {id:?}", id = id.0),
+        }
+    }
+}
+
+/// Why a process was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The slot is taken.
+    #[error("{slot} is already running")]
+    AlreadyRunning {
+        /// The slot.
+        slot: Slot,
+    },
+    /// [`MAX_PROCESSES`] reached.
+    #[error("{limit} processes are already running")]
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
+    /// Shutdown has begun.
+    #[error("the harness is shutting down")]
+    ShuttingDown,
+    /// The spawn itself failed.
+    #[error("cannot start {slot}")]
+    Spawn {
+        /// The slot.
+        slot: Slot,
+        /// The cause.
+        #[source]
+        source: SpawnError,
+    },
+}
+
+/// Why a signal was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    /// Not a Linux signal number.
+    #[error("invalid signal {signal}: expected 1 to {MAX_SIGNAL}")]
+    InvalidSignal {
+        /// The number given.
+        signal: i32,
+    },
+    /// Nothing runs in that slot.
+    #[error("{slot} is not running")]
+    NoSuchProcess {
+        /// The slot.
+        slot: Slot,
+    },
+    /// The process has exited; its output may still be draining.
+    #[error("{slot} has exited")]
+    Exited {
+        /// The slot.
+        slot: Slot,
+    },
+    /// kill(2) failed.
+    #[error("cannot signal {slot}")]
+    Kill {
+        /// The slot.
+        slot: Slot,
+        /// The cause.
+        #[source]
+        source: KillError,
+    },
+}
+
+/// A process that ended: both pipes closed and reaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// Its slot.
+    pub slot: Slot,
+    /// Its identity.
+    pub key: ChildKey,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// Watches one process: pumps both pipes and waits for the reaper's report.
+#[derive(Debug)]
+pub struct Supervisor {
+    slot: Slot,
+    spawned: Spawned,
+    outbox: OutboxSender,
+}
+
+impl Supervisor {
+    /// The process's pid.
+    pub fn pid(&self) -> u32 {
+        self.spawned.key.pid.unsigned_abs()
+    }
+
+    /// Runs until the process has ended and all its output was handed to the writer.
+    pub async fn run(self) -> Finished {
+        let Supervisor {
+            slot,
+            spawned,
+            outbox,
+        } = self;
+        let Spawned {
+            key,
+            stdout,
+            stderr,
+            exited,
+        } = spawned;
+        let (_, _, status) = tokio::join!(
+            output::pump(stdout, Stream::Stdout, slot.exec_id(), outbox.clone()),
+            output::pump(stderr, Stream::Stderr, slot.exec_id(), outbox.clone()),
+            wait_exit(exited, &slot),
+        );
+        Finished { slot, key, status }
+    }
+}
+
+async fn wait_exit(exited: oneshot::Receiver<ExitStatus>, slot: &Slot) -> ExitStatus {
+    match exited.await {
+        Ok(status) => status,
+        // The reaper only drops a sender after sending, so this means it is gone; main treats
+        // that as fatal. Report something rather than hang.
+        Err(_) => {
+            console::line(format_args!(
+                "no exit status for {slot}: the reaper is gone"
+            ));
+            ExitStatus::exited(255)
+        }
+    }
+}
+
+/// The table of running processes.
+#[derive(Debug)]
+pub struct Processes {
+    reaper: Reaper,
+    running: HashMap<Slot, ChildKey>,
+    accepting: bool,
+}
+
+impl Processes {
+    /// An empty table spawning through `reaper`.
+    pub fn new(reaper: Reaper) -> Processes {
+        Processes {
+            reaper,
+            running: HashMap::new(),
+            accepting: true,
+        }
+    }
+
+    /// Starts `spec` in `slot`. The caller sends the reply first, then runs the returned
+    /// supervisor, so the reply precedes the process's output on the wire.
+    ///
+    /// # Errors
+    /// [`StartError`] when the slot is taken, the limit reached, shutdown begun or the spawn
+    /// failed.
+    pub fn start(
+        &mut self,
+        slot: Slot,
+        spec: &ProcessSpec,
+        outbox: &OutboxSender,
+    ) -> Result<Supervisor, StartError> {
+        if !self.accepting {
+            return Err(StartError::ShuttingDown);
+        }
+        if self.running.contains_key(&slot) {
+            return Err(StartError::AlreadyRunning { slot });
+        }
+        if self.running.len() >= MAX_PROCESSES {
+            return Err(StartError::TooMany {
+                limit: MAX_PROCESSES,
+            });
+        }
+        let spawned = spawn(spec, &self.reaper).map_err(|source| StartError::Spawn {
+            slot: slot.clone(),
+            source,
+        })?;
+        self.running.insert(slot.clone(), spawned.key);
+        Ok(Supervisor {
+            slot,
+            spawned,
+            outbox: outbox.clone(),
+        })
+    }
+
+    /// Removes a finished process. Returns whether it was in the table.
+    pub fn finish(&mut self, finished: &Finished) -> bool {
+        match self.running.get(&finished.slot) {
+            Some(key) if *key == finished.key => {
+                self.running.remove(&finished.slot);
+                true
+            }
+            Some(_) | None => false,
+        }
+    }
+
+    /// Sends `signal` to the process group of the process in `slot`.
+    ///
+    /// # Errors
+    /// [`SignalError`] when the number is invalid, nothing runs there or it already exited.
+    pub fn signal(&self, slot: Slot, signal: i32) -> Result<(), SignalError> {
+        if !(1..=MAX_SIGNAL).contains(&signal) {
+            return Err(SignalError::InvalidSignal { signal });
+        }
+        let Some(key) = self.running.get(&slot) else {
+            return Err(SignalError::NoSuchProcess { slot });
+        };
+        match self.reaper.signal_group(*key, signal) {
+            Ok(()) => Ok(()),
+            Err(KillError::Exited { .. }) => Err(SignalError::Exited { slot }),
+            Err(source) => Err(SignalError::Kill { slot, source }),
+        }
+    }
+
+    /// Sends `signal` to every process group whose leader has not been reaped yet; returns how
+    /// many were signalled.
+    pub fn signal_all(&self, signal: i32) -> usize {
+        self.running
+            .values()
+            .filter(|key| self.reaper.signal_group(**key, signal).is_ok())
+            .count()
+    }
+
+    /// Refuses new processes from now on (shutdown).
+    pub fn stop_accepting(&mut self) {
+        self.accepting = false;
+    }
+
+    /// Processes in the table (running, or exited with output still draining).
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Whether a primary process is in the table.
+    pub fn primary_running(&self) -> bool {
+        self.running.contains_key(&Slot::Primary)
+    }
+}
