@@ -3,17 +3,24 @@
 //!
 //! The pieces, in the order an image travels through them:
 //! - [`reference`]: image references and digests, parsed and normalised like docker does;
+//! - [`manifest`]: the OCI/docker documents (manifests, indexes, configs, platforms);
 //! - [`store`]: the on-disk blob store, image records and references, safe for two processes;
 //! - [`unpack`]: apply layers (whiteouts, links, devices) into a staging directory, keeping
-//!   ownership and modes in a table since the daemon is not root.
+//!   ownership and modes in a table since the daemon is not root;
+//! - [`ext4`]: build the ext4 file with `mke2fs -d` and fix metadata with `debugfs`;
+//! - [`rootfs`]: build-once orchestration of unpack + ext4 per manifest digest.
 #![warn(missing_docs)]
 
+pub mod ext4;
 pub mod manifest;
 pub mod reference;
+pub mod rootfs;
 pub mod store;
 pub mod unpack;
 
+pub use ext4::Ext4Error;
 pub use manifest::{ImageConfig, ManifestError, Platform};
 pub use reference::{Digest, DigestError, ImageRef, ReferenceError};
+pub use rootfs::BuildError;
 pub use store::{ImageRecord, ImageStore, LayerInfo, PruneReport, StoreError};
 pub use unpack::UnpackError;

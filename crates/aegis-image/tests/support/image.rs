@@ -1,0 +1,1 @@
+//! Assembles OCI images (config, manifest, index) from layers.

@@ -1,0 +1,1 @@
+//! A real docker-registry on loopback.
