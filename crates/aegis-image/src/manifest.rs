@@ -79,6 +79,16 @@ pub enum ManifestError {
         /// The platforms it offers, comma-separated.
         available: String,
     },
+    /// The image was built for another platform; a VM cannot run it.
+    #[error("image {digest} is built for {image}, but this host runs {host}")]
+    WrongPlatform {
+        /// The manifest digest.
+        digest: Digest,
+        /// The image's platform.
+        image: Platform,
+        /// The host's platform.
+        host: Platform,
+    },
     /// An index nests deeper than Aegis follows.
     #[error("index {digest} nests other indexes too deeply")]
     NestedTooDeep {
@@ -235,6 +245,9 @@ pub(crate) fn is_supported_layer(media_type: &str) -> bool {
 
 impl Index {
     /// The entry for `platform`, preferring an exact variant match.
+    ///
+    /// # Errors
+    /// [`ManifestError::NoMatchingPlatform`] listing what the index offers.
     pub fn select(
         &self,
         platform: &Platform,
@@ -447,6 +460,20 @@ impl ConfigFile {
             architecture: self.architecture.clone(),
             variant: self.variant.clone(),
         }
+    }
+
+    /// Refuses images for another architecture or OS (a config that does not say is accepted).
+    pub fn check_platform(&self, digest: &Digest) -> Result<(), ManifestError> {
+        let host = Platform::host();
+        let image = self.platform();
+        if image.architecture.is_empty() || host.runs(&image) {
+            return Ok(());
+        }
+        Err(ManifestError::WrongPlatform {
+            digest: digest.clone(),
+            image,
+            host,
+        })
     }
 
     /// A config for `config` on the host platform, with one layer per diff id.

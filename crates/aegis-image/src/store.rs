@@ -326,6 +326,11 @@ impl BlobWriter {
         self.len
     }
 
+    /// The temporary file being written.
+    pub(crate) fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
     /// Verifies the content against `expected` (when given), makes it durable and moves it into
     /// the blob directory. On any error the temporary file is removed.
     pub(crate) fn commit(
