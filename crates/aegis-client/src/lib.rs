@@ -14,5 +14,6 @@ mod transport;
 
 pub use client::{Client, Created, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
 pub use error::ClientError;
+pub use hyper::StatusCode;
 pub use ndjson::{NdjsonStream, MAX_LINE_BYTES};
 pub use paths::{home_from_env, socket_in, HOME_ENV, SOCKET_NAME};

@@ -3,6 +3,8 @@
 //! bodies) without needing a daemon or a VM. Behaviour against the real daemon is covered by the
 //! CLI's end-to-end tests.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,426 @@
+//! [`Daemon`]: a real `aegisd` in a temporary `AEGIS_HOME` that reuses the guest kernel and the
+//! images of the machine's set-up home, stopped and cleaned up on drop.
+
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aegis_proto::api::Instance;
+
+use crate::http::{self, ApiResponse};
+use crate::process::{self, Background, Output, DEFAULT_CLI_TIMEOUT};
+use crate::wait::try_wait_until;
+
+/// Environment variable naming the set-up home whose `kernel` and `images` tests reuse
+/// (default `~/.aegis`).
+pub const SHARED_HOME_ENV: &str = "AEGIS_TEST_SHARED_HOME";
+
+/// Prefix of temporary homes. Short and under `/tmp`: a unix socket path must fit in 108 bytes.
+const HOME_PREFIX: &str = "aegis-t-";
+/// File in a temporary home holding the pid of the test process that owns it.
+const OWNER_FILE: &str = "testkit.owner";
+/// File in a temporary home holding the pid of the last daemon started there.
+const DAEMON_PID_FILE: &str = "testkit.daemon";
+/// A home without an owner file older than this is a leftover (its creator died before writing
+/// the file).
+const ORPHAN_AGE: Duration = Duration::from_secs(600);
+
+/// How long a daemon gets to answer after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a daemon gets to stop its VMs and exit after `POST /v1/shutdown`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one raw API request made by the testkit.
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of `aegisd.log` in failure messages.
+const LOG_TAIL_LINES: usize = 60;
+
+/// A running `aegisd` with its own temporary `AEGIS_HOME`.
+#[derive(Debug)]
+pub struct Daemon {
+    home: PathBuf,
+    workspace: PathBuf,
+    cli: PathBuf,
+    child: Option<Child>,
+    /// Removed (with everything in it) after the daemon and its VMs are gone.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    /// Creates a temporary home, links the set-up home's `kernel` and `images` into it, starts
+    /// `<workspace>/target/release/aegisd` there and waits until it answers.
+    ///
+    /// # Panics
+    /// When a binary, the guest kernel or the default image is missing (the message names the
+    /// command that provides it), or the daemon does not come up.
+    pub fn start() -> Daemon {
+        remove_leftovers();
+        let workspace = workspace_root();
+        let release = workspace.join("target/release");
+        for binary in ["aegisd", "aegis", "aegis-harness"] {
+            assert!(
+                release.join(binary).is_file(),
+                "{} is missing: run scripts/build.sh (it builds the release binaries and the \
+                 static guest harness)",
+                release.join(binary).display()
+            );
+        }
+        let shared = shared_home();
+        assert!(
+            shared.join("kernel/vmlinuz").is_file(),
+            "no guest kernel at {}: run ./setup.sh (or point {SHARED_HOME_ENV} at a set-up \
+             AEGIS_HOME)",
+            shared.join("kernel/vmlinuz").display()
+        );
+        let images_filled = std::fs::read_dir(shared.join("images"))
+            .is_ok_and(|mut entries| entries.next().is_some());
+        assert!(
+            images_filled,
+            "no default image in {}: run ./setup.sh (or point {SHARED_HOME_ENV} at a set-up \
+             AEGIS_HOME)",
+            shared.join("images").display()
+        );
+
+        let dir = tempfile::Builder::new()
+            .prefix(HOME_PREFIX)
+            .tempdir_in("/tmp")
+            .unwrap_or_else(|e| panic!("cannot create a temporary AEGIS_HOME in /tmp: {e}"));
+        let home = dir.path().to_path_buf();
+        write_pid(&home.join(OWNER_FILE), std::process::id());
+        for name in ["kernel", "images"] {
+            std::os::unix::fs::symlink(shared.join(name), home.join(name))
+                .unwrap_or_else(|e| panic!("cannot link {} into {}: {e}", name, home.display()));
+        }
+        let mut daemon = Daemon {
+            home,
+            cli: release.join("aegis"),
+            workspace,
+            child: None,
+            dir: Some(dir),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Runs this CLI binary instead of `target/release/aegis` (e.g. `env!("CARGO_BIN_EXE_aegis")`,
+    /// the build under test).
+    pub fn use_cli(mut self, cli: impl Into<PathBuf>) -> Daemon {
+        self.cli = cli.into();
+        self
+    }
+
+    /// The temporary `AEGIS_HOME`.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.home.join("aegisd.sock")
+    }
+
+    /// The daemon's pid while this testkit started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `aegis ARGS` against this daemon (`NO_COLOR=1`, no stdin) with
+    /// [`DEFAULT_CLI_TIMEOUT`].
+    ///
+    /// # Panics
+    /// On timeout, with what the command printed and the daemon's log.
+    pub fn aegis<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.aegis_with_timeout(args, DEFAULT_CLI_TIMEOUT)
+    }
+
+    /// [`Daemon::aegis`] with another timeout.
+    ///
+    /// # Panics
+    /// On timeout, with what the command printed and the daemon's log.
+    pub fn aegis_with_timeout<I, S>(&self, args: I, timeout: Duration) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let background = self.spawn_aegis(args);
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| background.wait(timeout)));
+        result.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "aegis failed".to_owned());
+            panic!("{message}\n--- aegisd.log ---\n{}", self.log_tail())
+        })
+    }
+
+    /// Starts `aegis ARGS` in the background (to signal it, or run it alongside others).
+    pub fn spawn_aegis<I, S>(&self, args: I) -> Background
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(&self.cli);
+        command
+            .args(args)
+            .env("AEGIS_HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .env("AEGIS_DAEMON", self.release("aegisd"))
+            .env("AEGIS_HARNESS", self.release("aegis-harness"));
+        Background::spawn(command)
+    }
+
+    /// One raw API request (`body` is sent as is, so it may be malformed on purpose).
+    ///
+    /// # Panics
+    /// When the daemon does not answer.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> ApiResponse {
+        http::request(&self.socket(), method, path, body, API_TIMEOUT).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path} got no answer: {e}\n--- aegisd.log ---\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
+    /// `GET /v1/instances/{id}` decoded, or a description of what came back instead.
+    ///
+    /// # Errors
+    /// The status and body when it is not a 200 with an instance.
+    pub fn instance(&self, id_or_handle: &str) -> Result<Instance, String> {
+        let response = http::request(
+            &self.socket(),
+            "GET",
+            &format!("/v1/instances/{id_or_handle}"),
+            None,
+            API_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
+        if response.status != 200 {
+            return Err(format!("{}: {}", response.status, response.body));
+        }
+        serde_json::from_str(&response.body).map_err(|e| format!("{e}: {}", response.body))
+    }
+
+    /// The last lines of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.home.join("aegisd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// Kills the daemon with SIGKILL (only the daemon: its VMs, in their own sessions, live on)
+    /// and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::kill9(child.id());
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a daemon again in the same home (after [`Daemon::kill9`]) and waits until it
+    /// answers.
+    ///
+    /// # Panics
+    /// When the daemon does not come up.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    fn release(&self, binary: &str) -> PathBuf {
+        self.workspace.join("target/release").join(binary)
+    }
+
+    fn spawn(&mut self) {
+        let log_path = self.home.join("aegisd.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
+        let child = Command::new(self.release("aegisd"))
+            .env("AEGIS_HOME", &self.home)
+            .env("AEGIS_HARNESS", self.release("aegis-harness"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.release("aegisd").display()));
+        write_pid(&self.home.join(DAEMON_PID_FILE), child.id());
+        self.child = Some(child);
+
+        let socket = self.socket();
+        let ready = try_wait_until(READY_TIMEOUT, || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(Some(format!("aegisd exited during start-up ({status})")));
+            }
+            match http::request(&socket, "GET", "/v1/status", None, Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(Some(format!(
+                    "GET /v1/status answered {}: {}",
+                    r.status, r.body
+                ))),
+                Err(e) => Err(Some(e.to_string())),
+            }
+        });
+        if let Err(last) = ready {
+            panic!(
+                "aegisd did not answer on {} within {READY_TIMEOUT:?}: {}\n--- aegisd.log ---\n{}",
+                socket.display(),
+                last.unwrap_or_default(),
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Pids of daemons serving this home: ours, whatever answers on the socket (a test may have
+    /// started one with `aegis up`), and the last one recorded.
+    fn daemon_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.child.iter().map(Child::id).collect();
+        if let Ok(status) = http::request(
+            &self.socket(),
+            "GET",
+            "/v1/status",
+            None,
+            Duration::from_secs(2),
+        ) {
+            if let Some(pid) = status.json()["pid"]
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+            {
+                pids.push(pid);
+            }
+        }
+        pids.extend(read_pid(&self.home.join(DAEMON_PID_FILE)));
+        pids.sort_unstable();
+        pids.dedup();
+        pids.retain(|&pid| process::runs_binary(pid, "aegisd"));
+        pids
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pids = self.daemon_pids();
+        // A clean shutdown first: it stops the VMs the way users' daemons do.
+        if http::request(
+            &self.socket(),
+            "POST",
+            "/v1/shutdown",
+            None,
+            Duration::from_secs(5),
+        )
+        .is_ok()
+        {
+            let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+            while Instant::now() < deadline
+                && pids
+                    .iter()
+                    .any(|&pid| process::alive(pid) && process::runs_binary(pid, "aegisd"))
+            {
+                if let Some(child) = self.child.as_mut() {
+                    let _ = child.try_wait();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for &pid in &pids {
+            if process::alive(pid) && process::runs_binary(pid, "aegisd") {
+                eprintln!("testkit: aegisd (pid {pid}) did not shut down; killing its group");
+                process::kill_group(pid);
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        kill_vmms_of(&self.home);
+        if let Some(dir) = self.dir.take() {
+            if let Err(e) = dir.close() {
+                eprintln!("testkit: cannot remove {}: {e}", self.home.display());
+            }
+        }
+    }
+}
+
+/// SIGKILL to the VMM processes (QEMU) whose command line names `home`: only this test's.
+fn kill_vmms_of(home: &Path) {
+    for pid in process::pids_with_cmdline(home) {
+        if !process::runs_binary(pid, "aegisd") {
+            process::kill9(pid);
+        }
+    }
+}
+
+/// Removes the homes (and kills the daemons and VMs) of test processes that died without
+/// cleaning up, e.g. when a test run was interrupted.
+fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(HOME_PREFIX));
+        if !ours || !path.is_dir() {
+            continue;
+        }
+        let orphaned = match read_pid(&path.join(OWNER_FILE)) {
+            Some(owner) => !process::alive(owner),
+            None => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > ORPHAN_AGE),
+        };
+        if !orphaned {
+            continue;
+        }
+        if let Some(pid) = read_pid(&path.join(DAEMON_PID_FILE)) {
+            if process::alive(pid) && process::runs_binary(pid, "aegisd") {
+                process::kill_group(pid);
+            }
+        }
+        kill_vmms_of(&path);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
+fn write_pid(path: &Path, pid: u32) {
+    std::fs::write(path, pid.to_string())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The workspace root (two levels above this crate).
+fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::canonicalize(&root).unwrap_or(root)
+}
+
+/// `$AEGIS_TEST_SHARED_HOME`, else `~/.aegis`.
+fn shared_home() -> PathBuf {
+    if let Some(home) = std::env::var_os(SHARED_HOME_ENV).filter(|v| !v.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let user_home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    user_home.join(".aegis")
+}

@@ -1,0 +1,20 @@
+//! Helpers for end-to-end tests that drive the built binaries as a user would: a real `aegisd`
+//! in a temporary `AEGIS_HOME` ([`Daemon`]), the `aegis` CLI with a hard timeout
+//! ([`Daemon::aegis`]), and polling with a deadline instead of sleeping ([`wait_until`]).
+//!
+//! Prerequisites are never skipped: a missing binary, guest kernel or default image fails the
+//! test with the command that provides it.
+//!
+//! Every helper panics with a message that names what failed and includes the daemon's log, as
+//! a failing test should; none is meant for production code.
+#![warn(missing_docs)]
+
+mod daemon;
+mod http;
+mod process;
+mod wait;
+
+pub use daemon::{Daemon, SHARED_HOME_ENV};
+pub use http::ApiResponse;
+pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
+pub use wait::{try_wait_until, wait_until};

@@ -1,0 +1,257 @@
+//! Flag values shared by several commands, parsed and validated before anything is sent to the
+//! daemon: clap calls these parsers, so bad input is a usage error (exit 2) naming the flag.
+
+use std::collections::BTreeMap;
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use aegis_proto::api::{validate_handle, CreateInstance, InstanceStatus};
+
+/// The options of `aegis run` and `aegis instance start` that describe a new instance.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InstanceOptions {
+    /// Unique handle to refer to the instance by (letters, digits, '.', '_', '-')
+    #[arg(long, value_name = "HANDLE", value_parser = parse_handle)]
+    pub name: Option<String>,
+    /// Image reference for the root filesystem [default: the image built by setup]
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Environment variable for the command; `--env KEY` alone copies KEY from this shell
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<EnvVar>,
+    /// Guest memory in MiB
+    #[arg(long, value_name = "MIB", value_parser = parse_memory)]
+    pub memory: Option<u32>,
+    /// Number of virtual CPUs
+    #[arg(long, value_name = "N", value_parser = parse_vcpus)]
+    pub vcpus: Option<u32>,
+    /// Working directory of the command inside the guest
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+}
+
+impl InstanceOptions {
+    /// The `POST /v1/instances` body for these options and `command`.
+    pub fn into_request(self, command: Vec<String>) -> CreateInstance {
+        CreateInstance {
+            handle: self.name,
+            command,
+            image_ref: self.image,
+            env: env_map(self.env),
+            memory_mb: self.memory,
+            vcpus: self.vcpus,
+            workdir: self.workdir,
+            ..CreateInstance::default()
+        }
+    }
+}
+
+/// One `--env` value, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    /// The variable's name.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// The `--env` values as a map; a later value of the same key wins.
+pub fn env_map(vars: Vec<EnvVar>) -> BTreeMap<String, String> {
+    vars.into_iter().map(|v| (v.key, v.value)).collect()
+}
+
+/// `KEY=VALUE`, or `KEY` alone to copy the value from this process's environment.
+pub fn parse_env(s: &str) -> Result<EnvVar, String> {
+    parse_env_with(s, |key| std::env::var(key).ok())
+}
+
+fn parse_env_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<EnvVar, String> {
+    let (key, value) = match s.split_once('=') {
+        Some((key, value)) => (key, Some(value)),
+        None => (s, None),
+    };
+    let mut chars = key.chars();
+    let valid = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(format!(
+            "invalid variable name {key:?}: use letters, digits and '_', not starting with a digit"
+        ));
+    }
+    let value = match value {
+        Some(value) => value.to_owned(),
+        None => lookup(key)
+            .ok_or_else(|| format!("{key} is not set in this shell; pass --env {key}=VALUE"))?,
+    };
+    Ok(EnvVar {
+        key: key.to_owned(),
+        value,
+    })
+}
+
+/// A valid instance handle.
+pub fn parse_handle(s: &str) -> Result<String, String> {
+    validate_handle(s)?;
+    Ok(s.to_owned())
+}
+
+/// Guest memory: a whole number of MiB.
+pub fn parse_memory(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(mib) if mib > 0 => Ok(mib),
+        _ => Err(format!(
+            "expected guest memory as a whole number of MiB, e.g. 512 (got {s:?})"
+        )),
+    }
+}
+
+/// Number of vCPUs.
+pub fn parse_vcpus(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "expected a number of vCPUs of at least 1 (got {s:?})"
+        )),
+    }
+}
+
+/// An instance state for `--state`.
+pub fn parse_state(s: &str) -> Result<InstanceStatus, String> {
+    InstanceStatus::parse(s)
+        .ok_or_else(|| format!("unknown state {s:?}: use starting, running, paused or stopped"))
+}
+
+/// `--since`: an RFC 3339 time, or a duration before now such as `30s`, `10m`, `2h`, `1d` or
+/// `1h30m`. Returns the RFC 3339 time to send.
+pub fn parse_since(s: &str) -> Result<String, String> {
+    parse_since_at(s, OffsetDateTime::now_utc())
+}
+
+fn parse_since_at(s: &str, now: OffsetDateTime) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "invalid time {s:?}: use RFC 3339 (2024-05-01T10:00:00Z) or a duration such as 30s, \
+             10m, 2h, 1d"
+        )
+    };
+    if let Ok(at) = OffsetDateTime::parse(s, &Rfc3339) {
+        return at.format(&Rfc3339).map_err(|_| bad());
+    }
+    let ago = parse_duration(s).ok_or_else(bad)?;
+    now.checked_sub(ago)
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .ok_or_else(bad)
+}
+
+/// `<number><unit>` repeated, units `s`, `m`, `h`, `d`.
+fn parse_duration(s: &str) -> Option<time::Duration> {
+    let mut total: i64 = 0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: i64 = rest[..digits].parse().ok()?;
+        let unit = rest[digits..].chars().next()?;
+        let seconds = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(seconds)?)?;
+        rest = &rest[digits + unit.len_utf8()..];
+    }
+    Some(time::Duration::seconds(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values() {
+        let lookup = |k: &str| (k == "HOME_DIR").then(|| "/home/me".to_owned());
+        let ok = [
+            ("A=1", "A", "1"),
+            ("A=", "A", ""),
+            ("_X1=a=b", "_X1", "a=b"),
+            ("HOME_DIR", "HOME_DIR", "/home/me"),
+        ];
+        for (input, key, value) in ok {
+            assert_eq!(
+                parse_env_with(input, lookup),
+                Ok(EnvVar {
+                    key: key.to_owned(),
+                    value: value.to_owned()
+                }),
+                "{input}"
+            );
+        }
+        for bad in ["=1", "1A=x", "A-B=1", "A B=1", "", "UNSET_VAR"] {
+            assert!(parse_env_with(bad, lookup).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_env_with("UNSET_VAR", lookup).unwrap_err(),
+            "UNSET_VAR is not set in this shell; pass --env UNSET_VAR=VALUE"
+        );
+    }
+
+    #[test]
+    fn later_env_wins() {
+        let vars = ["A=1", "B=2", "A=3"].map(|s| parse_env(s).unwrap());
+        let map = env_map(vars.to_vec());
+        assert_eq!(map.get("A").map(String::as_str), Some("3"));
+        assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn since_values() {
+        let now = OffsetDateTime::parse("2024-05-01T12:00:00Z", &Rfc3339).unwrap();
+        let rows = [
+            ("30s", "2024-05-01T11:59:30Z"),
+            ("10m", "2024-05-01T11:50:00Z"),
+            ("2h", "2024-05-01T10:00:00Z"),
+            ("1d", "2024-04-30T12:00:00Z"),
+            ("1h30m", "2024-05-01T10:30:00Z"),
+            ("2024-05-01T10:00:00Z", "2024-05-01T10:00:00Z"),
+            ("2024-05-01T10:00:00.5+02:00", "2024-05-01T10:00:00.5+02:00"),
+        ];
+        for (input, want) in rows {
+            assert_eq!(parse_since_at(input, now).as_deref(), Ok(want), "{input}");
+        }
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10x",
+            "-5m",
+            "yesterday",
+            "2024-05-01",
+            "99999999999999d",
+        ] {
+            assert!(parse_since_at(bad, now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_and_handles() {
+        assert_eq!(parse_memory("512"), Ok(512));
+        assert!(parse_memory("0").is_err());
+        assert!(parse_memory("1G").is_err());
+        assert!(parse_memory("-1").is_err());
+        assert_eq!(parse_vcpus("2"), Ok(2));
+        assert!(parse_vcpus("0").is_err());
+        assert_eq!(parse_handle("web-1"), Ok("web-1".to_owned()));
+        assert!(parse_handle("-web").is_err());
+        assert!(parse_handle("inst-1").is_err());
+        assert_eq!(parse_state("paused"), Ok(InstanceStatus::Paused));
+        assert!(parse_state("gone").is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! `aegis instance info <ID|HANDLE>`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use time::OffsetDateTime;
+
+use aegis_proto::api::Instance;
+
+use crate::display::{age, quote_command};
+use crate::exit::Exit;
+use crate::printer::print_json;
+use crate::Ctx;
+
+/// `aegis instance info`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Instance id (inst-…) or handle
+    #[arg(value_name = "ID|HANDLE")]
+    pub target: String,
+    /// Print the instance object as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `aegis instance info`.
+pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let instance = ctx
+        .client
+        .instance(&args.target)
+        .await
+        .with_context(|| format!("cannot get instance {:?}", args.target))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        print_json(&mut out, &instance)?;
+    } else {
+        out.write_all(render(&instance, OffsetDateTime::now_utc()).as_bytes())?;
+    }
+    Ok(Exit::Success)
+}
+
+fn render(i: &Instance, now: OffsetDateTime) -> String {
+    let when = |t: &str| format!("{t} ({})", age(t, now));
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", i.id.clone()),
+        ("handle", i.handle.clone().unwrap_or_else(|| "-".to_owned())),
+        (
+            "state",
+            format!("{}{}", i.state, if i.enabled { "" } else { " (disabled)" }),
+        ),
+        ("image", i.image_ref.clone()),
+        ("command", quote_command(&i.command)),
+        ("memory", format!("{} MiB", i.memory_mb)),
+        ("vcpus", i.vcpus.to_string()),
+        ("created", when(&i.created_at)),
+    ];
+    let optional = [
+        ("last active", i.last_active_at.as_deref().map(when)),
+        ("stopped", i.stopped_at.as_deref().map(when)),
+        ("exit code", i.exit_code.map(|c| c.to_string())),
+        ("reason", i.reason.clone()),
+        (
+            "env",
+            (!i.env_keys.is_empty()).then(|| i.env_keys.join(", ")),
+        ),
+        (
+            "secrets",
+            (!i.secret_keys.is_empty()).then(|| i.secret_keys.join(", ")),
+        ),
+        (
+            "endpoints",
+            (!i.endpoints.is_empty()).then(|| {
+                i.endpoints
+                    .iter()
+                    .map(|e| format!("{}:{}/{}", e.public_port, e.guest_port, e.protocol))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        ),
+        ("workspace", i.workspace.clone()),
+        ("kit", i.kit.clone()),
+        ("vmm pid", i.vmm_pid.map(|p| p.to_string())),
+    ];
+    rows.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    rows.iter()
+        .map(|(key, value)| format!("{:<13}{value}\n", format!("{key}:")))
+        .collect()
+}

@@ -1,0 +1,62 @@
+//! `aegis instance start`: create an instance running `-- CMD...`, or boot a stopped one named by
+//! id or handle.
+
+use std::io::Write;
+
+use anyhow::Context;
+
+use aegis_client::InstanceAction;
+
+use crate::args::InstanceOptions;
+use crate::display::label;
+use crate::exit::Exit;
+use crate::Ctx;
+
+/// `aegis instance start`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["target", "command"])))]
+pub struct Args {
+    /// A stopped instance to boot (id or handle); give `-- CMD...` instead to create one
+    #[arg(
+        value_name = "ID|HANDLE",
+        conflicts_with_all = ["name", "image", "env", "memory", "vcpus", "workdir"]
+    )]
+    pub target: Option<String>,
+    #[command(flatten)]
+    pub options: InstanceOptions,
+    /// The command to run as the instance's primary process
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Runs `aegis instance start`.
+pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let mut out = std::io::stdout();
+    if let Some(target) = args.target {
+        let instance = ctx
+            .client
+            .instance_action(&target, InstanceAction::Start)
+            .await
+            .with_context(|| format!("cannot start instance {target:?}"))?;
+        writeln!(out, "{}: {}", label(&instance), instance.state)?;
+        return Ok(Exit::Success);
+    }
+    let request = args.options.into_request(args.command);
+    let created = ctx
+        .client
+        .create_instance(&request)
+        .await
+        .context("cannot create the instance")?;
+    let instance = &created.instance;
+    if created.restarted {
+        writeln!(
+            out,
+            "{}: {} (existing instance started again with its stored configuration)",
+            label(instance),
+            instance.state
+        )?;
+    } else {
+        writeln!(out, "{}: {}", label(instance), instance.state)?;
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,10 @@
+//! One module per command; each has an `Args` (clap) and an async `run` returning the exit code.
+
+pub mod doctor;
+pub mod down;
+pub mod exec;
+pub mod instance;
+pub mod logs;
+pub mod run;
+pub mod status;
+pub mod up;
