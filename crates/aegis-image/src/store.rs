@@ -321,11 +321,6 @@ impl Write for BlobWriter {
 }
 
 impl BlobWriter {
-    /// Bytes written so far.
-    pub(crate) fn len(&self) -> u64 {
-        self.len
-    }
-
     /// The temporary file being written.
     pub(crate) fn path(&self) -> &Path {
         self.temp.path()
@@ -976,7 +971,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path()).unwrap();
         let a = put_test_image(&store, b"layer a");
-        let report = store.prune_keeping(&[a.clone()]).unwrap();
+        let report = store.prune_keeping(std::slice::from_ref(&a)).unwrap();
         assert!(report.removed_images.is_empty());
         assert!(store.is_complete(&a).unwrap());
 

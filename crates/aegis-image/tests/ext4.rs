@@ -1,6 +1,7 @@
 //! Unpack + ext4 build, checked with debugfs: ownership, modes, setuid, links, devices, xattrs
 //! and names with spaces and quotes come out exactly as the layers say, although nothing runs
 //! chown or mknod on the host.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 mod support;
 

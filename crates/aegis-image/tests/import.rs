@@ -1,6 +1,7 @@
 //! Offline imports: a root filesystem tarball (the set-up step's default image), OCI image
 //! layouts (directory and archive, single- and multi-platform) and `docker save` archives.
 //! Each imported image is built into an ext4 base image and checked with debugfs.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 mod support;
 
