@@ -124,6 +124,9 @@ impl Ext4Error {
 }
 
 /// Finds `tool` in `$PATH`, then in the sbin directories.
+///
+/// # Errors
+/// [`Ext4Error::ToolMissing`] naming the package to install.
 pub fn find_tool(tool: &'static str) -> Result<PathBuf, Ext4Error> {
     let path_dirs = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_dirs)

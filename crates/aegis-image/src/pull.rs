@@ -344,6 +344,19 @@ pub async fn pull(
         source,
     };
 
+    // Hold the writer lock for the whole pull, so that prune cannot remove blobs or records
+    // between our checks, writes and the reference that makes them live. (A cross-process
+    // advisory lock, not a mutex: it is held across awaits on purpose; only prune ever waits for
+    // it, and prune gives up after a deadline.)
+    let lock_store = store.clone();
+    let _writer = tokio::task::spawn_blocking(move || lock_store.lock_shared())
+        .await
+        .map_err(|source| PullError::Interrupted {
+            reference: reference.clone(),
+            source,
+        })?
+        .map_err(store_err)?;
+
     if let Some(record) =
         cached_without_network(store, reference, options.policy).map_err(store_err)?
     {
@@ -362,15 +375,6 @@ pub async fn pull(
         let record = record_of(store, &resolved.digest, reference)?;
         return finish(store, record, options, &emit, PullOutcome::Cached).await;
     }
-
-    // From here on blobs are written: hold the writer lock so that prune cannot remove them
-    // before the record references them. (A cross-process advisory lock, not a mutex: it is
-    // held across awaits on purpose, and only prune ever waits for it, with a deadline.)
-    let lock_store = store.clone();
-    let _writer = tokio::task::spawn_blocking(move || lock_store.lock_shared())
-        .await
-        .map_err(|source| session.interrupted(source))?
-        .map_err(store_err)?;
 
     let (manifest_bytes, manifest) = match resolved.manifest {
         Some(fetched) => fetched,
