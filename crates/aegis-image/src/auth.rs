@@ -3,7 +3,7 @@
 //! Only inline credentials are read (`auths.<registry>.auth`, base64 `user:password`, or
 //! `username`/`password`). Credential helpers (`credsStore`, `credHelpers`) run external programs
 //! and are not supported; a registry configured only through one is accessed anonymously, with a
-//! warning. Using the credentials is left to [`crate::pull`].
+//! warning. Using the credentials is left to [`crate::pull`](mod@crate::pull).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -290,8 +290,9 @@ pub fn import_archive(
         path: archive.clone(),
         source,
     })?;
-    // A compressed archive cannot be read at offsets: decompress it into the store's tmp/ first.
-    let mut _decompressed = None;
+    // A compressed archive cannot be read at offsets: decompress it into the store's tmp/ first
+    // (removed when the import ends).
+    let mut decompressed_copy = None;
     let source = if meta.is_dir() {
         Source::Dir(path.to_owned())
     } else {
@@ -312,7 +313,7 @@ pub fn import_archive(
                 decompressor(File::open(path).map_err(read_err)?, compression).map_err(read_err)?;
             io::copy(&mut input, &mut out).map_err(read_err)?;
             let p = temp.path().to_owned();
-            _decompressed = Some(temp);
+            decompressed_copy = Some(temp);
             p
         };
         Source::Tar(TarIndex::build(&tar_path).map_err(read_err)?)
@@ -323,7 +324,7 @@ pub fn import_archive(
         source,
         options,
     };
-    if importer.source.exists("index.json") {
+    let imported = if importer.source.exists("index.json") {
         importer.import_oci_layout()
     } else if importer.source.exists("manifest.json") {
         importer.import_docker_save()
@@ -331,7 +332,9 @@ pub fn import_archive(
         Err(ImportError::NotAnImage {
             path: importer.archive,
         })
-    }
+    };
+    drop(decompressed_copy);
+    imported
 }
 
 fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {

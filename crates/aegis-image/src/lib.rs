@@ -2,9 +2,9 @@
 //! content-addressed store and turn each image into a read-only ext4 base image for microVMs.
 //!
 //! The pieces, in the order an image travels through them:
-//! - [`reference`]: image references and digests, parsed and normalised like docker does;
+//! - [`reference`](mod@reference): image references and digests, parsed and normalised like docker does;
 //! - [`manifest`]: the OCI/docker documents (manifests, indexes, configs, platforms);
-//! - [`pull`] (with credentials from [`auth`]): fetch images from OCI registries;
+//! - [`pull`](mod@pull) (with credentials from [`auth`]): fetch images from OCI registries;
 //! - [`import`]: root filesystem tarballs, OCI layouts and `docker save` archives;
 //! - [`store`]: the on-disk blob store, image records and references, safe for two processes;
 //! - [`unpack`]: apply layers (whiteouts, links, devices) into a staging directory, keeping

@@ -2,7 +2,7 @@
 //!
 //! Only the fields Aegis uses are modelled; the documents themselves are stored byte for byte in
 //! the blob store, so nothing is lost by parsing less. Fetching documents is left to
-//! [`crate::pull`] and [`crate::import`].
+//! [`crate::pull`](mod@crate::pull) and [`crate::import`].
 
 use std::collections::BTreeMap;
 

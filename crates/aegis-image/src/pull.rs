@@ -349,17 +349,17 @@ pub async fn pull(
     // advisory lock, not a mutex: it is held across awaits on purpose; only prune ever waits for
     // it, and prune gives up after a deadline.)
     let lock_store = store.clone();
-    let _writer = tokio::task::spawn_blocking(move || lock_store.lock_shared())
-        .await
-        .map_err(|source| PullError::Interrupted {
-            reference: reference.clone(),
-            source,
-        })?
+    let _writer = blocking(reference, move || lock_store.lock_shared())
+        .await?
         .map_err(store_err)?;
 
-    if let Some(record) =
-        cached_without_network(store, reference, options.policy).map_err(store_err)?
-    {
+    let (cache_store, cache_ref, policy) = (store.clone(), reference.clone(), options.policy);
+    let cached = blocking(reference, move || {
+        cached_without_network(&cache_store, &cache_ref, policy)
+    })
+    .await?
+    .map_err(store_err)?;
+    if let Some(record) = cached {
         return finish(store, record, options, &emit, PullOutcome::Cached).await;
     }
 
@@ -368,11 +368,18 @@ pub async fn pull(
     });
     let session = Session::new(reference, options)?;
     let resolved = session.resolve(&options.platform).await?;
-    if store.is_complete(&resolved.digest).map_err(store_err)? {
-        store
-            .set_reference(reference, &resolved.digest)
-            .map_err(store_err)?;
-        let record = record_of(store, &resolved.digest, reference)?;
+    let (cache_store, cache_ref, digest) =
+        (store.clone(), reference.clone(), resolved.digest.clone());
+    let cached = blocking(reference, move || {
+        if !cache_store.is_complete(&digest)? {
+            return Ok(None);
+        }
+        cache_store.set_reference(&cache_ref, &digest)?;
+        cache_store.record_for(&digest, &cache_ref)
+    })
+    .await?
+    .map_err(store_err)?;
+    if let Some(record) = cached {
         return finish(store, record, options, &emit, PullOutcome::Cached).await;
     }
 
@@ -419,18 +426,35 @@ pub async fn pull(
     let finalize_store = store.clone();
     let manifest_digest = resolved.digest.clone();
     let finalize_ref = reference.clone();
-    tokio::task::spawn_blocking(move || {
+    let record = blocking(reference, move || {
         finalize_store.put_blob(&manifest_bytes, Some(&manifest_digest))?;
         finalize_store.put_blob(&config_bytes, Some(&manifest.config.digest))?;
         finalize_store.put_image(&manifest_digest, &manifest, &config)?;
-        finalize_store.set_reference(&finalize_ref, &manifest_digest)
+        finalize_store.set_reference(&finalize_ref, &manifest_digest)?;
+        finalize_store.record_for(&manifest_digest, &finalize_ref)
     })
-    .await
-    .map_err(|source| session.interrupted(source))?
-    .map_err(store_err)?;
-
-    let record = record_of(store, &resolved.digest, reference)?;
+    .await?
+    .map_err(store_err)?
+    .ok_or_else(|| {
+        store_err(StoreError::MissingRecord {
+            reference: reference.clone(),
+            manifest: resolved.digest.clone(),
+        })
+    })?;
     finish(store, record, options, &emit, PullOutcome::Downloaded).await
+}
+
+/// Runs store work (file I/O with fsync) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    reference: &ImageRef,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PullError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|source| PullError::Interrupted {
+            reference: reference.clone(),
+            source,
+        })
 }
 
 /// The stored image to serve without asking the registry, per the cache policy.
@@ -454,26 +478,6 @@ fn cached_without_network(
         store.set_reference(reference, &record.manifest_digest)?;
     }
     Ok(Some(record))
-}
-
-fn record_of(
-    store: &ImageStore,
-    manifest: &Digest,
-    reference: &ImageRef,
-) -> Result<ImageRecord, PullError> {
-    let store_err = |source| PullError::Store {
-        reference: reference.clone(),
-        source,
-    };
-    store
-        .record_for(manifest, reference)
-        .map_err(store_err)?
-        .ok_or_else(|| {
-            store_err(StoreError::MissingRecord {
-                reference: reference.clone(),
-                manifest: manifest.clone(),
-            })
-        })
 }
 
 /// Builds the base image when asked to, then reports `Done`.

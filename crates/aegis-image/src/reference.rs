@@ -2,7 +2,7 @@
 //!
 //! Parsing follows docker's normalisation rules so that users can type what they type for docker:
 //! `alpine` is `docker.io/library/alpine:latest`, `localhost:5000/x:y` keeps its registry. Looking a
-//! reference up or fetching it is left to [`crate::store`] and [`crate::pull`].
+//! reference up or fetching it is left to [`crate::store`] and [`crate::pull`](mod@crate::pull).
 
 use std::fmt;
 use std::str::FromStr;

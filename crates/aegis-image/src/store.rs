@@ -15,7 +15,7 @@
 //!
 //! Every file that other readers see appears by `rename(2)` from `tmp/` after it is complete (and,
 //! for blobs, after its digest was verified), so a crash or a bad download never leaves a bad blob
-//! or a half-written record. Fetching content is left to [`crate::pull`] and [`crate::import`].
+//! or a half-written record. Fetching content is left to [`crate::pull`](mod@crate::pull) and [`crate::import`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
