@@ -56,6 +56,8 @@ enum BootError {
     Reaper(#[from] ReaperError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot start the control channel reader thread")]
+    Reader(#[source] std::io::Error),
     #[error("the {task} task ended unexpectedly")]
     TaskEnded { task: &'static str },
 }
@@ -198,7 +200,9 @@ fn serve(
 
         let mut reaper_handle = tokio::spawn(reaper_task.run());
         let mut writer_handle = tokio::spawn(writer::run(outgoing, connections_rx));
-        let _reader_handle = tokio::spawn(reader::run(transport, lines_tx, connections_tx));
+        // The reader thread ends by itself once the server (the receiver of its lines) is gone.
+        let _reader =
+            reader::spawn(transport, lines_tx, connections_tx).map_err(BootError::Reader)?;
         console::phase(format_args!("serving the control channel on {description}"));
         console::line("ready");
 

@@ -1,13 +1,17 @@
 //! The read side of the control channel: connects through the transport, decodes bounded lines
 //! and hands them to the RPC server, surviving the host going away.
 //!
+//! It runs on a dedicated thread with plain `poll(2)` rather than in the async runtime: a
+//! virtio-serial port reports `POLLHUP` while no host is connected and clears it when one
+//! connects, which tokio's readiness tracking cannot follow (it treats a hang-up as final).
 //! On end-of-file the transport's [`EofPolicy`] decides: wait for the host on the same port
-//! (virtio-serial, polled every [`HOST_POLL`]), connect again (vsock, with backoff), or tell the
-//! server the peer is gone (`--stdio`). Each new connection's write side is passed to the
-//! writer task. Connection changes are noted on the console, once per change.
+//! (virtio-serial, checked every [`HOST_POLL`]), connect again (vsock, with backoff), or tell the
+//! server the peer is gone (`--stdio`). Each new connection's write side is passed to the writer
+//! task. Connection changes are noted on the console, once per change.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aegis_proto::control::MAX_HOST_FRAME_BYTES;
@@ -15,14 +19,15 @@ use tokio::sync::mpsc;
 
 use super::framing::{Decoded, LineDecoder};
 use super::transport::{EofPolicy, Transport};
-use crate::async_fd::{self, Watched};
+use crate::async_fd;
 use crate::console;
 
 /// Lines waiting for the server. Each can be up to [`MAX_HOST_FRAME_BYTES`], so a small number
 /// keeps the memory bound small; the host is throttled by the port meanwhile.
 pub const INCOMING_CAPACITY: usize = 4;
 
-/// How often a disconnected virtio-serial port is checked for the host's return.
+/// How often a disconnected virtio-serial port is checked for the host's return; also the
+/// longest a `poll` waits before the reader re-checks that the server still listens.
 pub const HOST_POLL: Duration = Duration::from_millis(100);
 
 /// First delay before retrying a failed connect; doubles up to [`RECONNECT_MAX`].
@@ -50,36 +55,42 @@ enum Gone {
     ServerStopped,
 }
 
-/// Runs until the server stops listening (or, for [`EofPolicy::Shutdown`], the peer is gone).
-pub async fn run(
-    mut transport: Box<dyn Transport>,
+/// Starts the reader thread. It ends when the server stops listening, or (for
+/// [`EofPolicy::Shutdown`]) after reporting [`Incoming::Closed`].
+///
+/// # Errors
+/// The thread could not be created.
+pub fn spawn(
+    transport: Box<dyn Transport>,
     lines: mpsc::Sender<Incoming>,
     connections: mpsc::Sender<OwnedFd>,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("channel-reader".to_owned())
+        .spawn(move || run(transport, &lines, &connections))
+}
+
+fn run(
+    mut transport: Box<dyn Transport>,
+    lines: &mpsc::Sender<Incoming>,
+    connections: &mpsc::Sender<OwnedFd>,
 ) {
     let policy = transport.eof_policy();
     let mut decoder = LineDecoder::new(MAX_HOST_FRAME_BYTES);
     let mut backoff = RECONNECT_MIN;
     let mut connect_failed = false;
     loop {
-        // Connecting may block (vsock), so it runs off the async thread.
-        let attempt = tokio::task::spawn_blocking(move || {
-            let result = transport.connect();
-            (transport, result)
-        })
-        .await;
-        let Ok((returned, result)) = attempt else {
-            console::line("control channel connect task failed");
-            return;
-        };
-        transport = returned;
-        let connection = match result {
+        let connection = match transport.connect() {
             Ok(connection) => connection,
             Err(e) => {
                 if !connect_failed {
                     connect_failed = true;
                     console::line(format_args!("{}; retrying", console::chain(&e)));
                 }
-                tokio::time::sleep(backoff).await;
+                if lines.is_closed() {
+                    return;
+                }
+                std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(RECONNECT_MAX);
                 continue;
             }
@@ -89,24 +100,14 @@ pub async fn run(
         if policy == EofPolicy::Reconnect {
             console::line(format_args!("host connected ({})", transport.describe()));
         }
-        if connections.send(connection.write).await.is_err() {
+        if connections.blocking_send(connection.write).is_err() {
             return;
         }
-        let read = match Watched::new(connection.read) {
-            Ok(read) => read,
-            Err(e) => {
-                console::line(format_args!(
-                    "cannot watch the control channel for reading: {e}"
-                ));
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        };
         decoder.reset();
-        match read_until_gone(&read, policy, &mut decoder, &lines).await {
+        match read_until_gone(&connection.read, policy, &mut decoder, lines) {
             Gone::Reconnect => console::line("host disconnected"),
             Gone::PeerClosed => {
-                let _ = lines.send(Incoming::Closed).await;
+                let _ = lines.blocking_send(Incoming::Closed);
                 return;
             }
             Gone::ServerStopped => return,
@@ -114,8 +115,8 @@ pub async fn run(
     }
 }
 
-async fn read_until_gone(
-    read: &Watched,
+fn read_until_gone(
+    read: &OwnedFd,
     policy: EofPolicy,
     decoder: &mut LineDecoder,
     lines: &mpsc::Sender<Incoming>,
@@ -126,11 +127,17 @@ async fn read_until_gone(
     // POLLHUP tells whether a host is connected to it.
     let waits_for_host = policy == EofPolicy::WaitForHost;
     let mut host_present = false;
-    if waits_for_host && !async_fd::hung_up(read.fd()) {
+    if waits_for_host && !async_fd::hung_up(read.as_fd()) {
         note_present(&mut host_present);
     }
     loop {
-        match read.read(&mut buf).await {
+        if lines.is_closed() {
+            return Gone::ServerStopped;
+        }
+        if !async_fd::wait_readable(read.as_fd(), HOST_POLL) {
+            continue;
+        }
+        match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(read), &mut buf) {
             Ok(0) => {
                 if !waits_for_host {
                     return gone_for(policy);
@@ -141,8 +148,10 @@ async fn read_until_gone(
                 }
                 // A line cut off by the disconnect must not be glued to the next host's first.
                 decoder.reset();
-                tokio::time::sleep(HOST_POLL).await;
-                if !async_fd::hung_up(read.fd()) {
+                // While no host is connected the port reads as end-of-file at once: check back
+                // gently instead of spinning.
+                std::thread::sleep(HOST_POLL);
+                if !async_fd::hung_up(read.as_fd()) {
                     note_present(&mut host_present);
                 }
             }
@@ -156,19 +165,22 @@ async fn read_until_gone(
                         Decoded::Line(line) => Incoming::Line(line),
                         Decoded::TooLarge => Incoming::TooLarge,
                     };
-                    if lines.send(incoming).await.is_err() {
+                    if lines.blocking_send(incoming).is_err() {
                         return Gone::ServerStopped;
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => {}
             Err(e) => {
-                console::line(format_args!("control channel read failed: {e}"));
+                console::line(format_args!(
+                    "control channel read failed: {}",
+                    io::Error::from(e)
+                ));
                 if !waits_for_host {
                     return gone_for(policy);
                 }
                 decoder.reset();
-                tokio::time::sleep(HOST_POLL).await;
+                std::thread::sleep(HOST_POLL);
             }
         }
     }

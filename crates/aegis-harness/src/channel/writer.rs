@@ -8,6 +8,10 @@
 //! frames are dropped (counted, noted once on the console), while responses and `exit`
 //! notifications are always kept. While the host is reading, a full outbox instead makes
 //! producers wait, which throttles the processes through their pipes — nothing is lost.
+//!
+//! Writes are non-blocking and retried after a short, growing delay when the transport is full
+//! ([`WRITE_RETRY_MIN`] to [`WRITE_RETRY`]) rather than through the reactor: a virtio-serial
+//! port's hang-up state comes and goes with the host, which tokio's readiness cannot follow.
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,7 +22,9 @@ use aegis_proto::control::{Notification, NotificationFrame, ResponseFrame};
 use tokio::sync::{mpsc, oneshot};
 
 use super::framing;
-use crate::async_fd::{self, Watched};
+use std::os::fd::AsFd;
+
+use crate::async_fd;
 use crate::console;
 
 /// Bytes of frames held while the host is not reading. 8 MiB covers a daemon restart of several
@@ -32,8 +38,11 @@ pub const OUTGOING_CAPACITY: usize = 256;
 /// hung daemon cannot stall the guest's processes forever.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often a blocked write is retried even without a readiness event; virtio-serial signals
-/// the host's return through a wakeup that edge-triggered polling can miss.
+/// First retry delay after the transport refused bytes (its buffers are full); doubles while it
+/// stays full. A virtio queue drains in well under a millisecond once the host reads.
+pub const WRITE_RETRY_MIN: Duration = Duration::from_millis(1);
+
+/// Longest retry delay, and how often an absent host is checked for.
 pub const WRITE_RETRY: Duration = Duration::from_millis(100);
 
 /// Whether a frame may be dropped when the host does not read.
@@ -268,7 +277,8 @@ impl Outbox {
 /// New connections (after a vsock reconnect) arrive on `connections`.
 pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::Receiver<OwnedFd>) {
     let mut outbox = Outbox::new(OUTBOX_LIMIT_BYTES);
-    let mut writer: Option<Watched> = None;
+    let mut writer: Option<OwnedFd> = None;
+    let mut retry = WRITE_RETRY_MIN;
     let mut last_progress = Instant::now();
     let mut host_was_absent = false;
     // Output frames dropped since the outbox was last empty; noted on the console at the start
@@ -278,7 +288,9 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
     let mut connections_open = true;
 
     loop {
-        let host_absent = writer.as_ref().map_or(true, |w| async_fd::hung_up(w.fd()));
+        let host_absent = writer
+            .as_ref()
+            .map_or(true, |w| async_fd::hung_up(w.as_fd()));
         if host_absent && !host_was_absent {
             outbox.restart_front();
         }
@@ -288,10 +300,11 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
         let mut blocked = false;
         if let Some(fd) = writer.as_ref().filter(|_| !host_absent) {
             while let Some(bytes) = outbox.next_bytes() {
-                match nix::unistd::write(fd.fd(), bytes) {
+                match nix::unistd::write(fd, bytes) {
                     Ok(n) => {
                         outbox.advance(n);
                         last_progress = Instant::now();
+                        retry = WRITE_RETRY_MIN;
                     }
                     Err(nix::Error::EINTR) => {}
                     Err(nix::Error::EAGAIN) => {
@@ -333,12 +346,12 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
         tokio::select! {
             biased;
             connection = connections.recv(), if connections_open => match connection {
-                Some(fd) => match Watched::new(fd) {
-                    Ok(fd) => {
+                Some(fd) => match async_fd::set_nonblocking(fd.as_fd()) {
+                    Ok(()) => {
                         outbox.restart_front();
                         writer = Some(fd);
                     }
-                    Err(e) => console::line(format_args!("cannot watch the control channel for writing: {e}")),
+                    Err(e) => console::line(format_args!("cannot use the control channel for writing: {e}")),
                 },
                 // The reader is gone: no new connections will come; keep the current one.
                 None => connections_open = false,
@@ -358,17 +371,11 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
                 Some(Outgoing::Flush(done)) => outbox.push_marker(done),
                 None => producers_done = true,
             },
-            _ = writable(writer.as_ref()), if pending && blocked => {}
-            _ = tokio::time::sleep(WRITE_RETRY), if pending => {}
+            () = tokio::time::sleep(retry), if pending && blocked => {
+                retry = (retry * 2).min(WRITE_RETRY);
+            }
+            () = tokio::time::sleep(WRITE_RETRY), if pending && !blocked => {}
         }
-    }
-}
-
-/// Waits until the writer may be writable again; never resolves without a writer.
-async fn writable(fd: Option<&Watched>) {
-    match fd {
-        Some(fd) => fd.writable().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -7,11 +7,11 @@
 //! and sends the chunks through the writer, which applies backpressure or its drop policy.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use aegis_proto::control::{ExecId, Notification, OutputParams, Stream, OUTPUT_CHUNK_BYTES};
 
-use crate::async_fd::{self, Watched};
+use crate::async_fd::AsyncPipe;
 use crate::channel::writer::OutboxSender;
 use crate::console;
 
@@ -142,8 +142,7 @@ async fn pump_inner(
     exec_id: &Option<ExecId>,
     outbox: &OutboxSender,
 ) -> io::Result<()> {
-    async_fd::set_nonblocking(pipe.as_fd())?;
-    let pipe = Watched::new(pipe)?;
+    let pipe = AsyncPipe::new(pipe)?;
     let mut splitter = LineSplitter::new(OUTPUT_CHUNK_BYTES);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut chunks = Vec::new();
