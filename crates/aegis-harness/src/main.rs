@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use aegis_proto::control::PROTOCOL_VERSION;
 use nix::sys::reboot::{reboot, RebootMode};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::channel::transport::{Stdio, Transport, TransportError, VirtioSerial, Vsock};
@@ -58,6 +59,8 @@ enum BootError {
     Runtime(#[source] std::io::Error),
     #[error("cannot start the control channel reader thread")]
     Reader(#[source] std::io::Error),
+    #[error("cannot listen for SIGTERM and SIGINT")]
+    Signals(#[source] std::io::Error),
     #[error("the {task} task ended unexpectedly")]
     TaskEnded { task: &'static str },
 }
@@ -200,6 +203,20 @@ fn serve(
 
         let mut reaper_handle = tokio::spawn(reaper_task.run());
         let mut writer_handle = tokio::spawn(writer::run(outgoing, connections_rx));
+        if role == Role::Stdio {
+            // Killing the development server must not orphan its processes (they run in
+            // sessions of their own): SIGTERM/SIGINT shut down like the peer closing.
+            let mut terminate = signal(SignalKind::terminate()).map_err(BootError::Signals)?;
+            let mut interrupt = signal(SignalKind::interrupt()).map_err(BootError::Signals)?;
+            let closed = lines_tx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+                let _ = closed.send(reader::Incoming::Closed).await;
+            });
+        }
         // The reader thread ends by itself once the server (the receiver of its lines) is gone.
         let _reader =
             reader::spawn(transport, lines_tx, connections_tx).map_err(BootError::Reader)?;

@@ -197,3 +197,23 @@ fn requests_with_string_ids_are_answered_with_the_same_id() {
     let response = h.response_for(Some(&RequestId::String("abc".to_owned())));
     assert!(response.result.is_some(), "{response:?}");
 }
+
+#[test]
+fn sigterm_to_the_stdio_server_terminates_its_processes() {
+    let mut h = Harness::start();
+    h.call_ok(
+        "exec",
+        json!({"exec_id": "pid", "argv": ["sh", "-c", "echo $$; exec sleep 60"]}),
+    );
+    let pid: u32 = h.first_line("pid").parse().unwrap();
+    let harness = nix::unistd::Pid::from_raw(i32::try_from(h.pid()).unwrap());
+    nix::sys::signal::kill(harness, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let done = h.finish(Some("pid"));
+    assert_eq!(done.signal, Some(15));
+    assert_eq!(h.wait_exit().code(), Some(0));
+    // It got SIGTERM and was reaped before the harness exited.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "process {pid} outlived the harness"
+    );
+}

@@ -15,8 +15,9 @@ use crate::async_fd::AsyncPipe;
 use crate::channel::writer::OutboxSender;
 use crate::console;
 
-/// Bytes read from a pipe per system call (the default pipe capacity).
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from a pipe per system call. Each running process holds two such buffers, so with
+/// [`aegis_proto::control::MAX_PROCESSES`] processes this stays at 8 MiB in a small guest.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// One piece of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
