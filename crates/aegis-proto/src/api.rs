@@ -305,13 +305,16 @@ pub fn validate_handle(handle: &str) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(format!(
             "invalid handle {handle:?}: {bad:?} is not allowed (use letters, digits, '.', '_' and '-')"
         ));
     }
     if handle.len() > MAX {
-        return Err(format!("invalid handle {handle:?}: longer than {MAX} characters"));
+        return Err(format!(
+            "invalid handle {handle:?}: longer than {MAX} characters"
+        ));
     }
     if handle.starts_with("inst-") {
         return Err(format!(
@@ -339,11 +342,20 @@ mod tests {
     #[test]
     fn exec_events_are_distinguishable() {
         let done = r#"{"done":true,"exit_code":3,"exec_id":"e"}"#;
-        assert!(matches!(serde_json::from_str::<ExecEvent>(done).unwrap(), ExecEvent::Done { exit_code: 3, .. }));
+        assert!(matches!(
+            serde_json::from_str::<ExecEvent>(done).unwrap(),
+            ExecEvent::Done { exit_code: 3, .. }
+        ));
         let start = r#"{"exec_id":"e","started_at":"t"}"#;
-        assert!(matches!(serde_json::from_str::<ExecEvent>(start).unwrap(), ExecEvent::Started { .. }));
+        assert!(matches!(
+            serde_json::from_str::<ExecEvent>(start).unwrap(),
+            ExecEvent::Started { .. }
+        ));
         let out = r#"{"ts":"t","stream":"stderr","line":"x","source":"exec","instance_id":"i","exec_id":"e"}"#;
-        assert!(matches!(serde_json::from_str::<ExecEvent>(out).unwrap(), ExecEvent::Output(_)));
+        assert!(matches!(
+            serde_json::from_str::<ExecEvent>(out).unwrap(),
+            ExecEvent::Output(_)
+        ));
     }
 
     #[test]

@@ -522,11 +522,17 @@ mod tests {
     #[test]
     fn rejects_garbage_with_id_when_possible() {
         assert!(matches!(Frame::parse(b"{nope"), Err(FrameError::Parse(_))));
-        assert!(matches!(Frame::parse(b"[1,2]"), Err(FrameError::Invalid { id: None, .. })));
+        assert!(matches!(
+            Frame::parse(b"[1,2]"),
+            Err(FrameError::Invalid { id: None, .. })
+        ));
         let bad_version = Frame::parse(br#"{"jsonrpc":"1.0","id":4,"method":"run"}"#);
         assert!(matches!(
             bad_version,
-            Err(FrameError::Invalid { id: Some(RequestId::Number(4)), .. })
+            Err(FrameError::Invalid {
+                id: Some(RequestId::Number(4)),
+                ..
+            })
         ));
         let bad_params = Frame::parse(br#"{"jsonrpc":"2.0","id":5,"method":"run","params":[1]}"#);
         assert!(matches!(bad_params, Err(FrameError::Invalid { .. })));

@@ -250,7 +250,13 @@ pub trait Vm: Send + Sync + fmt::Debug {
 /// gone without an exit reports an unknown exit.
 pub async fn wait_for_exit(exited: &mut watch::Receiver<Option<VmExit>>) -> VmExit {
     match exited.wait_for(Option::is_some).await {
-        Ok(exit) => exit.clone().unwrap_or(VmExit { code: None, signal: None }),
-        Err(_) => VmExit { code: None, signal: None },
+        Ok(exit) => exit.clone().unwrap_or(VmExit {
+            code: None,
+            signal: None,
+        }),
+        Err(_) => VmExit {
+            code: None,
+            signal: None,
+        },
     }
 }

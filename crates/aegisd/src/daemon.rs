@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             kernel_dir: config.kernel_dir(),
             harness: config.harness.clone(),
             cache_dir: config.cache_dir(),
+            ready_timeout: crate::lifecycle::boot::HARNESS_READY_TIMEOUT,
         },
         registry,
         images: Images::new(store, DEFAULT_IMAGE),
@@ -92,7 +93,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let instances = Instances::load(Arc::clone(&ctx)).await?;
 
     let listener = UnixListener::bind(&socket).map_err(io(&socket))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io(&socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(&socket))?;
     let shutdown = CancellationToken::new();
     let state = AppState {
         instances: Arc::clone(&instances),

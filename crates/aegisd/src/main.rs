@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     if let Some(home) = args.home {
         config.home = home;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aegisd: error: cannot start the async runtime: {e}");

@@ -132,7 +132,7 @@ impl Initramfs {
 }
 
 fn build_archive(harness: &[u8], modules: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
-    let mut w = CpioWriter::new(Vec::with_capacity(harness.len() + 4 << 20));
+    let mut w = CpioWriter::new(Vec::with_capacity(harness.len() + (4 << 20)));
     for dir in [
         "dev",
         "proc",

@@ -55,7 +55,9 @@ impl ApiError {
         match self {
             ApiError::Lifecycle(e) | ApiError::Create(CreateError::Lifecycle(e)) => e.hint(),
             ApiError::Create(CreateError::Image(e)) => e.hint(),
-            ApiError::UnknownInstance(_) => Some("`aegis instance list` shows the instances".to_owned()),
+            ApiError::UnknownInstance(_) => {
+                Some("`aegis instance list` shows the instances".to_owned())
+            }
             ApiError::Create(CreateError::NoCommand { .. }) => {
                 Some("give a command after `--`".to_owned())
             }
@@ -74,9 +76,9 @@ impl ApiError {
 
 fn lifecycle_status(e: &LifecycleError) -> StatusCode {
     match e {
-        LifecycleError::Invalid(_) | LifecycleError::Disabled { .. } | LifecycleError::Stopped { .. } => {
-            StatusCode::CONFLICT
-        }
+        LifecycleError::Invalid(_)
+        | LifecycleError::Disabled { .. }
+        | LifecycleError::Stopped { .. } => StatusCode::CONFLICT,
         LifecycleError::Gone { .. } => StatusCode::NOT_FOUND,
         LifecycleError::Image { source, .. } => image_status(source),
         LifecycleError::Boot { .. } | LifecycleError::Control { .. } => StatusCode::BAD_GATEWAY,
@@ -127,7 +129,10 @@ mod tests {
             (ApiError::UnknownInstance("x".into()), 404),
             (ApiError::Spawn("x".into()), 400),
             (ApiError::Create(CreateError::Spec(SpecError::Command)), 400),
-            (ApiError::Create(CreateError::NoCommand { image: "i".into() }), 400),
+            (
+                ApiError::Create(CreateError::NoCommand { image: "i".into() }),
+                400,
+            ),
             (
                 ApiError::Create(CreateError::HandleInUse {
                     handle: "h".into(),
@@ -137,7 +142,10 @@ mod tests {
                 409,
             ),
             (
-                ApiError::Create(CreateError::Image(ImageError::NotFound { reference: "r".into(), default: false })),
+                ApiError::Create(CreateError::Image(ImageError::NotFound {
+                    reference: "r".into(),
+                    default: false,
+                })),
                 404,
             ),
             (
@@ -147,8 +155,14 @@ mod tests {
                 })),
                 409,
             ),
-            (ApiError::Lifecycle(LifecycleError::Disabled { id: "i".into() }), 409),
-            (ApiError::Lifecycle(LifecycleError::Gone { id: "i".into() }), 404),
+            (
+                ApiError::Lifecycle(LifecycleError::Disabled { id: "i".into() }),
+                409,
+            ),
+            (
+                ApiError::Lifecycle(LifecycleError::Gone { id: "i".into() }),
+                404,
+            ),
         ];
         for (err, want) in rows {
             assert_eq!(err.status().as_u16(), want, "{err}");
@@ -157,8 +171,13 @@ mod tests {
 
     #[test]
     fn body_carries_chain_and_hint() {
-        let err = ApiError::Lifecycle(LifecycleError::Disabled { id: "inst-1".into() });
+        let err = ApiError::Lifecycle(LifecycleError::Disabled {
+            id: "inst-1".into(),
+        });
         assert_eq!(err.to_string(), "instance inst-1 is disabled");
-        assert_eq!(err.hint().as_deref(), Some("start it first: `aegis instance start inst-1`"));
+        assert_eq!(
+            err.hint().as_deref(),
+            Some("start it first: `aegis instance start inst-1`")
+        );
     }
 }

@@ -41,7 +41,11 @@ pub async fn exec(
             reason: "the VM stopped".to_owned(),
         })
     };
-    let events = link.output.subscribe(exec_id.clone()).await.ok_or_else(stopped)?;
+    let events = link
+        .output
+        .subscribe(exec_id.clone())
+        .await
+        .ok_or_else(stopped)?;
     let mut env = link.defaults.env.clone();
     env.extend(req.env);
     let params = ExecParams {
@@ -53,8 +57,10 @@ pub async fn exec(
             user: link.defaults.user.clone(),
         },
     };
-    let spawned: Result<SpawnResult, ControlError> =
-        link.control.call(Method::Exec, &params, CONTROL_CALL_TIMEOUT).await;
+    let spawned: Result<SpawnResult, ControlError> = link
+        .control
+        .call(Method::Exec, &params, CONTROL_CALL_TIMEOUT)
+        .await;
     match spawned {
         Ok(_) => {}
         Err(ControlError::Rpc { error, .. }) if error.code == codes::SPAWN_FAILED => {

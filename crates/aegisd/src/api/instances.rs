@@ -25,7 +25,11 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateInstance>,
 ) -> Result<(StatusCode, Json<Instance>), ApiError> {
     let (view, created) = state.instances.create(req).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(view)))
 }
 
@@ -56,7 +60,10 @@ pub async fn list(
     Ok(Json(views))
 }
 
-pub async fn info(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+pub async fn info(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
     Ok(Json(find(&state, &id)?.view()))
 }
 

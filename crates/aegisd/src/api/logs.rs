@@ -31,7 +31,9 @@ fn flag(v: Option<&str>) -> Result<bool, ApiError> {
     match v {
         None | Some("0" | "false" | "") => Ok(false),
         Some("1" | "true") => Ok(true),
-        Some(other) => Err(ApiError::BadRequest(format!("invalid follow={other:?}: expected 1 or 0"))),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "invalid follow={other:?}: expected 1 or 0"
+        ))),
     }
 }
 
@@ -42,13 +44,19 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let follow = flag(q.follow.as_deref())?;
     let filter = LogFilter {
-        since: q.since.as_deref().map(parse_since).transpose().map_err(ApiError::BadRequest)?,
+        since: q
+            .since
+            .as_deref()
+            .map(parse_since)
+            .transpose()
+            .map_err(ApiError::BadRequest)?,
         tail: q
             .tail
             .as_deref()
             .map(|t| {
-                t.parse::<usize>()
-                    .map_err(|_| ApiError::BadRequest(format!("invalid tail={t:?}: expected a number")))
+                t.parse::<usize>().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid tail={t:?}: expected a number"))
+                })
             })
             .transpose()?,
         exec_id: q.exec_id.filter(|s| !s.is_empty()),
@@ -56,7 +64,10 @@ pub async fn logs(
     let handle = find(&state, &id)?;
     if !follow {
         let entries = handle.log.query(&filter);
-        let body = entries.into_iter().flat_map(|e| line(&e)).collect::<Vec<u8>>();
+        let body = entries
+            .into_iter()
+            .flat_map(|e| line(&e))
+            .collect::<Vec<u8>>();
         return Ok(ndjson(Body::from(body)));
     }
     let watch = handle.watch();

@@ -42,8 +42,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/openapi.json", get(status::openapi))
         .route("/v1/shutdown", post(status::shutdown))
-        .route("/v1/instances", post(instances::create).get(instances::list))
-        .route("/v1/instances/:id", get(instances::info).delete(instances::delete))
+        .route(
+            "/v1/instances",
+            post(instances::create).get(instances::list),
+        )
+        .route(
+            "/v1/instances/:id",
+            get(instances::info).delete(instances::delete),
+        )
         .route("/v1/instances/:id/:action", post(instances::action))
         .route("/v1/instances/:id/exec", post(exec::exec))
         .route("/v1/instances/:id/logs", get(logs::logs))

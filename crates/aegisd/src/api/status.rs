@@ -16,7 +16,10 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
         ("pause_resume".to_owned(), caps.pause_resume),
         ("snapshot".to_owned(), caps.snapshot),
         ("port_forwarding".to_owned(), caps.port_forwarding),
-        ("runtime_port_forwarding".to_owned(), caps.runtime_port_forwarding),
+        (
+            "runtime_port_forwarding".to_owned(),
+            caps.runtime_port_forwarding,
+        ),
         ("exec".to_owned(), true),
         ("logs".to_owned(), true),
     ]);

@@ -100,7 +100,10 @@ impl ControlChannel {
     ///
     /// # Errors
     /// When the socket cannot be connected.
-    pub async fn connect(path: &Path, sink: NotificationSink) -> Result<ControlChannel, ControlError> {
+    pub async fn connect(
+        path: &Path,
+        sink: NotificationSink,
+    ) -> Result<ControlChannel, ControlError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ControlError::Connect {
@@ -176,7 +179,10 @@ impl ControlChannel {
         line.push(b'\n');
         let (tx, rx) = oneshot::channel();
         self.pending().insert(id, tx);
-        let _forget = ForgetOnDrop { shared: &self.shared, id };
+        let _forget = ForgetOnDrop {
+            shared: &self.shared,
+            id,
+        };
         tracing::trace!(rpc_method = %method, rpc_id = id, "control call");
         if self.shared.writer.send(line).await.is_err() {
             return Err(ControlError::Closed);
@@ -207,7 +213,11 @@ impl ControlChannel {
                 });
             }
             match self
-                .call(Method::Health, &HealthParams {}, READY_POLL_INTERVAL.min(left))
+                .call(
+                    Method::Health,
+                    &HealthParams {},
+                    READY_POLL_INTERVAL.min(left),
+                )
                 .await
             {
                 Ok(health) => return Ok(health),
@@ -294,7 +304,9 @@ async fn read_loop(
                             tracing::warn!("guest notifications arrive faster than they are consumed; dropping");
                         }
                     }
-                    Err(e) => tracing::debug!(%method, error = %e, "ignoring unknown guest notification"),
+                    Err(e) => {
+                        tracing::debug!(%method, error = %e, "ignoring unknown guest notification")
+                    }
                 }
             }
             Ok(Frame::Request(req)) => {
@@ -355,7 +367,11 @@ mod tests {
             }
         });
         let res: aegis_proto::control::SpawnResult = chan
-            .call(Method::Run, &serde_json::json!({"argv": ["true"]}), Duration::from_secs(5))
+            .call(
+                Method::Run,
+                &serde_json::json!({"argv": ["true"]}),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(res.pid, 7);

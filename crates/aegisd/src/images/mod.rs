@@ -57,7 +57,9 @@ impl ImageError {
             ImageError::NotFound { default: true, .. } => {
                 Some("run `./setup.sh` to build the default image".to_owned())
             }
-            ImageError::NotFound { reference, .. } => Some(format!("run `aegis image pull {reference}`")),
+            ImageError::NotFound { reference, .. } => {
+                Some(format!("run `aegis image pull {reference}`"))
+            }
             ImageError::Store(e) => e.hint(),
             ImageError::InvalidReference { .. } | ImageError::Build { .. } => None,
         }
@@ -103,7 +105,13 @@ impl Images {
                 reference: reference.to_owned(),
                 default: reference == self.default_ref,
             })?;
-        let base = self.store.base_image_path(&record.manifest_digest);
+        let base = self
+            .store
+            .base_image(&record)
+            .map_err(|e| ImageError::Build {
+                reference: reference.to_owned(),
+                message: error_chain(&e),
+            })?;
         Ok(ResolvedImage {
             base,
             config: record.config,

@@ -133,7 +133,10 @@ impl Actor {
 
     async fn handle(&mut self, cmd: Command) -> Flow {
         // Commands that need a settled state wait for a running boot, which they cancel.
-        if let State::Starting { cancel, deferred, .. } = &mut self.state {
+        if let State::Starting {
+            cancel, deferred, ..
+        } = &mut self.state
+        {
             match cmd {
                 Command::Stop { .. }
                 | Command::Disable { .. }
@@ -196,7 +199,10 @@ impl Actor {
                 }
             }
             Command::Shutdown { reply } => {
-                let r = self.stop(StopMode::Graceful, "daemon shut down").await.map(drop);
+                let r = self
+                    .stop(StopMode::Graceful, "daemon shut down")
+                    .await
+                    .map(drop);
                 let _ = reply.send(r);
                 return Flow::End;
             }
@@ -212,7 +218,8 @@ impl Actor {
                     self.log.system(format!("VM exited unexpectedly ({exit})"));
                     tracing::warn!(%exit, "VM crashed");
                     self.state = State::Stopped;
-                    self.settle_stopped(format!("VM exited unexpectedly ({exit})")).await;
+                    self.settle_stopped(format!("VM exited unexpectedly ({exit})"))
+                        .await;
                 }
             }
             Command::PrimaryExited { generation, status } => {
@@ -256,13 +263,17 @@ impl Actor {
         self.row.reason = None;
         self.row.exit_code = None;
         self.row.last_active_at = Some(now_ts());
-        self.log.system(format!("booting ({} MiB, {} vCPU)", self.spec.memory_mib, self.spec.vcpus));
+        self.log.system(format!(
+            "booting ({} MiB, {} vCPU)",
+            self.spec.memory_mib, self.spec.vcpus
+        ));
         self.persist_status().await?;
         let ctx = Arc::clone(&self.ctx);
         let id = self.id();
         let spec = self.spec.clone();
         let hostname = self.row.handle.clone().unwrap_or_else(|| id.clone());
-        let (sink, output) = OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), generation);
+        let (sink, output) =
+            OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), generation);
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let result = boot_task(&ctx, &id, &spec, hostname, sink, output, &cancel).await;
@@ -272,8 +283,11 @@ impl Actor {
     }
 
     async fn boot_finished(&mut self, result: Result<Booted, LifecycleError>) {
-        let State::Starting { waiters, deferred, cancel } =
-            std::mem::replace(&mut self.state, State::Stopped)
+        let State::Starting {
+            waiters,
+            deferred,
+            cancel,
+        } = std::mem::replace(&mut self.state, State::Stopped)
         else {
             return;
         };
@@ -284,7 +298,10 @@ impl Actor {
                     link: GuestLink {
                         control: booted.guest.control.clone(),
                         output: booted.output,
-                        defaults: ProcessSpec { argv: Vec::new(), ..process.clone() },
+                        defaults: ProcessSpec {
+                            argv: Vec::new(),
+                            ..process.clone()
+                        },
                     },
                     guest: booted.guest,
                 };
@@ -299,12 +316,18 @@ impl Actor {
                         }
                     }
                     Err(e) => {
-                        let reason = format!("cannot start the process: {}", crate::images::error_chain(&e));
+                        let reason = format!(
+                            "cannot start the process: {}",
+                            crate::images::error_chain(&e)
+                        );
                         self.log.system(reason.clone());
                         self.state = State::Running(live);
                         let _ = self.stop(StopMode::Graceful, &reason).await;
                         for w in waiters {
-                            let _ = w.send(Err(LifecycleError::Stopped { id: self.id(), reason: reason.clone() }));
+                            let _ = w.send(Err(LifecycleError::Stopped {
+                                id: self.id(),
+                                reason: reason.clone(),
+                            }));
                         }
                     }
                 }
@@ -322,11 +345,20 @@ impl Actor {
                 self.state = State::Running(live);
                 let _ = self.stop(StopMode::Force, "boot cancelled").await;
                 for w in waiters {
-                    let _ = w.send(Err(LifecycleError::Stopped { id: self.id(), reason: "boot cancelled".into() }));
+                    let _ = w.send(Err(LifecycleError::Stopped {
+                        id: self.id(),
+                        reason: "boot cancelled".into(),
+                    }));
                 }
             }
             Err(e) => {
-                let cancelled = matches!(&e, LifecycleError::Boot { source: BootError::Cancelled, .. });
+                let cancelled = matches!(
+                    &e,
+                    LifecycleError::Boot {
+                        source: BootError::Cancelled,
+                        ..
+                    }
+                );
                 let reason = if cancelled {
                     "boot cancelled".to_owned()
                 } else {
@@ -366,18 +398,29 @@ impl Actor {
         ProcessSpec {
             argv: image.argv(&self.spec.command),
             env,
-            workdir: self.spec.workdir.clone().or_else(|| image.working_dir.clone()),
+            workdir: self
+                .spec
+                .workdir
+                .clone()
+                .or_else(|| image.working_dir.clone()),
             user: image.user.clone(),
         }
     }
 
-    async fn start_primary(&self, live: &Live, process: ProcessSpec) -> Result<u32, LifecycleError> {
+    async fn start_primary(
+        &self,
+        live: &Live,
+        process: ProcessSpec,
+    ) -> Result<u32, LifecycleError> {
         let res: SpawnResult = live
             .link
             .control
             .call(Method::Run, &process, CONTROL_CALL_TIMEOUT)
             .await
-            .map_err(|source| LifecycleError::Control { id: self.id(), source })?;
+            .map_err(|source| LifecycleError::Control {
+                id: self.id(),
+                source,
+            })?;
         Ok(res.pid)
     }
 
@@ -439,7 +482,10 @@ impl Actor {
         };
         if let Err(source) = live.guest.vm.pause().await {
             self.state = State::Running(live);
-            return Err(LifecycleError::Vmm { id: self.id(), source });
+            return Err(LifecycleError::Vmm {
+                id: self.id(),
+                source,
+            });
         }
         self.state = State::Paused(live);
         debug_assert_eq!(self.state.status(), to);
@@ -461,7 +507,10 @@ impl Actor {
         };
         if let Err(source) = live.guest.vm.resume().await {
             self.state = State::Paused(live);
-            return Err(LifecycleError::Vmm { id: self.id(), source });
+            return Err(LifecycleError::Vmm {
+                id: self.id(),
+                source,
+            });
         }
         self.state = State::Running(live);
         self.log.system("resumed");
@@ -502,7 +551,11 @@ impl Actor {
             State::Running(live) | State::Paused(live) => Ok(live.link.clone()),
             State::Stopped | State::Starting { .. } => Err(LifecycleError::Stopped {
                 id: self.id(),
-                reason: self.row.reason.clone().unwrap_or_else(|| "not running".to_owned()),
+                reason: self
+                    .row
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "not running".to_owned()),
             }),
         }
     }
@@ -513,7 +566,10 @@ impl Actor {
             .registry
             .delete_instance(self.id())
             .await
-            .map_err(|source| LifecycleError::Registry { id: self.id(), source })?;
+            .map_err(|source| LifecycleError::Registry {
+                id: self.id(),
+                source,
+            })?;
         let dir = self.ctx.config.instance_dir(&self.row.id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -532,40 +588,54 @@ impl Actor {
         }
         self.generation += 1;
         let paused = status == InstanceStatus::Paused;
-        let (sink, output) = OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), self.generation);
+        let (sink, output) =
+            OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), self.generation);
         let run_dir = self.ctx.config.instance_dir(&self.row.id).join("run");
         match boot::attach(&self.ctx.boot, &run_dir, sink, paused).await {
             Ok(guest) => {
                 let ctx = Arc::clone(&self.ctx);
                 let image_ref = self.spec.image_ref.clone();
-                let image = tokio::task::spawn_blocking(move || ctx.images.resolve_blocking(&image_ref))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|r| r.config)
-                    .unwrap_or_default();
+                let image =
+                    tokio::task::spawn_blocking(move || ctx.images.resolve_blocking(&image_ref))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(|r| r.config)
+                        .unwrap_or_default();
                 let process = self.process_spec(&image);
                 let live = Live {
                     link: GuestLink {
                         control: guest.control.clone(),
                         output,
-                        defaults: ProcessSpec { argv: Vec::new(), ..process.clone() },
+                        defaults: ProcessSpec {
+                            argv: Vec::new(),
+                            ..process.clone()
+                        },
                     },
                     guest,
                 };
                 self.watch_vm(&live);
-                let needs_primary = status == InstanceStatus::Starting && !live.guest.health.primary_running;
+                let needs_primary =
+                    status == InstanceStatus::Starting && !live.guest.health.primary_running;
                 if needs_primary {
                     // The previous daemon died between boot and start of the primary process.
                     let _ = self.start_primary(&live, process).await;
                 }
-                self.state = if paused { State::Paused(live) } else { State::Running(live) };
-                self.log.system("re-attached to the running VM after a daemon restart");
+                self.state = if paused {
+                    State::Paused(live)
+                } else {
+                    State::Running(live)
+                };
+                self.log
+                    .system("re-attached to the running VM after a daemon restart");
                 tracing::info!(?status, "re-attached");
                 let _ = self.persist_status().await;
             }
             Err(e) => {
-                let reason = format!("VM lost while the daemon was down ({})", crate::images::error_chain(&e));
+                let reason = format!(
+                    "VM lost while the daemon was down ({})",
+                    crate::images::error_chain(&e)
+                );
                 self.log.system(reason.clone());
                 tracing::warn!(%reason, "cannot re-attach");
                 self.settle_stopped(reason).await;
@@ -584,7 +654,10 @@ impl Actor {
             .registry
             .update_instance(self.row.clone())
             .await
-            .map_err(|source| LifecycleError::Registry { id: self.id(), source });
+            .map_err(|source| LifecycleError::Registry {
+                id: self.id(),
+                source,
+            });
         self.publish();
         res
     }
@@ -654,7 +727,10 @@ async fn boot_task(
                 message: e.to_string(),
             },
         })?
-        .map_err(|source| LifecycleError::Image { id: id.to_owned(), source })?;
+        .map_err(|source| LifecycleError::Image {
+            id: id.to_owned(),
+            source,
+        })?;
     let dir = ctx.config.instance_dir(id);
     let plan = BootPlan {
         run_dir: dir.join("run"),
@@ -668,7 +744,10 @@ async fn boot_task(
     };
     let guest = boot::boot(&ctx.boot, &plan, sink, cancel)
         .await
-        .map_err(|source| LifecycleError::Boot { id: id.to_owned(), source })?;
+        .map_err(|source| LifecycleError::Boot {
+            id: id.to_owned(),
+            source,
+        })?;
     Ok(Booted {
         guest,
         image: resolved.config,
@@ -683,11 +762,16 @@ async fn shutdown_guest(guest: Guest, mode: StopMode) -> aegis_vmm::VmExit {
         let params = ShutdownParams { grace_ms };
         let asked: Result<serde_json::Value, _> = guest
             .control
-            .call(Method::Shutdown, &params, GUEST_STOP_GRACE + Duration::from_secs(5))
+            .call(
+                Method::Shutdown,
+                &params,
+                GUEST_STOP_GRACE + Duration::from_secs(5),
+            )
             .await;
         if asked.is_ok() {
             let mut exited = guest.vm.exited();
-            let gone = tokio::time::timeout(STOP_DEADLINE, aegis_vmm::wait_for_exit(&mut exited)).await;
+            let gone =
+                tokio::time::timeout(STOP_DEADLINE, aegis_vmm::wait_for_exit(&mut exited)).await;
             if let Ok(exit) = gone {
                 return exit;
             }

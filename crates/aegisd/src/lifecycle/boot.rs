@@ -22,6 +22,9 @@ use crate::control::{ControlChannel, ControlError, NotificationSink};
 /// times that. Finite everywhere, so `aegis run` never hangs on a guest that will not come up.
 pub const HARNESS_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long to wait for the VMM's exit to be reported after its control socket closed.
+const VMM_EXIT_GRACE: Duration = Duration::from_secs(5);
+
 /// How long a re-attached harness gets to answer (it is already running).
 pub const ATTACH_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -38,6 +41,8 @@ pub struct BootEnv {
     pub harness: PathBuf,
     /// Where built initramfs files are cached.
     pub cache_dir: PathBuf,
+    /// How long a new guest's harness gets to answer ([`HARNESS_READY_TIMEOUT`] by default).
+    pub ready_timeout: Duration,
 }
 
 /// One boot's parameters.
@@ -122,11 +127,16 @@ impl BootError {
             BootError::Initramfs(InitramfsError::ReadHarness { .. }) => Some(
                 "build the guest harness with `scripts/build.sh` (or set AEGIS_HARNESS)".to_owned(),
             ),
-            BootError::Initramfs(_) => Some("re-run `./setup.sh` to reinstall the guest kernel".to_owned()),
-            BootError::MissingBaseImage { .. } => Some("pull or import the image again (`aegis image pull …`)".to_owned()),
+            BootError::Initramfs(_) => {
+                Some("re-run `./setup.sh` to reinstall the guest kernel".to_owned())
+            }
+            BootError::MissingBaseImage { .. } => {
+                Some("pull or import the image again (`aegis image pull …`)".to_owned())
+            }
             BootError::Vmm(e) => e.hint(),
             BootError::DiedDuringBoot { .. } | BootError::HarnessTimeout { .. } => Some(
-                "the guest console above tells why; run `aegis doctor` to check the set-up".to_owned(),
+                "the guest console above tells why; run `aegis doctor` to check the set-up"
+                    .to_owned(),
             ),
             BootError::Control(_) | BootError::Cancelled => None,
         }
@@ -151,10 +161,12 @@ pub async fn boot(
         Initramfs::ensure(&harness, &kernel_for_initramfs, &cache_dir)
     })
     .await
-    .map_err(|e| BootError::Initramfs(InitramfsError::Write {
-        path: env.cache_dir.clone(),
-        source: std::io::Error::other(e.to_string()),
-    }))?
+    .map_err(|e| {
+        BootError::Initramfs(InitramfsError::Write {
+            path: env.cache_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?
     .map_err(BootError::Initramfs)?;
     if !plan.base_image.is_file() {
         return Err(BootError::MissingBaseImage {
@@ -190,13 +202,21 @@ pub async fn boot(
     }
     let vm = env.vmm.start(&spec).await.map_err(BootError::Vmm)?;
     let ready = tokio::select! {
-        r = connect_ready(vm.as_ref(), sink, HARNESS_READY_TIMEOUT, true) => r,
+        r = connect_ready(vm.as_ref(), sink, env.ready_timeout, true) => r,
         () = cancel.cancelled() => Err(BootError::Cancelled),
     };
     match ready {
         Ok((control, health)) => {
-            tracing::info!(pid = vm.pid(), took_ms = started.elapsed().as_millis() as u64, "guest ready");
-            Ok(Guest { vm, control, health })
+            tracing::info!(
+                pid = vm.pid(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "guest ready"
+            );
+            Ok(Guest {
+                vm,
+                control,
+                health,
+            })
         }
         Err(e) => {
             vm.kill(Duration::from_secs(2)).await;
@@ -218,7 +238,11 @@ pub async fn attach(
     let vm = env.vmm.attach(run_dir).await.map_err(BootError::Vmm)?;
     // A paused guest cannot answer `health`; its harness is asked once it is resumed.
     let (control, health) = connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT, !paused).await?;
-    Ok(Guest { vm, control, health })
+    Ok(Guest {
+        vm,
+        control,
+        health,
+    })
 }
 
 /// Connects to the VM's control socket and waits for `health`, racing the VMM's death.
@@ -232,7 +256,9 @@ async fn connect_ready(
     let console = vm.console_log();
     let mut exited = vm.exited();
     let ready = async {
-        let control = ControlChannel::connect(&path, sink).await.map_err(BootError::Control)?;
+        let control = ControlChannel::connect(&path, sink)
+            .await
+            .map_err(BootError::Control)?;
         if !wait_health {
             return Ok((control, HealthResult::unknown()));
         }
@@ -245,16 +271,33 @@ async fn connect_ready(
             Err(e) => Err(BootError::Control(e)),
         }
     };
-    let died = aegis_vmm::wait_for_exit(&mut exited);
-    tokio::select! {
+    let result = tokio::select! {
         r = ready => r,
-        exit = died => Err(BootError::DiedDuringBoot { exit, console: console_tail(&console) }),
+        exit = aegis_vmm::wait_for_exit(&mut exited) => {
+            return Err(BootError::DiedDuringBoot { exit, console: console_tail(&console) });
+        }
+    };
+    match result {
+        // The channel closes when the VMM exits, often just before the exit is reported.
+        Err(BootError::Control(ControlError::Closed | ControlError::Connect { .. })) => {
+            match tokio::time::timeout(VMM_EXIT_GRACE, aegis_vmm::wait_for_exit(&mut exited)).await
+            {
+                Ok(exit) => Err(BootError::DiedDuringBoot {
+                    exit,
+                    console: console_tail(&console),
+                }),
+                Err(_) => Err(BootError::Control(ControlError::Closed)),
+            }
+        }
+        other => other,
     }
 }
 
 /// The last meaningful lines of a guest console, for error messages.
 pub fn console_tail(path: &Path) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)

@@ -201,7 +201,9 @@ impl LifecycleError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
-            LifecycleError::Disabled { id } => Some(format!("start it first: `aegis instance start {id}`")),
+            LifecycleError::Disabled { id } => {
+                Some(format!("start it first: `aegis instance start {id}`"))
+            }
             LifecycleError::Boot { id, source } => Some(
                 source
                     .hint()

@@ -19,7 +19,8 @@ use crate::logs::{now_ts, InstanceLog};
 use crate::registry::{InstanceRow, RegistryError};
 
 /// Longest an API call waits for an actor: a wake may include a whole boot.
-pub const ACTOR_REPLY_DEADLINE: Duration = Duration::from_secs(HARNESS_READY_TIMEOUT.as_secs() + 60);
+pub const ACTOR_REPLY_DEADLINE: Duration =
+    Duration::from_secs(HARNESS_READY_TIMEOUT.as_secs() + 60);
 
 /// A cheap handle to one instance's actor.
 #[derive(Debug, Clone)]
@@ -47,9 +48,14 @@ impl InstanceHandle {
     ///
     /// # Errors
     /// The actor's error, or [`LifecycleError::Gone`] when the actor has ended.
-    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LifecycleError> {
+    pub async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, LifecycleError> {
         let (reply, rx): (Reply<T>, oneshot::Receiver<_>) = reply_channel();
-        let gone = || LifecycleError::Gone { id: self.id.clone() };
+        let gone = || LifecycleError::Gone {
+            id: self.id.clone(),
+        };
         self.tx.send(make(reply)).await.map_err(|_| gone())?;
         match tokio::time::timeout(ACTOR_REPLY_DEADLINE, rx).await {
             Ok(Ok(r)) => r,
@@ -147,7 +153,9 @@ impl Instances {
                 Ok(log) => {
                     this.spawn_actor(row, spec, log, true);
                 }
-                Err(e) => tracing::error!(instance = %row.id, error = %e, "cannot open instance log"),
+                Err(e) => {
+                    tracing::error!(instance = %row.id, error = %e, "cannot open instance log")
+                }
             }
         }
         Ok(this)
@@ -159,11 +167,22 @@ impl Instances {
         Ok(Arc::new(InstanceLog::open(id, &dir.join("logs.ndjson"))?))
     }
 
-    fn spawn_actor(&self, row: InstanceRow, spec: InstanceSpec, log: Arc<InstanceLog>, recover: bool) -> InstanceHandle {
+    fn spawn_actor(
+        &self,
+        row: InstanceRow,
+        spec: InstanceSpec,
+        log: Arc<InstanceLog>,
+        recover: bool,
+    ) -> InstanceHandle {
         let id = row.id.clone();
         let handle_name = row.handle.clone();
         let (actor, tx, snapshot) = Actor::new(Arc::clone(&self.ctx), row, spec, Arc::clone(&log));
-        let handle = InstanceHandle { id: id.clone(), tx, snapshot, log };
+        let handle = InstanceHandle {
+            id: id.clone(),
+            tx,
+            snapshot,
+            log,
+        };
         {
             let mut maps = self.lock();
             maps.by_id.insert(id.clone(), handle.clone());
@@ -179,7 +198,9 @@ impl Instances {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
-        self.maps.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Finds an instance by id or handle.
@@ -232,7 +253,9 @@ impl Instances {
                 message: e.to_string(),
             })??;
         if resolved.config.argv(&spec.command).is_empty() {
-            return Err(CreateError::NoCommand { image: spec.image_ref });
+            return Err(CreateError::NoCommand {
+                image: spec.image_ref,
+            });
         }
         let id = self.new_id();
         let row = InstanceRow {
@@ -302,13 +325,20 @@ impl Instances {
     /// Stops every VM gracefully and ends the actors (`aegis down`).
     pub async fn shutdown_all(&self) {
         let handles: Vec<InstanceHandle> = self.lock().by_id.values().cloned().collect();
-        let stops = handles.iter().map(|h| h.request(|reply| Command::Shutdown { reply }));
+        let stops = handles
+            .iter()
+            .map(|h| h.request(|reply| Command::Shutdown { reply }));
         for (h, r) in handles.iter().zip(futures::future::join_all(stops).await) {
             if let Err(e) = r {
                 tracing::warn!(instance = %h.id, error = %e, "stop at shutdown failed");
             }
         }
-        let mut actors = std::mem::take(&mut *self.actors.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut actors = std::mem::take(
+            &mut *self
+                .actors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while actors.join_next().await.is_some() {}
         })

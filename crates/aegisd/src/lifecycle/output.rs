@@ -137,7 +137,11 @@ fn emit(
             Stream::Stderr => LogStream::Stderr,
         },
         line,
-        source: if exec_id.is_some() { LogSource::Exec } else { LogSource::Server },
+        source: if exec_id.is_some() {
+            LogSource::Exec
+        } else {
+            LogSource::Server
+        },
         instance_id: log.instance_id().to_owned(),
         exec_id: exec_id.map(|e| e.0.clone()),
         partial,

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use aegis_proto::api::CreateInstance;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DEFAULT_IMAGE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_RANGE_MIB, VCPU_RANGE};
+use crate::config::{
+    DEFAULT_IMAGE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_RANGE_MIB, VCPU_RANGE,
+};
 
 /// The configuration of one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,15 +148,42 @@ mod tests {
 
     #[test]
     fn validates_fields() {
-        let ok = CreateInstance { command: vec!["echo".into()], ..Default::default() };
+        let ok = CreateInstance {
+            command: vec!["echo".into()],
+            ..Default::default()
+        };
         let spec = InstanceSpec::from_request(&ok).unwrap();
         assert_eq!(spec.image_ref, DEFAULT_IMAGE);
         assert_eq!(spec.memory_mib, DEFAULT_MEMORY_MIB);
         let rows: Vec<(CreateInstance, &str)> = vec![
-            (CreateInstance { memory_mb: Some(1), ..ok.clone() }, "memory_mb 1 is out of range"),
-            (CreateInstance { vcpus: Some(0), ..ok.clone() }, "vcpus 0 is out of range"),
-            (CreateInstance { env: [("1X".to_owned(), String::new())].into(), ..ok.clone() }, "invalid environment variable name \"1X\""),
-            (CreateInstance { command: vec![String::new()], ..ok.clone() }, "empty program name"),
+            (
+                CreateInstance {
+                    memory_mb: Some(1),
+                    ..ok.clone()
+                },
+                "memory_mb 1 is out of range",
+            ),
+            (
+                CreateInstance {
+                    vcpus: Some(0),
+                    ..ok.clone()
+                },
+                "vcpus 0 is out of range",
+            ),
+            (
+                CreateInstance {
+                    env: [("1X".to_owned(), String::new())].into(),
+                    ..ok.clone()
+                },
+                "invalid environment variable name \"1X\"",
+            ),
+            (
+                CreateInstance {
+                    command: vec![String::new()],
+                    ..ok.clone()
+                },
+                "empty program name",
+            ),
         ];
         for (req, want) in rows {
             let err = InstanceSpec::from_request(&req).unwrap_err().to_string();

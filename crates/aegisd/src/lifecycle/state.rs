@@ -97,7 +97,10 @@ mod tests {
         ];
         for from in [Stopped, Starting, Running, Paused] {
             for event in events {
-                let want = allowed.iter().find(|(f, e, _)| *f == from && *e == event).map(|(_, _, to)| *to);
+                let want = allowed
+                    .iter()
+                    .find(|(f, e, _)| *f == from && *e == event)
+                    .map(|(_, _, to)| *to);
                 assert_eq!(next(from, event).ok(), want, "{from:?} + {event:?}");
             }
         }

@@ -30,7 +30,9 @@ pub struct LogFilter {
 impl LogFilter {
     /// Whether `e` passes the since and exec filters.
     pub fn matches(&self, e: &LogEntry) -> bool {
-        self.since.as_ref().is_none_or(|s| e.ts.as_str() >= s.as_str())
+        self.since
+            .as_ref()
+            .is_none_or(|s| e.ts.as_str() >= s.as_str())
             && self
                 .exec_id
                 .as_ref()
@@ -200,12 +202,19 @@ impl InstanceLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 fn select(inner: &Inner, filter: &LogFilter) -> (Vec<LogEntry>, ()) {
-    let matching: Vec<&LogEntry> = inner.ring.iter().map(|(_, e)| e).filter(|e| filter.matches(e)).collect();
+    let matching: Vec<&LogEntry> = inner
+        .ring
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| filter.matches(e))
+        .collect();
     let skip = filter.tail.map_or(0, |t| matching.len().saturating_sub(t));
     (matching.into_iter().skip(skip).cloned().collect(), ())
 }
@@ -215,7 +224,8 @@ fn push_ring(inner: &mut Inner, entry: LogEntry) -> u64 {
     inner.next_seq += 1;
     inner.ring_bytes += entry.line.len();
     inner.ring.push_back((seq, entry));
-    while inner.ring.len() > RING_ENTRIES || (inner.ring_bytes > RING_BYTES && inner.ring.len() > 1) {
+    while inner.ring.len() > RING_ENTRIES || (inner.ring_bytes > RING_BYTES && inner.ring.len() > 1)
+    {
         if let Some((_, old)) = inner.ring.pop_front() {
             inner.ring_bytes -= old.line.len();
         }
@@ -232,7 +242,11 @@ mod tests {
             ts: super::super::now_ts(),
             stream: LogStream::Stdout,
             line: line.into(),
-            source: if exec.is_some() { LogSource::Exec } else { LogSource::Server },
+            source: if exec.is_some() {
+                LogSource::Exec
+            } else {
+                LogSource::Server
+            },
             instance_id: "inst-1".into(),
             exec_id: exec.map(Into::into),
             partial: false,
@@ -251,12 +265,26 @@ mod tests {
         assert_eq!(sub.history.len(), 3);
         log.append(entry("c", None));
         assert_eq!(sub.next().await.unwrap().unwrap().line, "c");
-        let only_exec = log.query(&LogFilter { exec_id: Some("e1".into()), ..Default::default() });
+        let only_exec = log.query(&LogFilter {
+            exec_id: Some("e1".into()),
+            ..Default::default()
+        });
         assert_eq!(only_exec.len(), 1);
-        let tail = log.query(&LogFilter { tail: Some(2), ..Default::default() });
-        assert_eq!(tail.iter().map(|e| e.line.as_str()).collect::<Vec<_>>(), ["process exited (code=0)", "c"]);
+        let tail = log.query(&LogFilter {
+            tail: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(
+            tail.iter().map(|e| e.line.as_str()).collect::<Vec<_>>(),
+            ["process exited (code=0)", "c"]
+        );
         drop(log);
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{torn").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{torn")
+            .unwrap();
         let reopened = InstanceLog::open("inst-1", &path).unwrap();
         assert_eq!(reopened.query(&LogFilter::default()).len(), 4);
     }

@@ -21,7 +21,13 @@ pub type Line = (String, bool);
 
 impl LineAssembler {
     /// Adds a chunk; returns the lines it completed.
-    pub fn push(&mut self, exec: Option<ExecId>, stream: Stream, data: &str, eol: bool) -> Vec<Line> {
+    pub fn push(
+        &mut self,
+        exec: Option<ExecId>,
+        stream: Stream,
+        data: &str,
+        eol: bool,
+    ) -> Vec<Line> {
         let key = (exec, stream);
         let buf = self.partial.entry(key.clone()).or_default();
         buf.push_str(data);
@@ -63,9 +69,22 @@ mod tests {
     fn joins_chunks_and_flushes_partials() {
         let mut a = LineAssembler::default();
         assert!(a.push(None, Stream::Stdout, "hel", false).is_empty());
-        assert_eq!(a.push(None, Stream::Stdout, "lo", true), vec![("hello".to_owned(), true)]);
-        assert_eq!(a.push(None, Stream::Stdout, "", true), vec![(String::new(), true)]);
-        assert!(a.push(Some(ExecId("e".into())), Stream::Stderr, "no newline", false).is_empty());
+        assert_eq!(
+            a.push(None, Stream::Stdout, "lo", true),
+            vec![("hello".to_owned(), true)]
+        );
+        assert_eq!(
+            a.push(None, Stream::Stdout, "", true),
+            vec![(String::new(), true)]
+        );
+        assert!(a
+            .push(
+                Some(ExecId("e".into())),
+                Stream::Stderr,
+                "no newline",
+                false
+            )
+            .is_empty());
         assert_eq!(
             a.finish(&Some(ExecId("e".into()))),
             vec![(Stream::Stderr, "no newline".to_owned())]

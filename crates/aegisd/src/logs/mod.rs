@@ -35,7 +35,9 @@ pub fn now_ts() -> String {
 pub fn parse_since(s: &str) -> Result<String, String> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(format_ts)
-        .map_err(|e| format!("invalid time {s:?} (expected RFC 3339, e.g. 2026-01-31T12:00:00Z): {e}"))
+        .map_err(|e| {
+            format!("invalid time {s:?} (expected RFC 3339, e.g. 2026-01-31T12:00:00Z): {e}")
+        })
 }
 
 #[cfg(test)]

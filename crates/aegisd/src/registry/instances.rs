@@ -92,12 +92,21 @@ impl Registry {
                 "UPDATE instances SET spec = ?2, status = ?3, enabled = ?4, reason = ?5,
                  exit_code = ?6, stopped_at = ?7, last_active_at = ?8 WHERE id = ?1",
                 params![
-                    row.id, row.spec, row.status, row.enabled, row.reason, row.exit_code,
-                    row.stopped_at, row.last_active_at
+                    row.id,
+                    row.spec,
+                    row.status,
+                    row.enabled,
+                    row.reason,
+                    row.exit_code,
+                    row.stopped_at,
+                    row.last_active_at
                 ],
             )
             .map(drop)
-            .map_err(|source| RegistryError::Query { what: "update instance", source })
+            .map_err(|source| RegistryError::Query {
+                what: "update instance",
+                source,
+            })
         })
         .await
     }
@@ -110,7 +119,10 @@ impl Registry {
         self.with(move |c| {
             c.execute("DELETE FROM instances WHERE id = ?1", params![id])
                 .map(drop)
-                .map_err(|source| RegistryError::Query { what: "delete instance", source })
+                .map_err(|source| RegistryError::Query {
+                    what: "delete instance",
+                    source,
+                })
         })
         .await
     }
@@ -122,12 +134,16 @@ impl Registry {
     pub async fn list_instances(&self) -> Result<Vec<InstanceRow>, RegistryError> {
         self.with(|c| {
             let query = |c: &rusqlite::Connection| -> rusqlite::Result<Vec<InstanceRow>> {
-                let mut stmt =
-                    c.prepare(&format!("SELECT {COLUMNS} FROM instances ORDER BY created_at, id"))?;
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {COLUMNS} FROM instances ORDER BY created_at, id"
+                ))?;
                 let rows = stmt.query_map([], from_row)?;
                 rows.collect()
             };
-            query(c).map_err(|source| RegistryError::Query { what: "list instances", source })
+            query(c).map_err(|source| RegistryError::Query {
+                what: "list instances",
+                source,
+            })
         })
         .await
     }
@@ -144,7 +160,10 @@ impl Registry {
                 from_row,
             )
             .optional()
-            .map_err(|source| RegistryError::Query { what: "get instance", source })
+            .map_err(|source| RegistryError::Query {
+                what: "get instance",
+                source,
+            })
         })
         .await
     }
@@ -173,17 +192,36 @@ mod tests {
     async fn insert_update_list_delete_and_unique_handles() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(&dir.path().join("r.db")).unwrap();
-        reg.insert_instance(row("inst-1", Some("web"))).await.unwrap().unwrap();
-        assert!(reg.insert_instance(row("inst-2", Some("web"))).await.unwrap().is_err());
-        reg.insert_instance(row("inst-3", None)).await.unwrap().unwrap();
-        reg.insert_instance(row("inst-4", None)).await.unwrap().unwrap();
+        reg.insert_instance(row("inst-1", Some("web")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reg
+            .insert_instance(row("inst-2", Some("web")))
+            .await
+            .unwrap()
+            .is_err());
+        reg.insert_instance(row("inst-3", None))
+            .await
+            .unwrap()
+            .unwrap();
+        reg.insert_instance(row("inst-4", None))
+            .await
+            .unwrap()
+            .unwrap();
         let mut r = row("inst-1", Some("web"));
         r.status = "running".into();
         r.exit_code = Some(3);
         reg.update_instance(r.clone()).await.unwrap();
         assert_eq!(reg.get_instance("inst-1".into()).await.unwrap(), Some(r));
         reg.delete_instance("inst-3".into()).await.unwrap();
-        let ids: Vec<String> = reg.list_instances().await.unwrap().into_iter().map(|r| r.id).collect();
+        let ids: Vec<String> = reg
+            .list_instances()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(ids, ["inst-1", "inst-4"]);
         drop(reg);
         // Survives reopening (migrations are idempotent).
