@@ -364,3 +364,142 @@ mod tests {
         assert!(err.to_string().contains("comand"));
     }
 }
+
+/// An image in the store (`GET /v1/images`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// Normalised reference (`docker.io/library/alpine:latest`).
+    pub reference: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Bytes of manifest, config and (compressed) layers.
+    pub size: u64,
+    /// RFC 3339 build time from the image config, when it says.
+    pub created: Option<String>,
+    /// Number of layers.
+    pub layers: u32,
+    /// `os/arch`.
+    pub platform: String,
+    /// Whether the read-only ext4 base disk has been built.
+    pub base_image_built: bool,
+}
+
+/// The run-time settings of an image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRunConfig {
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Entrypoint.
+    pub entrypoint: Vec<String>,
+    /// Cmd.
+    pub cmd: Vec<String>,
+}
+
+/// `GET /v1/images/{reference}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDetail {
+    /// The summary.
+    #[serde(flatten)]
+    pub summary: ImageSummary,
+    /// Run-time settings.
+    pub config: ImageRunConfig,
+    /// Layer digests, bottom first.
+    pub layer_digests: Vec<String>,
+}
+
+/// `POST /v1/images/pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// What to pull.
+    pub reference: String,
+}
+
+/// `POST /v1/images/import`: a file on the daemon's host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// Absolute path of an OCI layout (directory or tar), a `docker save` tar, or (with
+    /// `rootfs`) a plain root filesystem tarball.
+    pub path: String,
+    /// Treat `path` as a root filesystem tarball.
+    #[serde(default)]
+    pub rootfs: bool,
+    /// Reference for the imported image (required with `rootfs`; names unnamed archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// One line of the NDJSON progress stream of a pull or import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ImageEvent {
+    /// Asking the registry what the reference points at.
+    Resolving {
+        /// The reference.
+        reference: String,
+    },
+    /// A layer download starts.
+    LayerStart {
+        /// Layer digest.
+        digest: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// Bytes of a layer received so far.
+    LayerProgress {
+        /// Layer digest.
+        digest: String,
+        /// Bytes so far.
+        bytes: u64,
+    },
+    /// A layer was downloaded and verified.
+    LayerDone {
+        /// Layer digest.
+        digest: String,
+    },
+    /// A layer was already stored.
+    LayerCached {
+        /// Layer digest.
+        digest: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// The root filesystem is being built.
+    Unpacking {
+        /// Manifest digest.
+        digest: String,
+    },
+    /// Finished.
+    Done {
+        /// The image(s) now stored.
+        images: Vec<ImageSummary>,
+        /// True when nothing had to be downloaded.
+        cached: bool,
+    },
+    /// Failed; nothing partial is left in the store.
+    Error {
+        /// The error chain.
+        error: String,
+        /// What to do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hint: Option<String>,
+    },
+}
+
+/// `POST /v1/images/prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneResult {
+    /// Manifest digests removed.
+    pub removed_images: Vec<String>,
+    /// Blobs removed.
+    pub removed_blobs: u64,
+    /// Base disks removed.
+    pub removed_base_images: u64,
+    /// Bytes freed.
+    pub reclaimed_bytes: u64,
+}

@@ -46,7 +46,7 @@ async fn main() {
     let store = aegis_image::store::ImageStore::open(home.join("images")).expect("image store");
     let images = aegisd::images::Images::new(store, aegisd::config::DEFAULT_IMAGE);
     let base = images
-        .resolve_blocking(aegisd::config::DEFAULT_IMAGE)
+        .resolve_blocking(aegisd::config::DEFAULT_IMAGE, None)
         .expect("default image: run ./setup.sh")
         .base;
     let accel = AcceleratorChoice::detect()

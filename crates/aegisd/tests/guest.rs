@@ -52,7 +52,7 @@ fn default_base_image() -> PathBuf {
         .expect("open the image store: run `./setup.sh`");
     let images = aegisd::images::Images::new(store, aegisd::config::DEFAULT_IMAGE);
     images
-        .resolve_blocking(aegisd::config::DEFAULT_IMAGE)
+        .resolve_blocking(aegisd::config::DEFAULT_IMAGE, None)
         .unwrap_or_else(|e| {
             panic!(
                 "default image unavailable ({}): run `./setup.sh`",

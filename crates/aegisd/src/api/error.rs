@@ -27,6 +27,9 @@ pub enum ApiError {
     /// Creating an instance failed.
     #[error(transparent)]
     Create(#[from] CreateError),
+    /// An image operation failed.
+    #[error(transparent)]
+    Image(ImageError),
     /// The guest refused to start a process.
     #[error("cannot start the process: {0}")]
     Spawn(String),
@@ -39,6 +42,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Spawn(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownInstance(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::Lifecycle(e) => lifecycle_status(e),
+            ApiError::Image(e) => image_status(e),
             ApiError::Create(e) => match e {
                 CreateError::Spec(_) | CreateError::NoCommand { .. } => StatusCode::BAD_REQUEST,
                 CreateError::HandleInUse { .. } => StatusCode::CONFLICT,
@@ -54,7 +58,7 @@ impl ApiError {
     fn hint(&self) -> Option<String> {
         match self {
             ApiError::Lifecycle(e) | ApiError::Create(CreateError::Lifecycle(e)) => e.hint(),
-            ApiError::Create(CreateError::Image(e)) => e.hint(),
+            ApiError::Create(CreateError::Image(e)) | ApiError::Image(e) => e.hint(),
             ApiError::UnknownInstance(_) => {
                 Some("`aegis instance list` shows the instances".to_owned())
             }
@@ -89,9 +93,16 @@ fn lifecycle_status(e: &LifecycleError) -> StatusCode {
 }
 
 fn image_status(e: &ImageError) -> StatusCode {
+    use aegis_image::pull::PullError;
     match e {
-        ImageError::InvalidReference { .. } => StatusCode::BAD_REQUEST,
-        ImageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ImageError::InvalidReference { .. } | ImageError::TagRequired | ImageError::Import(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        ImageError::NotFound { .. } | ImageError::Pull(PullError::NotFound { .. }) => {
+            StatusCode::NOT_FOUND
+        }
+        ImageError::Pull(PullError::Unauthorized { .. }) => StatusCode::FORBIDDEN,
+        ImageError::Pull(_) => StatusCode::BAD_GATEWAY,
         ImageError::Store(_) | ImageError::Build { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -3,6 +3,7 @@
 
 mod error;
 mod exec;
+mod images;
 mod instances;
 mod json;
 mod logs;
@@ -42,6 +43,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/openapi.json", get(status::openapi))
         .route("/v1/shutdown", post(status::shutdown))
+        .route("/v1/images", get(images::list))
+        .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/import", post(images::import))
+        .route("/v1/images/prune", post(images::prune))
+        .route(
+            "/v1/images/:reference",
+            get(images::inspect).delete(images::remove),
+        )
         .route(
             "/v1/instances",
             post(instances::create).get(instances::list),

@@ -594,14 +594,16 @@ impl Actor {
         match boot::attach(&self.ctx.boot, &run_dir, sink, paused).await {
             Ok(guest) => {
                 let ctx = Arc::clone(&self.ctx);
-                let image_ref = self.spec.image_ref.clone();
-                let image =
-                    tokio::task::spawn_blocking(move || ctx.images.resolve_blocking(&image_ref))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .map(|r| r.config)
-                        .unwrap_or_default();
+                let (image_ref, digest) =
+                    (self.spec.image_ref.clone(), self.spec.image_digest.clone());
+                let image = tokio::task::spawn_blocking(move || {
+                    ctx.images.resolve_blocking(&image_ref, digest.as_deref())
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|r| r.config)
+                .unwrap_or_default();
                 let process = self.process_spec(&image);
                 let live = Live {
                     link: GuestLink {
@@ -716,21 +718,22 @@ async fn boot_task(
     output: OutputRouter,
     cancel: &CancellationToken,
 ) -> Result<Booted, LifecycleError> {
-    let image_ref = spec.image_ref.clone();
+    let (image_ref, digest) = (spec.image_ref.clone(), spec.image_digest.clone());
     let images = ctx.images.clone();
-    let resolved = tokio::task::spawn_blocking(move || images.resolve_blocking(&image_ref))
-        .await
-        .map_err(|e| LifecycleError::Image {
-            id: id.to_owned(),
-            source: crate::images::ImageError::Build {
-                reference: spec.image_ref.clone(),
-                message: e.to_string(),
-            },
-        })?
-        .map_err(|source| LifecycleError::Image {
-            id: id.to_owned(),
-            source,
-        })?;
+    let resolved =
+        tokio::task::spawn_blocking(move || images.resolve_blocking(&image_ref, digest.as_deref()))
+            .await
+            .map_err(|e| LifecycleError::Image {
+                id: id.to_owned(),
+                source: crate::images::ImageError::Build {
+                    reference: spec.image_ref.clone(),
+                    message: e.to_string(),
+                },
+            })?
+            .map_err(|source| LifecycleError::Image {
+                id: id.to_owned(),
+                source,
+            })?;
     let dir = ctx.config.instance_dir(id);
     let plan = BootPlan {
         run_dir: dir.join("run"),

@@ -31,6 +31,8 @@ pub struct InstanceHandle {
     snapshot: watch::Receiver<Instance>,
     /// The instance's log.
     pub log: Arc<InstanceLog>,
+    /// The manifest digest of its image.
+    pub image_digest: Option<String>,
 }
 
 impl InstanceHandle {
@@ -176,12 +178,14 @@ impl Instances {
     ) -> InstanceHandle {
         let id = row.id.clone();
         let handle_name = row.handle.clone();
+        let image_digest = spec.image_digest.clone();
         let (actor, tx, snapshot) = Actor::new(Arc::clone(&self.ctx), row, spec, Arc::clone(&log));
         let handle = InstanceHandle {
             id: id.clone(),
             tx,
             snapshot,
             log,
+            image_digest,
         };
         {
             let mut maps = self.lock();
@@ -222,6 +226,15 @@ impl Instances {
         views
     }
 
+    /// Manifest digests of the images instances were created from (kept by `image prune`).
+    pub fn image_digests(&self) -> Vec<String> {
+        let handles: Vec<InstanceHandle> = self.lock().by_id.values().cloned().collect();
+        handles
+            .iter()
+            .filter_map(|h| h.image_digest.clone())
+            .collect()
+    }
+
     /// Creates and starts an instance; or, for the handle of an existing stopped instance,
     /// starts that one with its stored configuration. Returns the view and whether it is new.
     ///
@@ -243,15 +256,9 @@ impl Instances {
                 return Ok((view, false));
             }
         }
-        let spec = InstanceSpec::from_request(&req)?;
-        let images = self.ctx.images.clone();
-        let image_ref = spec.image_ref.clone();
-        let resolved = tokio::task::spawn_blocking(move || images.resolve_blocking(&image_ref))
-            .await
-            .map_err(|e| ImageError::Build {
-                reference: spec.image_ref.clone(),
-                message: e.to_string(),
-            })??;
+        let mut spec = InstanceSpec::from_request(&req)?;
+        let resolved = self.ctx.images.ensure(&spec.image_ref).await?;
+        spec.image_digest = Some(resolved.digest.clone());
         if resolved.config.argv(&spec.command).is_empty() {
             return Err(CreateError::NoCommand {
                 image: spec.image_ref,

@@ -15,6 +15,10 @@ use crate::config::{
 pub struct InstanceSpec {
     /// Image reference as given (or the default image).
     pub image_ref: String,
+    /// Manifest digest the instance was created from; every boot uses exactly this image, so a
+    /// tag that moves never changes the base disk under the instance's overlay.
+    #[serde(default)]
+    pub image_digest: Option<String>,
     /// Primary process; empty means the image's entrypoint + cmd.
     pub command: Vec<String>,
     /// Environment given explicitly (wins over the image's).
@@ -130,6 +134,7 @@ impl InstanceSpec {
                 .clone()
                 .filter(|s| !s.trim().is_empty())
                 .unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+            image_digest: None,
             command: req.command.clone(),
             env: req.env.clone(),
             workdir: req.workdir.clone(),
