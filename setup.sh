@@ -78,6 +78,17 @@ done
 export PATH="$repo/target/release:$PATH"
 
 # --- 4. daemon and default image ----------------------------------------------------------
+# A daemon from an earlier build is replaced. SIGTERM leaves its VMs running; the new daemon
+# re-attaches to them.
+if [ -f "$AEGIS_HOME/aegisd.pid" ] && kill -0 "$(cat "$AEGIS_HOME/aegisd.pid")" 2>/dev/null; then
+  pid="$(cat "$AEGIS_HOME/aegisd.pid")"
+  if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" != "$repo/target/release/aegisd" ] ||
+     [ "$repo/target/release/aegisd" -nt "$AEGIS_HOME/aegisd.pid" ]; then
+    say "restarting aegisd (new build)"
+    kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+fi
 aegis up
 if ! aegis image inspect "$default_image" >/dev/null 2>&1; then
   say "building the default image $default_image (Debian bookworm minbase + python3)"

@@ -198,6 +198,71 @@ pub enum Notification {
     Output(OutputParams),
     /// A process ended. Sent after all of its output.
     Exit(ExitParams),
+    /// Periodic heartbeat: what the guest did since the previous one (see [`ActivityParams`]).
+    Activity(ActivityParams),
+}
+
+/// How often the harness sends [`Notification::Activity`].
+pub const ACTIVITY_INTERVAL_MS: u64 = 5_000;
+
+/// Directory in the guest where programs hold keepalive leases: while it contains at least one
+/// entry, the instance is never paused for idleness. `touch /run/aegis/keepalive/NAME` takes a
+/// lease, `rm` releases it. The harness creates the directory (mode 1777).
+pub const KEEPALIVE_DIR: &str = "/run/aegis/keepalive";
+
+/// Parameters of the `activity` notification: counters over the last interval and the current
+/// gauges. The daemon decides what counts as idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityParams {
+    /// Milliseconds the interval covered.
+    pub interval_ms: u64,
+    /// CPU time (user + system, all CPUs) spent by guest processes, in milliseconds, excluding
+    /// the harness itself.
+    pub cpu_ms: u64,
+    /// Bytes received plus sent on eth0 during the interval.
+    pub net_bytes: u64,
+    /// Established TCP connections now (both directions, IPv4 and IPv6).
+    pub tcp_established: u32,
+    /// Running exec processes now.
+    pub execs: u32,
+    /// Keepalive leases held now (entries in [`KEEPALIVE_DIR`]).
+    pub leases: u32,
+}
+
+/// Guest TCP port on which the harness accepts ingress connections from the host router (a
+/// privileged port, so unprivileged guest programs cannot take it; reserved).
+///
+/// Protocol, per connection: the host sends [`INGRESS_MAGIC`] then the target guest port as a
+/// big-endian `u16`; the harness connects to that port on `127.0.0.1` (so servers listening only
+/// on loopback are reachable too; falling back to the guest's own address) and answers one
+/// byte, an [`IngressStatus`]. On `Connected` both sides then relay raw bytes, with half-close;
+/// otherwise the harness closes the connection.
+pub const INGRESS_PORT: u16 = 1000;
+
+/// First two bytes of an ingress header (the second one versions the protocol).
+pub const INGRESS_MAGIC: [u8; 2] = [0xAE, 0x01];
+
+/// The harness's answer to an ingress header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum IngressStatus {
+    /// Connected to the guest port; bytes follow.
+    Connected = 0,
+    /// Nothing listens on the guest port.
+    Refused = 1,
+    /// The header was malformed or the connection failed otherwise.
+    Failed = 2,
+}
+
+impl IngressStatus {
+    /// Decodes the status byte.
+    pub fn from_byte(b: u8) -> IngressStatus {
+        match b {
+            0 => IngressStatus::Connected,
+            1 => IngressStatus::Refused,
+            _ => IngressStatus::Failed,
+        }
+    }
 }
 
 /// Which output stream of a process.

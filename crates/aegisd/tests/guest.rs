@@ -131,6 +131,7 @@ impl Outputs {
                             .push((o.stream, text));
                     }
                 }
+                Notification::Activity(_) => {}
                 Notification::Exit(e) => {
                     for (stream, text) in self.lines.finish(&e.exec_id) {
                         self.done

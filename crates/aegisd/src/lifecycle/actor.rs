@@ -152,6 +152,7 @@ impl Actor {
                 | Command::Resume { .. }
                 | Command::Wake { .. }
                 | Command::Touch
+                | Command::Heartbeat { .. }
                 | Command::BootFinished { .. }
                 | Command::VmExited { .. }
                 | Command::PrimaryExited { .. } => {}
@@ -189,6 +190,11 @@ impl Actor {
             Command::Touch => {
                 self.row.last_active_at = Some(now_ts());
                 self.publish();
+            }
+            Command::Heartbeat { generation, activity } => {
+                if generation == self.generation {
+                    tracing::trace!(?activity, "heartbeat");
+                }
             }
             Command::Delete { reply } => {
                 let r = self.delete().await;

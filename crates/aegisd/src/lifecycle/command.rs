@@ -1,7 +1,7 @@
 //! Messages to an instance actor: one variant per operation, each with a typed reply channel.
 
 use aegis_proto::api::Instance;
-use aegis_proto::control::{ExitStatus, ProcessSpec};
+use aegis_proto::control::{ActivityParams, ExitStatus, ProcessSpec};
 use aegis_vmm::VmExit;
 use tokio::sync::oneshot;
 
@@ -114,6 +114,13 @@ pub enum Command {
         generation: u64,
         /// How it ended.
         exit: VmExit,
+    },
+    /// Sent by the output router for each guest heartbeat.
+    Heartbeat {
+        /// Which boot's guest.
+        generation: u64,
+        /// What the guest did.
+        activity: ActivityParams,
     },
     /// Sent by the output router when the primary process ended.
     PrimaryExited {

@@ -83,6 +83,9 @@ async fn route(
                             emit(&log, &mut execs, o.exec_id.as_ref(), o.stream, text, !eol);
                         }
                     }
+                    Notification::Activity(activity) => {
+                        let _ = actor.try_send(Command::Heartbeat { generation, activity });
+                    }
                     Notification::Exit(e) => {
                         for (stream, text) in lines.finish(&e.exec_id) {
                             emit(&log, &mut execs, e.exec_id.as_ref(), stream, text, true);
