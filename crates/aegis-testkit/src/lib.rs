@@ -18,3 +18,6 @@ pub use daemon::{Daemon, SHARED_HOME_ENV};
 pub use http::ApiResponse;
 pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
 pub use wait::{try_wait_until, wait_until};
+
+/// Signals for [`Background::signal`].
+pub use nix::sys::signal::Signal;

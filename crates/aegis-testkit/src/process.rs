@@ -64,8 +64,9 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts `command` in its own process group with stdout and stderr captured.
-    pub(crate) fn spawn(mut command: Command) -> Background {
+    /// Starts `command` in its own process group with stdout and stderr captured (stdin is
+    /// `/dev/null`).
+    pub fn spawn(mut command: Command) -> Background {
         let shown = format!("{command:?}");
         command
             .stdin(Stdio::null())

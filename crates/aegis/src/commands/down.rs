@@ -61,13 +61,40 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
     }
 }
 
-/// True while process `pid` exists (signal 0 checks without sending anything).
+/// True while process `pid` runs: it exists (signal 0 checks without sending anything) and is
+/// not a zombie waiting for its parent to reap it (a daemon started by a test harness is that
+/// harness's child; one started by `aegis up` is reaped by init).
 fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+    let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    !matches!(
-        nix::sys::signal::kill(Pid::from_raw(pid), None),
+    if matches!(
+        nix::sys::signal::kill(Pid::from_raw(raw), None),
         Err(Errno::ESRCH)
-    )
+    ) {
+        return false;
+    }
+    !is_zombie(pid)
+}
+
+/// Reads the state letter of `/proc/<pid>/stat` (after the parenthesised command name).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_not_a_zombie() {
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
+    }
 }
