@@ -91,6 +91,55 @@ pub struct CreateInstance {
     /// Working directory of the primary process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Pause after this long without activity: seconds (`60`, `"60"`), a duration (`"90s"`,
+    /// `"5m"`, `"1h"`) or `"never"`. Default 60 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_pause: Option<IdleTimeout>,
+    /// Stop after this long paused; same forms. Default 300 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop: Option<IdleTimeout>,
+    /// Outbound network: `all` (default) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
+}
+
+/// An idle timeout as given: a number of seconds or a string (`"90s"`, `"5m"`, `"never"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IdleTimeout {
+    /// Seconds.
+    Seconds(u64),
+    /// Text form.
+    Text(String),
+}
+
+impl IdleTimeout {
+    /// Seconds, or `None` for never.
+    ///
+    /// # Errors
+    /// A message naming the accepted forms.
+    pub fn seconds(&self) -> Result<Option<u64>, String> {
+        let text = match self {
+            IdleTimeout::Seconds(s) => return Ok(Some(*s)),
+            IdleTimeout::Text(t) => t.trim(),
+        };
+        if text == "never" {
+            return Ok(None);
+        }
+        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let factor = match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => 0,
+        };
+        match digits.parse::<u64>() {
+            Ok(n) if factor > 0 => Ok(Some(n.saturating_mul(factor))),
+            _ => Err(format!(
+                "invalid idle timeout {text:?}: use seconds, a duration like 90s, 5m or 1h, or never"
+            )),
+        }
+    }
 }
 
 /// A port to expose (`POST /v1/instances/{id}/expose` and `exposes` on create).
@@ -107,7 +156,7 @@ pub struct ExposeRequest {
     pub protocol: Option<String>,
 }
 
-/// An exposed port as shown.
+/// An exposed port as shown (also the answer to `POST .../expose`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// Guest port.
@@ -116,6 +165,9 @@ pub struct Endpoint {
     pub public_port: u16,
     /// `tcp` or `http`.
     pub protocol: String,
+    /// Where to connect (`http://127.0.0.1:8080` or `tcp://127.0.0.1:8080`).
+    #[serde(default)]
+    pub url: String,
 }
 
 /// An instance as the API shows it.
@@ -159,6 +211,12 @@ pub struct Instance {
     pub exit_code: Option<i32>,
     /// Host pid of the VMM process while a VM exists.
     pub vmm_pid: Option<u32>,
+    /// Seconds without activity before a pause; `None` = never.
+    pub idle_pause_secs: Option<u64>,
+    /// Seconds paused before a stop; `None` = never.
+    pub idle_stop_secs: Option<u64>,
+    /// Whether the guest may open outbound connections.
+    pub egress: bool,
 }
 
 /// `POST /v1/instances/{id}/exec`.
@@ -359,6 +417,23 @@ mod tests {
     }
 
     #[test]
+    fn idle_timeouts() {
+        let rows = [
+            (IdleTimeout::Seconds(5), Ok(Some(5))),
+            (IdleTimeout::Text("90s".into()), Ok(Some(90))),
+            (IdleTimeout::Text("5m".into()), Ok(Some(300))),
+            (IdleTimeout::Text("1h".into()), Ok(Some(3600))),
+            (IdleTimeout::Text("42".into()), Ok(Some(42))),
+            (IdleTimeout::Text("never".into()), Ok(None)),
+        ];
+        for (t, want) in rows {
+            assert_eq!(t.seconds(), want, "{t:?}");
+        }
+        assert!(IdleTimeout::Text("5x".into()).seconds().is_err());
+        assert!(IdleTimeout::Text("m".into()).seconds().is_err());
+    }
+
+    #[test]
     fn create_rejects_unknown_fields() {
         let err = serde_json::from_str::<CreateInstance>(r#"{"comand":["x"]}"#).unwrap_err();
         assert!(err.to_string().contains("comand"));
@@ -489,6 +564,15 @@ pub enum ImageEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hint: Option<String>,
     },
+}
+
+/// `DELETE /v1/images/{reference}`: the reference removed (its blobs stay until prune).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedImage {
+    /// The reference as given.
+    pub removed: String,
+    /// The manifest digest it pointed at.
+    pub digest: String,
 }
 
 /// `POST /v1/images/prune`.

@@ -58,6 +58,10 @@ impl Config {
     pub fn database(&self) -> PathBuf {
         self.home.join("aegis.db")
     }
+    /// The master key of the secret store (created on first use, mode 0600).
+    pub fn master_key(&self) -> PathBuf {
+        self.home.join(crate::secrets::KEY_FILE)
+    }
     /// The daemon's own log file.
     pub fn daemon_log(&self) -> PathBuf {
         self.home.join("aegisd.log")

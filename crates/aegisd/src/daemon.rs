@@ -24,6 +24,8 @@ use crate::lifecycle::boot::BootEnv;
 use crate::lifecycle::instances::Instances;
 use crate::lifecycle::Ctx;
 use crate::registry::{Registry, RegistryError};
+use crate::router::Router;
+use crate::secrets::SecretStore;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,9 @@ pub enum DaemonError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A setting is invalid.
+    #[error("{0}")]
+    Config(String),
     /// The image store failed.
     #[error("cannot open the image store")]
     Images(#[source] aegis_image::store::StoreError),
@@ -86,8 +91,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             cache_dir: config.cache_dir(),
             ready_timeout: crate::lifecycle::boot::HARNESS_READY_TIMEOUT,
         },
+        secrets: SecretStore::new(registry.clone(), config.master_key()),
         registry,
         images: Images::new(store, DEFAULT_IMAGE),
+        router: Router::new(Router::bind_from_env().map_err(DaemonError::Config)?),
         config: config.clone(),
     });
     let instances = Instances::load(Arc::clone(&ctx)).await?;

@@ -11,3 +11,5 @@ pub mod images;
 pub mod lifecycle;
 pub mod logs;
 pub mod registry;
+pub mod router;
+pub mod secrets;

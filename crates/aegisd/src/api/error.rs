@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::images::{error_chain, ImageError};
 use crate::lifecycle::command::LifecycleError;
-use crate::lifecycle::instances::CreateError;
+use crate::lifecycle::instances::{CreateError, ExposeError};
+use crate::router::RouterError;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,9 @@ pub enum ApiError {
     /// The guest refused to start a process.
     #[error("cannot start the process: {0}")]
     Spawn(String),
+    /// Exposing a port failed.
+    #[error(transparent)]
+    Expose(#[from] ExposeError),
 }
 
 impl ApiError {
@@ -48,16 +52,27 @@ impl ApiError {
                 CreateError::HandleInUse { .. } => StatusCode::CONFLICT,
                 CreateError::Image(e) => image_status(e),
                 CreateError::Lifecycle(e) => lifecycle_status(e),
+                CreateError::Router(e) => router_status(e),
                 CreateError::Registry(_) | CreateError::Dir { .. } => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
+            },
+            ApiError::Expose(e) => match e {
+                ExposeError::Spec(_) => StatusCode::BAD_REQUEST,
+                ExposeError::Router(e) => router_status(e),
+                ExposeError::Lifecycle(e) => lifecycle_status(e),
             },
         }
     }
 
     fn hint(&self) -> Option<String> {
         match self {
-            ApiError::Lifecycle(e) | ApiError::Create(CreateError::Lifecycle(e)) => e.hint(),
+            ApiError::Lifecycle(e)
+            | ApiError::Create(CreateError::Lifecycle(e))
+            | ApiError::Expose(ExposeError::Lifecycle(e)) => e.hint(),
+            ApiError::Create(CreateError::Router(_)) | ApiError::Expose(ExposeError::Router(_)) => {
+                Some("choose another public port, or omit it to get a free one".to_owned())
+            }
             ApiError::Create(CreateError::Image(e)) | ApiError::Image(e) => e.hint(),
             ApiError::UnknownInstance(_) => {
                 Some("`aegis instance list` shows the instances".to_owned())
@@ -71,6 +86,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::NoRoute(_)
             | ApiError::Spawn(_)
+            | ApiError::Expose(ExposeError::Spec(_))
             | ApiError::Create(
                 CreateError::Spec(_) | CreateError::Registry(_) | CreateError::Dir { .. },
             ) => None,
@@ -81,14 +97,22 @@ impl ApiError {
 fn lifecycle_status(e: &LifecycleError) -> StatusCode {
     match e {
         LifecycleError::Invalid(_)
+        | LifecycleError::AlreadyExposed { .. }
         | LifecycleError::Disabled { .. }
         | LifecycleError::Stopped { .. } => StatusCode::CONFLICT,
-        LifecycleError::Gone { .. } => StatusCode::NOT_FOUND,
+        LifecycleError::Gone { .. } | LifecycleError::NotExposed { .. } => StatusCode::NOT_FOUND,
         LifecycleError::Image { source, .. } => image_status(source),
         LifecycleError::Boot { .. } | LifecycleError::Control { .. } => StatusCode::BAD_GATEWAY,
         LifecycleError::Vmm { .. } | LifecycleError::Registry { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
+    }
+}
+
+fn router_status(e: &RouterError) -> StatusCode {
+    match e {
+        RouterError::PortInUse { .. } => StatusCode::CONFLICT,
+        RouterError::Bind { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 
 use aegis_proto::api::{
-    ImageDetail, ImageEvent, ImageSummary, ImportRequest, PruneResult, PullRequest,
+    ImageDetail, ImageEvent, ImageSummary, ImportRequest, PruneResult, PullRequest, RemovedImage,
 };
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -49,13 +49,14 @@ pub async fn inspect(
 pub async fn remove(
     State(state): State<AppState>,
     Path(reference): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RemovedImage>, ApiError> {
     let images = state.ctx.images.clone();
     let r = reference.clone();
     let digest = blocking(move || images.remove_blocking(&r)).await?;
-    Ok(Json(
-        serde_json::json!({ "removed": reference, "digest": digest }),
-    ))
+    Ok(Json(RemovedImage {
+        removed: reference,
+        digest,
+    }))
 }
 
 pub async fn prune(State(state): State<AppState>) -> Result<Json<PruneResult>, ApiError> {
@@ -101,9 +102,11 @@ pub async fn import(
         )));
     }
     let images = state.ctx.images.clone();
-    Ok(progress_stream(move |_tx| async move {
+    Ok(progress_stream(move |tx| async move {
         let res = tokio::task::spawn_blocking(move || {
-            images.import_blocking(&path, req.rootfs, req.tag.as_deref())
+            images.import_blocking(&path, req.rootfs, req.tag.as_deref(), |ev| {
+                let _ = tx.try_send(ev);
+            })
         })
         .await;
         match res {

@@ -1,6 +1,6 @@
 //! `/v1/instances`: create, list, info, delete, lifecycle actions.
 
-use aegis_proto::api::{CreateInstance, Instance, InstanceStatus};
+use aegis_proto::api::{CreateInstance, Endpoint, ExposeRequest, Instance, InstanceStatus};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -10,7 +10,8 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::AppState;
 use crate::lifecycle::command::{Command, StopMode};
-use crate::lifecycle::instances::InstanceHandle;
+use crate::lifecycle::instances::{ExposeError, InstanceHandle};
+use crate::lifecycle::spec::ExposeSpec;
 
 /// Finds an instance by id or handle, or 404.
 pub fn find(state: &AppState, id: &str) -> Result<InstanceHandle, ApiError> {
@@ -99,4 +100,30 @@ pub async fn action(
         }
     };
     Ok(Json(view))
+}
+
+pub async fn expose(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ExposeRequest>,
+) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
+    let handle = find(&state, &id)?;
+    let spec = ExposeSpec::from_request(&req).map_err(ExposeError::Spec)?;
+    let exposed = state.instances.expose(&handle, spec).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::router::endpoint_view(&exposed)),
+    ))
+}
+
+pub async fn unexpose(
+    State(state): State<AppState>,
+    Path((id, guest_port)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let handle = find(&state, &id)?;
+    let port: u16 = guest_port
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid guest port {guest_port:?}")))?;
+    state.instances.unexpose(&handle, port).await?;
+    Ok(Json(serde_json::json!({ "unexposed": port })))
 }

@@ -61,6 +61,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/instances/:id/:action", post(instances::action))
         .route("/v1/instances/:id/exec", post(exec::exec))
+        .route("/v1/instances/:id/expose", post(instances::expose))
+        .route(
+            "/v1/instances/:id/expose/:guest_port",
+            axum::routing::delete(instances::unexpose),
+        )
         .route("/v1/instances/:id/logs", get(logs::logs))
         .fallback(error::not_found)
         .with_state(state)

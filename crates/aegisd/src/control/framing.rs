@@ -77,7 +77,7 @@ mod tests {
         let input: &[u8] = b"short\nthis line is far too long\nok\ntail";
         let mut r = FrameReader::new(tokio::io::BufReader::with_capacity(4, input), 10);
         assert_eq!(r.next().await.unwrap(), ReadFrame::Line(b"short".to_vec()));
-        assert!(matches!(r.next().await.unwrap(), ReadFrame::Oversized(n) if n == 26));
+        assert!(matches!(r.next().await.unwrap(), ReadFrame::Oversized(n) if n == 25));
         assert_eq!(r.next().await.unwrap(), ReadFrame::Line(b"ok".to_vec()));
         assert_eq!(r.next().await.unwrap(), ReadFrame::Line(b"tail".to_vec()));
         assert_eq!(r.next().await.unwrap(), ReadFrame::Eof);

@@ -190,7 +190,7 @@ impl Images {
     }
 
     /// Imports an archive (OCI layout, `docker save`) or a root filesystem tarball, then builds
-    /// the base disks. Blocking.
+    /// the base disks, reporting [`ImageEvent::Unpacking`] before each build. Blocking.
     ///
     /// # Errors
     /// [`ImageError`].
@@ -199,6 +199,7 @@ impl Images {
         path: &std::path::Path,
         rootfs: bool,
         tag: Option<&str>,
+        mut progress: impl FnMut(ImageEvent),
     ) -> Result<Vec<ImageSummary>, ImageError> {
         let tag = tag.map(parse_ref).transpose()?;
         let records = if rootfs {
@@ -217,6 +218,11 @@ impl Images {
         records
             .iter()
             .map(|r| {
+                if !self.store.base_image_path(&r.manifest_digest).is_file() {
+                    progress(ImageEvent::Unpacking {
+                        digest: r.manifest_digest.to_string(),
+                    });
+                }
                 self.store.base_image(r).map_err(|e| ImageError::Build {
                     reference: r.reference.to_string(),
                     message: error_chain(&e),

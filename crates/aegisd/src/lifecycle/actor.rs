@@ -8,17 +8,20 @@
 //! A graceful stop is awaited inline: it is bounded by [`STOP_DEADLINE`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aegis_image::manifest::ImageConfig;
 use aegis_proto::api::{Instance, InstanceStatus};
 use aegis_proto::control::{Method, ProcessSpec, ShutdownParams, SpawnResult};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::boot::{self, BootError, BootPlan, Guest};
 use super::command::{Booted, Command, GuestLink, LifecycleError, Reply, StopMode};
+use super::idle;
 use super::output::OutputRouter;
 use super::spec::InstanceSpec;
 use super::state::{next, Event};
@@ -78,6 +81,12 @@ pub struct Actor {
     tx: mpsc::Sender<Command>,
     rx: mpsc::Receiver<Command>,
     snapshot: watch::Sender<Instance>,
+    /// Routed connections open now (counted by the router).
+    connections: Arc<AtomicUsize>,
+    /// Last activity while running (connections, execs, busy heartbeats).
+    last_active: Instant,
+    /// When the current pause began.
+    paused_since: Option<Instant>,
 }
 
 /// What the actor decided after a command.
@@ -93,6 +102,7 @@ impl Actor {
         row: InstanceRow,
         spec: InstanceSpec,
         log: Arc<InstanceLog>,
+        connections: Arc<AtomicUsize>,
     ) -> (Actor, mpsc::Sender<Command>, watch::Receiver<Instance>) {
         let (tx, rx) = mpsc::channel(64);
         let view = render(&row, &spec, None);
@@ -107,6 +117,9 @@ impl Actor {
             tx: tx.clone(),
             rx,
             snapshot,
+            connections,
+            last_active: Instant::now(),
+            paused_since: None,
         };
         (actor, tx, snapshot_rx)
     }
@@ -115,16 +128,72 @@ impl Actor {
     /// `recover` re-attaches to a VM a previous daemon left running.
     pub async fn run(mut self, recover: bool) {
         let span = tracing::info_span!("instance", instance = %self.row.id);
-        let _guard = span.enter();
-        drop(_guard);
-        if recover {
-            self.recover().await;
-        }
-        while let Some(cmd) = self.rx.recv().await {
-            if let Flow::End = self.handle(cmd).await {
-                break;
+        async move {
+            if recover {
+                self.recover().await;
+            }
+            let mut tick = tokio::time::interval(idle::IDLE_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    cmd = self.rx.recv() => {
+                        let Some(cmd) = cmd else { break };
+                        if let Flow::End = self.handle(cmd).await {
+                            break;
+                        }
+                    }
+                    _ = tick.tick() => self.idle_tick().await,
+                }
             }
         }
+        .instrument(span)
+        .await;
+    }
+
+    /// Pauses or stops the instance when its idle timers say so.
+    async fn idle_tick(&mut self) {
+        let now = Instant::now();
+        if self.connections.load(Ordering::Relaxed) > 0 {
+            self.last_active = now;
+        }
+        let state = match &self.state {
+            State::Running(_) => idle::IdleState::Running {
+                last_active: self.last_active,
+            },
+            State::Paused(_) => idle::IdleState::Paused {
+                since: self.paused_since.unwrap_or(now),
+            },
+            State::Stopped | State::Starting { .. } => idle::IdleState::Other,
+        };
+        let policy = idle::IdlePolicy {
+            pause_after: self.spec.idle_pause_secs.map(Duration::from_secs),
+            stop_after: self.spec.idle_stop_secs.map(Duration::from_secs),
+        };
+        match idle::decide(policy, state, now) {
+            Some(idle::IdleAction::Pause) => {
+                let secs = self.spec.idle_pause_secs.unwrap_or_default();
+                match self.pause().await {
+                    Ok(_) => {
+                        self.log.system(format!("idle for {secs}s: paused"));
+                        tracing::info!(secs, "paused for idleness");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "idle pause failed"),
+                }
+            }
+            Some(idle::IdleAction::Stop) => {
+                let secs = self.spec.idle_stop_secs.unwrap_or_default();
+                let reason = format!("paused for {secs}s: stopped (idle)");
+                if let Err(e) = self.stop(StopMode::Graceful, &reason).await {
+                    tracing::warn!(error = %e, "idle stop failed");
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last_active = Instant::now();
+        self.row.last_active_at = Some(now_ts());
     }
 
     fn id(&self) -> String {
@@ -152,6 +221,8 @@ impl Actor {
                 | Command::Resume { .. }
                 | Command::Wake { .. }
                 | Command::Touch
+                | Command::Expose { .. }
+                | Command::Unexpose { .. }
                 | Command::Heartbeat { .. }
                 | Command::BootFinished { .. }
                 | Command::VmExited { .. }
@@ -188,13 +259,52 @@ impl Actor {
             }
             Command::Wake { reply } => self.wake(reply).await,
             Command::Touch => {
-                self.row.last_active_at = Some(now_ts());
+                self.touch();
                 self.publish();
             }
-            Command::Heartbeat { generation, activity } => {
-                if generation == self.generation {
-                    tracing::trace!(?activity, "heartbeat");
+            Command::Heartbeat {
+                generation,
+                activity,
+            } => {
+                if generation == self.generation && idle::heartbeat_is_active(&activity) {
+                    tracing::trace!(?activity, "busy heartbeat");
+                    self.touch();
                 }
+            }
+            Command::Expose { expose, reply } => {
+                let r = if self
+                    .spec
+                    .exposes
+                    .iter()
+                    .any(|e| e.guest_port == expose.guest_port)
+                {
+                    Err(LifecycleError::AlreadyExposed {
+                        id: self.id(),
+                        port: expose.guest_port,
+                    })
+                } else {
+                    self.spec.exposes.push(expose);
+                    self.persist_spec().await.map(|()| self.view())
+                };
+                let _ = reply.send(r);
+            }
+            Command::Unexpose { guest_port, reply } => {
+                let r = match self
+                    .spec
+                    .exposes
+                    .iter()
+                    .position(|e| e.guest_port == guest_port)
+                {
+                    None => Err(LifecycleError::NotExposed {
+                        id: self.id(),
+                        port: guest_port,
+                    }),
+                    Some(i) => {
+                        let removed = self.spec.exposes.remove(i);
+                        self.persist_spec().await.map(|()| removed)
+                    }
+                };
+                let _ = reply.send(r);
             }
             Command::Delete { reply } => {
                 let r = self.delete().await;
@@ -268,7 +378,7 @@ impl Actor {
         };
         self.row.reason = None;
         self.row.exit_code = None;
-        self.row.last_active_at = Some(now_ts());
+        self.touch();
         self.log.system(format!(
             "booting ({} MiB, {} vCPU)",
             self.spec.memory_mib, self.spec.vcpus
@@ -308,6 +418,7 @@ impl Actor {
                             argv: Vec::new(),
                             ..process.clone()
                         },
+                        ingress: booted.guest.ingress,
                     },
                     guest: booted.guest,
                 };
@@ -345,6 +456,7 @@ impl Actor {
                         control: booted.guest.control.clone(),
                         output: booted.output,
                         defaults: ProcessSpec::default(),
+                        ingress: booted.guest.ingress,
                     },
                     guest: booted.guest,
                 };
@@ -494,6 +606,7 @@ impl Actor {
             });
         }
         self.state = State::Paused(live);
+        self.paused_since = Some(Instant::now());
         debug_assert_eq!(self.state.status(), to);
         self.log.system("paused");
         self.persist_status().await?;
@@ -519,6 +632,8 @@ impl Actor {
             });
         }
         self.state = State::Running(live);
+        self.paused_since = None;
+        self.touch();
         self.log.system("resumed");
         self.row.last_active_at = Some(now_ts());
         self.persist_status().await
@@ -527,7 +642,7 @@ impl Actor {
     async fn wake(&mut self, reply: Reply<GuestLink>) {
         match &mut self.state {
             State::Running(_) => {
-                self.row.last_active_at = Some(now_ts());
+                self.touch();
                 let _ = reply.send(self.link());
             }
             State::Starting { waiters, .. } => waiters.push(reply),
@@ -619,6 +734,7 @@ impl Actor {
                             argv: Vec::new(),
                             ..process.clone()
                         },
+                        ingress: guest.ingress,
                     },
                     guest,
                 };
@@ -628,6 +744,9 @@ impl Actor {
                 if needs_primary {
                     // The previous daemon died between boot and start of the primary process.
                     let _ = self.start_primary(&live, process).await;
+                }
+                if paused {
+                    self.paused_since = Some(Instant::now());
                 }
                 self.state = if paused {
                     State::Paused(live)
@@ -649,6 +768,18 @@ impl Actor {
                 self.settle_stopped(reason).await;
             }
         }
+    }
+
+    async fn persist_spec(&mut self) -> Result<(), LifecycleError> {
+        self.row.spec =
+            serde_json::to_string(&self.spec).map_err(|e| LifecycleError::Registry {
+                id: self.id(),
+                source: crate::registry::RegistryError::Corrupt {
+                    id: self.id(),
+                    reason: e.to_string(),
+                },
+            })?;
+        self.persist().await
     }
 
     async fn persist_status(&mut self) -> Result<(), LifecycleError> {
@@ -702,7 +833,11 @@ pub fn render(row: &InstanceRow, spec: &InstanceSpec, vmm_pid: Option<u32>) -> I
         created_at: row.created_at.clone(),
         stopped_at: row.stopped_at.clone(),
         last_active_at: row.last_active_at.clone(),
-        endpoints: Vec::new(),
+        endpoints: spec
+            .exposes
+            .iter()
+            .map(|e| crate::router::endpoint_view(e))
+            .collect(),
         secret_keys: spec.secrets.clone(),
         kit: spec.kit.clone(),
         memory_mb: spec.memory_mib,
@@ -711,6 +846,9 @@ pub fn render(row: &InstanceRow, spec: &InstanceSpec, vmm_pid: Option<u32>) -> I
         reason: row.reason.clone(),
         exit_code: row.exit_code,
         vmm_pid,
+        idle_pause_secs: spec.idle_pause_secs,
+        idle_stop_secs: spec.idle_stop_secs,
+        egress: spec.egress,
     }
 }
 
@@ -748,7 +886,7 @@ async fn boot_task(
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,
         hostname,
-        egress: true,
+        egress: spec.egress,
         forwards: Vec::new(),
     };
     let guest = boot::boot(&ctx.boot, &plan, sink, cancel)

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aegis_proto::control::HealthResult;
+use std::net::SocketAddr;
+
+use aegis_proto::control::{HealthResult, INGRESS_PORT};
 use aegis_vmm::boot::{GuestKernel, Initramfs, InitramfsError, KernelError};
 use aegis_vmm::{
     Accelerator, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, Vm, VmExit, VmSpec, Vmm,
@@ -71,6 +73,8 @@ pub struct BootPlan {
 pub struct Guest {
     /// The VM.
     pub vm: Box<dyn Vm>,
+    /// Host address forwarded to the harness's ingress proxy (the router connects here).
+    pub ingress: Option<SocketAddr>,
     /// The harness's control channel.
     pub control: ControlChannel,
     /// The harness's first health answer.
@@ -179,6 +183,17 @@ pub async fn boot(
             .await
             .map_err(BootError::Vmm)?;
     }
+    let ingress_port = free_loopback_port().map_err(|source| {
+        BootError::Vmm(VmmError::Io {
+            path: plan.run_dir.clone(),
+            source,
+        })
+    })?;
+    let mut forwards = plan.forwards.clone();
+    forwards.push(PortForward {
+        host_port: ingress_port,
+        guest_port: INGRESS_PORT,
+    });
     let spec = VmSpec {
         run_dir: plan.run_dir.clone(),
         kernel,
@@ -193,7 +208,7 @@ pub async fn boot(
         hostname: plan.hostname.clone(),
         network: NetworkSpec {
             egress: plan.egress,
-            forwards: plan.forwards.clone(),
+            forwards,
         },
         accelerator: env.accelerator,
     };
@@ -201,6 +216,9 @@ pub async fn boot(
         return Err(BootError::Cancelled);
     }
     let vm = env.vmm.start(&spec).await.map_err(BootError::Vmm)?;
+    // Kept beside the VM so a re-attaching daemon finds the ingress forward again.
+    let _ = std::fs::write(plan.run_dir.join(INGRESS_FILE), ingress_port.to_string());
+    let ingress = Some(SocketAddr::from(([127, 0, 0, 1], ingress_port)));
     let ready = tokio::select! {
         r = connect_ready(vm.as_ref(), sink, env.ready_timeout, true) => r,
         () = cancel.cancelled() => Err(BootError::Cancelled),
@@ -214,6 +232,7 @@ pub async fn boot(
             );
             Ok(Guest {
                 vm,
+                ingress,
                 control,
                 health,
             })
@@ -238,8 +257,13 @@ pub async fn attach(
     let vm = env.vmm.attach(run_dir).await.map_err(BootError::Vmm)?;
     // A paused guest cannot answer `health`; its harness is asked once it is resumed.
     let (control, health) = connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT, !paused).await?;
+    let ingress = std::fs::read_to_string(run_dir.join(INGRESS_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
     Ok(Guest {
         vm,
+        ingress,
         control,
         health,
     })
@@ -291,6 +315,15 @@ async fn connect_ready(
         }
         other => other,
     }
+}
+
+/// File in the run directory holding the ingress forward's host port.
+const INGRESS_FILE: &str = "ingress.port";
+
+/// A loopback port that is free now (the VMM binds it right after).
+fn free_loopback_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// The last meaningful lines of a guest console, for error messages.

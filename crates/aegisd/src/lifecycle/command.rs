@@ -9,6 +9,7 @@ use aegis_image::manifest::ImageConfig;
 
 use super::boot::{BootError, Guest};
 use super::output::OutputRouter;
+use super::spec::ExposeSpec;
 use super::state::InvalidTransition;
 use crate::control::{ControlChannel, ControlError};
 use crate::images::ImageError;
@@ -47,6 +48,8 @@ pub struct GuestLink {
     pub output: OutputRouter,
     /// Defaults for execs (`argv` empty).
     pub defaults: ProcessSpec,
+    /// Host address of the guest's ingress proxy.
+    pub ingress: Option<std::net::SocketAddr>,
 }
 
 /// A message to an instance actor.
@@ -68,6 +71,20 @@ pub enum Command {
     Disable {
         /// Answered once stopped.
         reply: Reply<Instance>,
+    },
+    /// Add an exposed port (its public port already bound by the router).
+    Expose {
+        /// The port.
+        expose: ExposeSpec,
+        /// Answered once recorded.
+        reply: Reply<Instance>,
+    },
+    /// Remove an exposed port.
+    Unexpose {
+        /// The guest port.
+        guest_port: u16,
+        /// Answered with the removed entry.
+        reply: Reply<ExposeSpec>,
     },
     /// Stop, then boot.
     Restart {
@@ -196,6 +213,22 @@ pub enum LifecycleError {
         /// Why.
         reason: String,
     },
+    /// The guest port is already exposed.
+    #[error("guest port {port} of instance {id} is already exposed")]
+    AlreadyExposed {
+        /// The instance.
+        id: String,
+        /// The port.
+        port: u16,
+    },
+    /// The guest port is not exposed.
+    #[error("guest port {port} of instance {id} is not exposed")]
+    NotExposed {
+        /// The instance.
+        id: String,
+        /// The port.
+        port: u16,
+    },
     /// The instance was deleted (or its actor is gone).
     #[error("instance {id} no longer exists")]
     Gone {
@@ -219,7 +252,11 @@ impl LifecycleError {
             ),
             LifecycleError::Image { source, .. } => source.hint(),
             LifecycleError::Stopped { id, .. } => Some(format!("`aegis logs {id}` shows why")),
+            LifecycleError::AlreadyExposed { id, port } => Some(format!(
+                "remove it first: `aegis instance unexpose {id} {port}`"
+            )),
             LifecycleError::Invalid(_)
+            | LifecycleError::NotExposed { .. }
             | LifecycleError::Control { .. }
             | LifecycleError::Vmm { .. }
             | LifecycleError::Registry { .. }

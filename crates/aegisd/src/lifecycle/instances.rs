@@ -2,6 +2,7 @@
 //! across `.await`), instance creation and lookup by id or handle.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use tokio::task::JoinSet;
 use super::actor::Actor;
 use super::boot::HARNESS_READY_TIMEOUT;
 use super::command::{reply_channel, Command, LifecycleError, Reply};
-use super::spec::{InstanceSpec, SpecError};
+use super::spec::{ExposeSpec, InstanceSpec, SpecError};
 use super::Ctx;
 use crate::images::ImageError;
 use crate::logs::{now_ts, InstanceLog};
 use crate::registry::{InstanceRow, RegistryError};
+use crate::router::{RouteTarget, RouterError};
 
 /// Longest an API call waits for an actor: a wake may include a whole boot.
 pub const ACTOR_REPLY_DEADLINE: Duration =
@@ -33,6 +35,21 @@ pub struct InstanceHandle {
     pub log: Arc<InstanceLog>,
     /// The manifest digest of its image.
     pub image_digest: Option<String>,
+    /// Routed connections open now.
+    connections: Arc<AtomicUsize>,
+}
+
+/// Counts a routed connection while it lives; its end is activity too.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    handle: InstanceHandle,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.handle.connections.fetch_sub(1, Ordering::Relaxed);
+        self.handle.notify(Command::Touch);
+    }
 }
 
 impl InstanceHandle {
@@ -66,6 +83,15 @@ impl InstanceHandle {
                 id: self.id.clone(),
                 reason: format!("no answer within {}s", ACTOR_REPLY_DEADLINE.as_secs()),
             }),
+        }
+    }
+
+    /// Records a routed connection until the guard is dropped.
+    pub fn connection_started(&self) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.notify(Command::Touch);
+        ConnectionGuard {
+            handle: self.clone(),
         }
     }
 
@@ -115,6 +141,31 @@ pub enum CreateError {
     /// Starting it failed.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    /// A public port is taken.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+}
+
+/// Why a port could not be exposed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExposeError {
+    /// Invalid request.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The public port is taken.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// The instance refused.
+    #[error(transparent)]
+    Lifecycle(LifecycleError),
+}
+
+fn target(handle: &InstanceHandle, e: &ExposeSpec) -> RouteTarget {
+    RouteTarget {
+        instance: handle.clone(),
+        guest_port: e.guest_port,
+        protocol: e.protocol,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -153,7 +204,23 @@ impl Instances {
             };
             match this.open_log(&row.id) {
                 Ok(log) => {
-                    this.spawn_actor(row, spec, log, true);
+                    let exposes = spec.exposes.clone();
+                    let handle = this.spawn_actor(row, spec, log, true);
+                    for e in exposes {
+                        match ctx.router.listen(e.public_port).await {
+                            Ok(listener) => ctx.router.serve(listener, target(&handle, &e)),
+                            Err(err) => {
+                                let line = format!(
+                                    "cannot listen on public port {} for guest port {}: {}",
+                                    e.public_port,
+                                    e.guest_port,
+                                    crate::images::error_chain(&err)
+                                );
+                                tracing::error!(instance = %handle.id, "{line}");
+                                handle.log.system(line);
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::error!(instance = %row.id, error = %e, "cannot open instance log")
@@ -179,13 +246,21 @@ impl Instances {
         let id = row.id.clone();
         let handle_name = row.handle.clone();
         let image_digest = spec.image_digest.clone();
-        let (actor, tx, snapshot) = Actor::new(Arc::clone(&self.ctx), row, spec, Arc::clone(&log));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (actor, tx, snapshot) = Actor::new(
+            Arc::clone(&self.ctx),
+            row,
+            spec,
+            Arc::clone(&log),
+            Arc::clone(&connections),
+        );
         let handle = InstanceHandle {
             id: id.clone(),
             tx,
             snapshot,
             log,
             image_digest,
+            connections,
         };
         {
             let mut maps = self.lock();
@@ -257,6 +332,16 @@ impl Instances {
             }
         }
         let mut spec = InstanceSpec::from_request(&req)?;
+        // Bind the public ports first: a taken port fails the create before anything is stored.
+        let mut listeners = Vec::new();
+        for e in &mut spec.exposes {
+            let listener = self.ctx.router.listen(e.public_port).await?;
+            e.public_port = listener
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(e.public_port);
+            listeners.push((listener, *e));
+        }
         let resolved = self.ctx.images.ensure(&spec.image_ref).await?;
         spec.image_digest = Some(resolved.digest.clone());
         if resolved.config.argv(&spec.command).is_empty() {
@@ -301,6 +386,9 @@ impl Instances {
         };
         log.system(format!("created from image {}", spec.image_ref));
         let handle = self.spawn_actor(row, spec, log, false);
+        for (listener, e) in listeners {
+            self.ctx.router.serve(listener, target(&handle, &e));
+        }
         let view = handle.request(|reply| Command::Start { reply }).await?;
         Ok((view, true))
     }
@@ -317,12 +405,76 @@ impl Instances {
         }
     }
 
+    /// Exposes a guest port on a public port (chosen when 0).
+    ///
+    /// # Errors
+    /// [`ExposeError`].
+    pub async fn expose(
+        &self,
+        handle: &InstanceHandle,
+        mut expose: ExposeSpec,
+    ) -> Result<ExposeSpec, ExposeError> {
+        if handle
+            .view()
+            .endpoints
+            .iter()
+            .any(|e| e.guest_port == expose.guest_port)
+        {
+            return Err(ExposeError::Lifecycle(LifecycleError::AlreadyExposed {
+                id: handle.id.clone(),
+                port: expose.guest_port,
+            }));
+        }
+        let listener = self.ctx.router.listen(expose.public_port).await?;
+        expose.public_port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(expose.public_port);
+        match handle
+            .request(|reply| Command::Expose { expose, reply })
+            .await
+        {
+            Ok(_) => {
+                self.ctx.router.serve(listener, target(handle, &expose));
+                handle.log.system(format!(
+                    "exposed guest port {} on public port {} ({})",
+                    expose.guest_port,
+                    expose.public_port,
+                    expose.protocol.as_str()
+                ));
+                Ok(expose)
+            }
+            Err(e) => Err(ExposeError::Lifecycle(e)),
+        }
+    }
+
+    /// Stops exposing a guest port.
+    ///
+    /// # Errors
+    /// [`LifecycleError::NotExposed`] and the actor's errors.
+    pub async fn unexpose(
+        &self,
+        handle: &InstanceHandle,
+        guest_port: u16,
+    ) -> Result<(), LifecycleError> {
+        let removed = handle
+            .request(|reply| Command::Unexpose { guest_port, reply })
+            .await?;
+        self.ctx.router.unbind(removed.public_port);
+        handle.log.system(format!(
+            "unexposed guest port {} (public port {})",
+            removed.guest_port, removed.public_port
+        ));
+        Ok(())
+    }
+
     /// Deletes an instance (stopping its VM).
     ///
     /// # Errors
     /// The actor's error.
     pub async fn delete(&self, handle: &InstanceHandle) -> Result<(), LifecycleError> {
         handle.request(|reply| Command::Delete { reply }).await?;
+        self.ctx.router.unbind_instance(&handle.id);
         let mut maps = self.lock();
         maps.by_id.remove(&handle.id);
         maps.by_handle.retain(|_, id| id != &handle.id);

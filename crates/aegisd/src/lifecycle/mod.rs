@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod boot;
 pub mod command;
+pub mod idle;
 pub mod instances;
 pub mod output;
 pub mod spec;
@@ -12,6 +13,8 @@ pub mod state;
 use crate::config::Config;
 use crate::images::Images;
 use crate::registry::Registry;
+use crate::router::Router;
+use crate::secrets::SecretStore;
 
 /// What every actor shares: configuration, boot environment, registry, images.
 #[derive(Debug)]
@@ -24,4 +27,8 @@ pub struct Ctx {
     pub registry: Registry,
     /// The image store.
     pub images: Images,
+    /// The secret store.
+    pub secrets: SecretStore,
+    /// Public listeners.
+    pub router: std::sync::Arc<Router>,
 }

@@ -39,6 +39,99 @@ pub struct InstanceSpec {
     /// Kit.
     #[serde(default)]
     pub kit: Option<String>,
+    /// Exposed ports with their public ports (chosen once, kept across restarts).
+    #[serde(default)]
+    pub exposes: Vec<ExposeSpec>,
+    /// Seconds without activity before a pause; `None` = never.
+    #[serde(default = "default_idle_pause")]
+    pub idle_pause_secs: Option<u64>,
+    /// Seconds paused before a stop; `None` = never.
+    #[serde(default = "default_idle_stop")]
+    pub idle_stop_secs: Option<u64>,
+    /// Outbound network access.
+    #[serde(default = "default_egress")]
+    pub egress: bool,
+}
+
+/// Default idle pause: a minute without activity.
+pub const DEFAULT_IDLE_PAUSE_SECS: u64 = 60;
+/// Default idle stop: five minutes paused.
+pub const DEFAULT_IDLE_STOP_SECS: u64 = 300;
+
+fn default_idle_pause() -> Option<u64> {
+    Some(DEFAULT_IDLE_PAUSE_SECS)
+}
+fn default_idle_stop() -> Option<u64> {
+    Some(DEFAULT_IDLE_STOP_SECS)
+}
+fn default_egress() -> bool {
+    true
+}
+
+/// The protocol of an exposed port: decides how the router answers when nothing listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExposeProtocol {
+    /// Raw TCP: a connection to a port nobody listens on is closed. An HTTP request is still
+    /// recognised and answered with 503.
+    Tcp,
+    /// HTTP: always answered with 503 when nobody listens.
+    Http,
+}
+
+impl ExposeProtocol {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExposeProtocol::Tcp => "tcp",
+            ExposeProtocol::Http => "http",
+        }
+    }
+
+    /// Parses `tcp` / `http`.
+    ///
+    /// # Errors
+    /// [`SpecError::Protocol`].
+    pub fn parse(s: &str) -> Result<ExposeProtocol, SpecError> {
+        match s {
+            "tcp" => Ok(ExposeProtocol::Tcp),
+            "http" => Ok(ExposeProtocol::Http),
+            other => Err(SpecError::Protocol(other.to_owned())),
+        }
+    }
+}
+
+/// One exposed port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeSpec {
+    /// Port in the guest.
+    pub guest_port: u16,
+    /// Public port on the host; 0 until the router chose one.
+    pub public_port: u16,
+    /// Protocol.
+    pub protocol: ExposeProtocol,
+}
+
+impl ExposeSpec {
+    /// Validates an API expose request (public port 0 = choose one).
+    ///
+    /// # Errors
+    /// [`SpecError`] for port 0 or an unknown protocol.
+    pub fn from_request(req: &aegis_proto::api::ExposeRequest) -> Result<ExposeSpec, SpecError> {
+        if req.port == 0 {
+            return Err(SpecError::Port);
+        }
+        Ok(ExposeSpec {
+            guest_port: req.port,
+            public_port: req.public_port.unwrap_or(0),
+            protocol: req
+                .protocol
+                .as_deref()
+                .map(ExposeProtocol::parse)
+                .transpose()?
+                .unwrap_or(ExposeProtocol::Tcp),
+        })
+    }
 }
 
 /// A request that does not describe a valid instance.
@@ -70,6 +163,21 @@ pub enum SpecError {
         /// Upper bound.
         max: u32,
     },
+    /// Unknown expose protocol.
+    #[error("invalid protocol {0:?}: expected tcp or http")]
+    Protocol(String),
+    /// Guest port 0.
+    #[error("guest port must be between 1 and 65535")]
+    Port,
+    /// The same guest port twice.
+    #[error("guest port {0} is exposed twice")]
+    DuplicatePort(u16),
+    /// Bad idle timeout.
+    #[error("{0}")]
+    Idle(String),
+    /// Bad egress value.
+    #[error("invalid egress {0:?}: expected all or none")]
+    Egress(String),
     /// A command element is empty or the command holds a NUL byte.
     #[error("command contains an empty program name or a NUL byte")]
     Command,
@@ -128,7 +236,28 @@ impl InstanceSpec {
                 max: VCPU_RANGE.1,
             });
         }
+        let mut exposes: Vec<ExposeSpec> = Vec::new();
+        for e in &req.exposes {
+            let spec = ExposeSpec::from_request(e)?;
+            if exposes.iter().any(|x| x.guest_port == spec.guest_port) {
+                return Err(SpecError::DuplicatePort(spec.guest_port));
+            }
+            exposes.push(spec);
+        }
+        let idle = |t: &Option<aegis_proto::api::IdleTimeout>, default: u64| match t {
+            None => Ok(Some(default)),
+            Some(t) => t.seconds().map_err(SpecError::Idle),
+        };
+        let egress = match req.egress.as_deref() {
+            None | Some("all") => true,
+            Some("none") => false,
+            Some(other) => return Err(SpecError::Egress(other.to_owned())),
+        };
         Ok(InstanceSpec {
+            exposes,
+            idle_pause_secs: idle(&req.idle_pause, DEFAULT_IDLE_PAUSE_SECS)?,
+            idle_stop_secs: idle(&req.idle_stop, DEFAULT_IDLE_STOP_SECS)?,
+            egress,
             image_ref: req
                 .image_ref
                 .clone()

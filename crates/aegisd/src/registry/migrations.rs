@@ -18,6 +18,15 @@ const MIGRATIONS: &[&str] = &[
         stopped_at TEXT,
         last_active_at TEXT
     );",
+    // 2: secrets, encrypted by the `secrets` module (AES-256-GCM, the name as associated data).
+    // Only nonces and ciphertexts are stored, never a value in clear.
+    "CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        nonce BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );",
 ];
 
 /// Brings the schema up to date.

@@ -1,8 +1,10 @@
-//! The SQLite registry (WAL): instances and their configuration. The only module that contains
-//! SQL. One connection behind a short synchronous lock; callers run it on the blocking pool.
+//! The SQLite registry (WAL): instances and their configuration, and encrypted secrets. The
+//! only module that contains SQL. One connection behind a short synchronous lock; callers run
+//! it on the blocking pool.
 
 mod instances;
 mod migrations;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 pub use instances::InstanceRow;
+pub use secrets::{SecretMeta, SecretRow};
 
 /// Registry failures.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,180 @@
+//! The router: `aegisd` owns every public listener. A connection wakes its instance (resume
+//! when paused, boot when stopped — coalesced by the instance actor), then is relayed to the
+//! guest through the harness's ingress proxy. Nothing else accepts traffic for a VM.
+//!
+//! Ports are reserved in two steps — [`Router::listen`] binds (and so proves the port free),
+//! [`Router::serve`] starts accepting for an instance — so an instance can be created with its
+//! ports chosen before its actor exists.
+
+mod relay;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use aegis_proto::api::Endpoint;
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+use crate::lifecycle::instances::InstanceHandle;
+use crate::lifecycle::spec::{ExposeProtocol, ExposeSpec};
+
+/// Environment variable setting the address public listeners bind to (default 127.0.0.1).
+pub const BIND_ENV: &str = "AEGIS_ROUTER_BIND";
+
+/// Where a public port leads.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    /// The instance.
+    pub instance: InstanceHandle,
+    /// Its port.
+    pub guest_port: u16,
+    /// How to answer when nothing listens there.
+    pub protocol: ExposeProtocol,
+}
+
+/// A public port could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The port is taken (by another instance or another program).
+    #[error("public port {port} is already in use")]
+    PortInUse {
+        /// The port.
+        port: u16,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding failed otherwise.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Route {
+    instance_id: String,
+    task: AbortHandle,
+}
+
+/// All public listeners.
+#[derive(Debug)]
+pub struct Router {
+    bind: IpAddr,
+    routes: Mutex<HashMap<u16, Route>>,
+}
+
+impl Router {
+    /// A router binding its listeners to `bind`.
+    pub fn new(bind: IpAddr) -> Arc<Router> {
+        Arc::new(Router {
+            bind,
+            routes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The address from `AEGIS_ROUTER_BIND`, or loopback.
+    ///
+    /// # Errors
+    /// When the variable is not an IP address.
+    pub fn bind_from_env() -> Result<IpAddr, String> {
+        match std::env::var(BIND_ENV) {
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{BIND_ENV}={v:?} is not an IP address")),
+            _ => Ok(IpAddr::from([127, 0, 0, 1])),
+        }
+    }
+
+    /// Binds a public port (0: any free port). The listener is not served yet.
+    ///
+    /// # Errors
+    /// [`RouterError`] when the port is taken.
+    pub async fn listen(&self, port: u16) -> Result<TcpListener, RouterError> {
+        let addr = SocketAddr::new(self.bind, port);
+        TcpListener::bind(addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                RouterError::PortInUse { port, source }
+            } else {
+                RouterError::Bind { addr, source }
+            }
+        })
+    }
+
+    /// Starts accepting on `listener` for `target`.
+    pub fn serve(&self, listener: TcpListener, target: RouteTarget) {
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            return;
+        };
+        let instance_id = target.instance.id.clone();
+        let target = Arc::new(target);
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((client, _)) => {
+                        let _ = client.set_nodelay(true);
+                        tokio::spawn(relay::serve_connection(client, Arc::clone(&target)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        let old = self.lock().insert(
+            port,
+            Route {
+                instance_id,
+                task: task.abort_handle(),
+            },
+        );
+        if let Some(old) = old {
+            old.task.abort();
+        }
+    }
+
+    /// Stops listening on `port`.
+    pub fn unbind(&self, port: u16) {
+        if let Some(route) = self.lock().remove(&port) {
+            route.task.abort();
+        }
+    }
+
+    /// Stops every listener of an instance.
+    pub fn unbind_instance(&self, instance_id: &str) {
+        self.lock().retain(|_, route| {
+            let keep = route.instance_id != instance_id;
+            if !keep {
+                route.task.abort();
+            }
+            keep
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Route>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The API view of an exposed port.
+pub fn endpoint_view(e: &ExposeSpec) -> Endpoint {
+    let scheme = match e.protocol {
+        ExposeProtocol::Http => "http",
+        ExposeProtocol::Tcp => "tcp",
+    };
+    Endpoint {
+        guest_port: e.guest_port,
+        public_port: e.public_port,
+        protocol: e.protocol.as_str().to_owned(),
+        url: format!("{scheme}://127.0.0.1:{}", e.public_port),
+    }
+}

@@ -1,0 +1,19 @@
+//! The secret store: values encrypted at rest with AES-256-GCM under a master key file, kept in
+//! the registry, and resolved into a [`SecretEnv`] at each boot of an instance that asks for
+//! them. This module owns the cryptography and the key file; the registry only stores
+//! ciphertexts, the API only translates, and the lifecycle decides where values are injected.
+//!
+//! Values live in [`SecretValue`], which is zeroised on drop and prints `[redacted]`; errors name
+//! secrets, never values.
+
+mod cipher;
+mod key;
+mod name;
+mod store;
+mod value;
+
+pub use cipher::{Sealed, NONCE_BYTES};
+pub use key::{KeyError, MasterKey, KEY_BYTES, KEY_FILE};
+pub use name::{SecretName, SecretSelection, ALL};
+pub use store::{SecretError, SecretStore};
+pub use value::{scrub_env, SecretEnv, SecretValue, MAX_INJECTED_BYTES, MAX_VALUE_BYTES};
