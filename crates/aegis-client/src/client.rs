@@ -241,6 +241,30 @@ impl Client {
         Ok(NdjsonStream::new(exchange))
     }
 
+    /// `POST /v1/instances/{id-or-handle}/expose`: exposes a guest port through the router.
+    ///
+    /// # Errors
+    /// 409 when the public port is taken or the guest port already exposed; see
+    /// [`ClientError`].
+    pub async fn expose(
+        &self,
+        id_or_handle: &str,
+        body: &aegis_proto::api::ExposeRequest,
+    ) -> Result<aegis_proto::api::Endpoint, ClientError> {
+        let path = instance_route(id_or_handle, "/expose");
+        self.json(Method::POST, path, Some(encode(body))).await
+    }
+
+    /// `DELETE /v1/instances/{id-or-handle}/expose/{guest_port}`.
+    ///
+    /// # Errors
+    /// 404 when the port is not exposed; see [`ClientError`].
+    pub async fn unexpose(&self, id_or_handle: &str, guest_port: u16) -> Result<(), ClientError> {
+        let path = instance_route(id_or_handle, &format!("/expose/{guest_port}"));
+        let _: serde_json::Value = self.json(Method::DELETE, path, None).await?;
+        Ok(())
+    }
+
     /// `POST /v1/shutdown`: the daemon answers, then stops every VM cleanly and exits.
     ///
     /// # Errors
@@ -261,7 +285,7 @@ impl Client {
         self.json(Method::GET, route("/openapi.json"), None).await
     }
 
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path: String,
@@ -276,7 +300,7 @@ impl Client {
     }
 
     /// Sends a request and waits, within the deadline, for the response head only.
-    async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         method: Method,
         path: String,
@@ -305,11 +329,11 @@ impl Client {
     }
 }
 
-fn encode<T: serde::Serialize>(body: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize>(body: &T) -> Vec<u8> {
     serde_json::to_vec(body).expect("API request bodies are plain data and always serialize")
 }
 
-fn route(rest: &str) -> String {
+pub(crate) fn route(rest: &str) -> String {
     format!("{API_PREFIX}{rest}")
 }
 
@@ -333,7 +357,7 @@ fn query_string(params: &[(&str, String)]) -> String {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, so a value is safe both as a
 /// path segment and in a query (where `+` would otherwise read as a space).
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use aegis_proto::api::{validate_handle, CreateInstance, InstanceStatus};
+use aegis_proto::api::{
+    validate_handle, CreateInstance, ExposeRequest, IdleTimeout, InstanceStatus,
+};
 
 /// The options of `aegis run` and `aegis instance start` that describe a new instance.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -29,6 +31,19 @@ pub struct InstanceOptions {
     /// Working directory of the command inside the guest
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Expose a guest port through the router: `[PUBLIC:]GUEST[/tcp|/http]` (repeatable; a free
+    /// public port is chosen when none is given)
+    #[arg(long, value_name = "[PUBLIC:]GUEST[/PROTO]", value_parser = parse_expose)]
+    pub expose: Vec<ExposeRequest>,
+    /// Pause after this long without activity: seconds, 90s, 5m, 1h or never [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    pub idle_pause: Option<IdleTimeout>,
+    /// Stop after this long paused: seconds, 90s, 5m, 1h or never [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_idle)]
+    pub idle_stop: Option<IdleTimeout>,
+    /// Outbound network access of the guest
+    #[arg(long, value_name = "all|none", value_parser = ["all", "none"])]
+    pub egress: Option<String>,
 }
 
 impl InstanceOptions {
@@ -42,6 +57,10 @@ impl InstanceOptions {
             memory_mb: self.memory,
             vcpus: self.vcpus,
             workdir: self.workdir,
+            exposes: self.expose,
+            idle_pause: self.idle_pause,
+            idle_stop: self.idle_stop,
+            egress: self.egress,
             ..CreateInstance::default()
         }
     }
@@ -88,6 +107,34 @@ fn parse_env_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<En
         key: key.to_owned(),
         value,
     })
+}
+
+/// `[PUBLIC:]GUEST[/tcp|/http]`, e.g. `80`, `8080:80`, `8080:80/http`.
+pub fn parse_expose(s: &str) -> Result<ExposeRequest, String> {
+    let bad =
+        || format!("invalid port mapping {s:?}: use [PUBLIC:]GUEST[/tcp|/http], e.g. 8080:80/http");
+    let (ports, protocol) = match s.split_once('/') {
+        Some((ports, proto @ ("tcp" | "http"))) => (ports, Some(proto.to_owned())),
+        Some(_) => return Err(bad()),
+        None => (s, None),
+    };
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    let (public_port, guest) = match ports.split_once(':') {
+        Some((public, guest)) => (Some(port(public)?), port(guest)?),
+        None => (None, port(ports)?),
+    };
+    Ok(ExposeRequest {
+        port: guest,
+        public_port,
+        protocol,
+    })
+}
+
+/// An idle timeout: seconds, `90s`, `5m`, `1h` or `never`.
+pub fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
+    let t = IdleTimeout::Text(s.to_owned());
+    t.seconds()?;
+    Ok(t)
 }
 
 /// A valid instance handle.
@@ -173,6 +220,22 @@ fn parse_duration(s: &str) -> Option<time::Duration> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn expose_mappings() {
+        let e = parse_expose("8080:80/http").unwrap();
+        assert_eq!(
+            (e.port, e.public_port, e.protocol.as_deref()),
+            (80, Some(8080), Some("http"))
+        );
+        let e = parse_expose("80").unwrap();
+        assert_eq!((e.port, e.public_port, e.protocol), (80, None, None));
+        for bad in ["", "0", "x:80", "80/udp", "70000", "1:2:3"] {
+            assert!(parse_expose(bad).is_err(), "{bad}");
+        }
+        assert!(parse_idle("never").is_ok());
+        assert!(parse_idle("5q").is_err());
+    }
     use super::*;
 
     #[test]

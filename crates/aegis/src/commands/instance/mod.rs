@@ -3,6 +3,7 @@
 
 pub mod action;
 pub mod delete;
+pub mod expose;
 pub mod info;
 pub mod list;
 pub mod start;
@@ -32,6 +33,10 @@ pub enum Command {
     Pause(action::Args),
     /// Unfreeze a paused instance
     Resume(action::Args),
+    /// Expose a guest port through the router: `[PUBLIC:]GUEST[/tcp|/http]`
+    Expose(expose::ExposeArgs),
+    /// Stop exposing a guest port
+    Unexpose(expose::UnexposeArgs),
     /// Stop an instance and remove it with its disk and logs
     #[command(visible_alias = "rm")]
     Delete(delete::Args),
@@ -49,5 +54,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Pause(args) => action::run(args, InstanceAction::Pause, ctx).await,
         Command::Resume(args) => action::run(args, InstanceAction::Resume, ctx).await,
         Command::Delete(args) => delete::run(args, ctx).await,
+        Command::Expose(args) => expose::expose(args, ctx).await,
+        Command::Unexpose(args) => expose::unexpose(args, ctx).await,
     }
 }

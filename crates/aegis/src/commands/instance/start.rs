@@ -19,7 +19,10 @@ pub struct Args {
     /// A stopped instance to boot (id or handle); give `-- CMD...` instead to create one
     #[arg(
         value_name = "ID|HANDLE",
-        conflicts_with_all = ["name", "image", "env", "memory", "vcpus", "workdir"]
+        conflicts_with_all = [
+            "name", "image", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
+            "idle_stop", "egress"
+        ]
     )]
     pub target: Option<String>,
     #[command(flatten)]
@@ -57,6 +60,13 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         )?;
     } else {
         writeln!(out, "{}: {}", label(instance), instance.state)?;
+    }
+    for e in &instance.endpoints {
+        writeln!(
+            out,
+            "  {} -> guest port {} ({})",
+            e.url, e.guest_port, e.protocol
+        )?;
     }
     Ok(Exit::Success)
 }
