@@ -9,6 +9,7 @@ use crate::images::{error_chain, ImageError};
 use crate::lifecycle::command::LifecycleError;
 use crate::lifecycle::instances::{CreateError, ExposeError};
 use crate::router::RouterError;
+use crate::secrets::SecretError;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,12 @@ pub enum ApiError {
     /// Exposing a port failed.
     #[error(transparent)]
     Expose(#[from] ExposeError),
+    /// A secret route failed.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The secrets named for an instance (`PUT /v1/instances/{id}/secrets`) are not usable.
+    #[error(transparent)]
+    InstanceSecrets(SecretError),
 }
 
 impl ApiError {
@@ -53,6 +60,7 @@ impl ApiError {
                 CreateError::Image(e) => image_status(e),
                 CreateError::Lifecycle(e) => lifecycle_status(e),
                 CreateError::Router(e) => router_status(e),
+                CreateError::Secrets(e) => secret_status(e, SecretUse::Referenced),
                 CreateError::Registry(_) | CreateError::Dir { .. } => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
@@ -62,6 +70,8 @@ impl ApiError {
                 ExposeError::Router(e) => router_status(e),
                 ExposeError::Lifecycle(e) => lifecycle_status(e),
             },
+            ApiError::Secret(e) => secret_status(e, SecretUse::Direct),
+            ApiError::InstanceSecrets(e) => secret_status(e, SecretUse::Referenced),
         }
     }
 
@@ -74,6 +84,9 @@ impl ApiError {
                 Some("choose another public port, or omit it to get a free one".to_owned())
             }
             ApiError::Create(CreateError::Image(e)) | ApiError::Image(e) => e.hint(),
+            ApiError::Secret(e)
+            | ApiError::Create(CreateError::Secrets(e))
+            | ApiError::InstanceSecrets(e) => e.hint(),
             ApiError::UnknownInstance(_) => {
                 Some("`aegis instance list` shows the instances".to_owned())
             }
@@ -102,10 +115,41 @@ fn lifecycle_status(e: &LifecycleError) -> StatusCode {
         | LifecycleError::Stopped { .. } => StatusCode::CONFLICT,
         LifecycleError::Gone { .. } | LifecycleError::NotExposed { .. } => StatusCode::NOT_FOUND,
         LifecycleError::Image { source, .. } => image_status(source),
+        LifecycleError::Secrets { source, .. } => secret_status(source, SecretUse::AtStart),
         LifecycleError::Boot { .. } | LifecycleError::Control { .. } => StatusCode::BAD_GATEWAY,
         LifecycleError::Vmm { .. } | LifecycleError::Registry { .. } => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
+    }
+}
+
+/// Where a secret error arose, which decides what a missing secret means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretUse {
+    /// A secret route named it: the resource itself is missing (404).
+    Direct,
+    /// A create or `PUT /v1/instances/{id}/secrets` body named it: a bad request (400).
+    Referenced,
+    /// The stored configuration of an instance being started names it: the request conflicts
+    /// with the state of the store (409).
+    AtStart,
+}
+
+fn secret_status(e: &SecretError, used: SecretUse) -> StatusCode {
+    match e {
+        SecretError::InvalidName(_)
+        | SecretError::InvalidValue { .. }
+        | SecretError::TooLarge { .. } => StatusCode::BAD_REQUEST,
+        SecretError::NotFound { .. } => match used {
+            SecretUse::Direct => StatusCode::NOT_FOUND,
+            SecretUse::Referenced => StatusCode::BAD_REQUEST,
+            SecretUse::AtStart => StatusCode::CONFLICT,
+        },
+        SecretError::Decrypt { .. }
+        | SecretError::Encrypt { .. }
+        | SecretError::Key(_)
+        | SecretError::Registry(_)
+        | SecretError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -122,11 +166,20 @@ fn image_status(e: &ImageError) -> StatusCode {
         ImageError::InvalidReference { .. } | ImageError::TagRequired | ImageError::Import(_) => {
             StatusCode::BAD_REQUEST
         }
-        ImageError::NotFound { .. } | ImageError::Pull(PullError::NotFound { .. }) => {
-            StatusCode::NOT_FOUND
-        }
-        ImageError::Pull(PullError::Unauthorized { .. }) => StatusCode::FORBIDDEN,
-        ImageError::Pull(_) => StatusCode::BAD_GATEWAY,
+        ImageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        ImageError::Pull(e) => match **e {
+            PullError::NotFound { .. } => StatusCode::NOT_FOUND,
+            PullError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            PullError::Unreachable { .. }
+            | PullError::DigestMismatch { .. }
+            | PullError::Oversized { .. }
+            | PullError::Registry { .. }
+            | PullError::Manifest { .. } => StatusCode::BAD_GATEWAY,
+            PullError::Credentials { .. }
+            | PullError::Store { .. }
+            | PullError::Build { .. }
+            | PullError::Interrupted { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        },
         ImageError::Store(_) | ImageError::Build { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -156,6 +209,102 @@ mod tests {
     use crate::lifecycle::spec::SpecError;
     use crate::lifecycle::state::{Event, InvalidTransition};
     use aegis_proto::api::InstanceStatus;
+
+    #[test]
+    fn maps_every_secret_error_to_a_status() {
+        use crate::secrets::KeyError;
+        let missing = || SecretError::NotFound {
+            names: vec!["API_KEY".into()],
+        };
+        let decrypt = || SecretError::Decrypt {
+            name: "API_KEY".into(),
+        };
+        let rows: Vec<(ApiError, u16)> = vec![
+            (ApiError::Secret(SecretError::InvalidName("1X".into())), 400),
+            (
+                ApiError::Secret(SecretError::InvalidValue {
+                    name: "A".into(),
+                    problem: "p".into(),
+                }),
+                400,
+            ),
+            (
+                ApiError::Secret(SecretError::TooLarge { bytes: 2, max: 1 }),
+                400,
+            ),
+            (ApiError::Secret(missing()), 404),
+            (ApiError::Create(CreateError::Secrets(missing())), 400),
+            (ApiError::InstanceSecrets(missing()), 400),
+            (
+                ApiError::Lifecycle(LifecycleError::Secrets {
+                    id: "i".into(),
+                    source: missing(),
+                }),
+                409,
+            ),
+            (ApiError::Secret(decrypt()), 500),
+            (
+                ApiError::Lifecycle(LifecycleError::Secrets {
+                    id: "i".into(),
+                    source: decrypt(),
+                }),
+                500,
+            ),
+            (
+                ApiError::Secret(SecretError::Encrypt { name: "A".into() }),
+                500,
+            ),
+            (
+                ApiError::Secret(SecretError::Key(KeyError::Permissions {
+                    path: "/h/master.key".into(),
+                    mode: 0o644,
+                })),
+                500,
+            ),
+            (ApiError::Secret(SecretError::Task("t".into())), 500),
+        ];
+        for (err, want) in rows {
+            assert_eq!(err.status().as_u16(), want, "{err}");
+        }
+    }
+
+    #[test]
+    fn secret_errors_name_the_secret_and_the_fix() {
+        let err = ApiError::Lifecycle(LifecycleError::Secrets {
+            id: "inst-1".into(),
+            source: SecretError::NotFound {
+                names: vec!["API_KEY".into()],
+            },
+        });
+        assert_eq!(
+            error_chain(&err),
+            "cannot inject the secrets of instance inst-1: secret API_KEY does not exist"
+        );
+        assert_eq!(
+            err.hint().as_deref(),
+            Some(
+                "set it with `aegis secret set API_KEY`, or change the instance's secrets with \
+                 `aegis instance secrets inst-1 NAME...`"
+            )
+        );
+        let err = ApiError::Create(CreateError::Secrets(SecretError::NotFound {
+            names: vec!["A".into(), "B".into()],
+        }));
+        assert_eq!(error_chain(&err), "secrets A, B do not exist");
+        let err = ApiError::Secret(SecretError::Key(crate::secrets::KeyError::Permissions {
+            path: "/h/master.key".into(),
+            mode: 0o644,
+        }));
+        assert_eq!(
+            error_chain(&err),
+            "master key /h/master.key is accessible by group or others (mode 0644), so it may \
+             have leaked"
+        );
+        assert!(err
+            .hint()
+            .unwrap()
+            .starts_with("run `chmod 600 /h/master.key`"));
+    }
 
     #[test]
     fn maps_every_kind_to_a_status() {

@@ -21,6 +21,7 @@ use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::lifecycle::command::{Command, LifecycleError};
 use crate::lifecycle::spec::{check_command, check_env};
 use crate::logs::now_ts;
+use crate::secrets::scrub_env;
 
 pub async fn exec(
     State(state): State<AppState>,
@@ -46,9 +47,11 @@ pub async fn exec(
         .subscribe(exec_id.clone())
         .await
         .ok_or_else(stopped)?;
+    // The image's and the instance's variables, the boot's secrets, then this exec's own.
     let mut env = link.defaults.env.clone();
+    link.secrets.inject_into(&mut env);
     env.extend(req.env);
-    let params = ExecParams {
+    let mut params = ExecParams {
         exec_id: exec_id.clone(),
         process: ProcessSpec {
             argv: req.command,
@@ -61,6 +64,7 @@ pub async fn exec(
         .control
         .call(Method::Exec, &params, CONTROL_CALL_TIMEOUT)
         .await;
+    scrub_env(&mut params.process.env);
     match spawned {
         Ok(_) => {}
         Err(ControlError::Rpc { error, .. }) if error.code == codes::SPAWN_FAILED => {
@@ -73,13 +77,15 @@ pub async fn exec(
             }))
         }
     }
-    handle.notify(Command::Touch);
+    // Held by the stream: a running exec keeps the instance from idling.
+    let busy = handle.activity_started();
     let started = ExecEvent::Started {
         exec_id: exec_id.0.clone(),
         started_at: now_ts(),
     };
     let toucher = handle.clone();
     let rest = tokio_stream_from(events).map(move |ev| {
+        let _held = &busy;
         if matches!(ev, ExecEvent::Done { .. }) {
             toucher.notify(Command::Touch);
         }

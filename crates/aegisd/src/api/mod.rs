@@ -7,6 +7,7 @@ mod images;
 mod instances;
 mod json;
 mod logs;
+mod secrets;
 mod status;
 
 use std::sync::Arc;
@@ -67,6 +68,15 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(instances::unexpose),
         )
         .route("/v1/instances/:id/logs", get(logs::logs))
+        .route(
+            "/v1/instances/:id/secrets",
+            axum::routing::put(secrets::set_for_instance),
+        )
+        .route("/v1/secrets", get(secrets::list))
+        .route(
+            "/v1/secrets/:name",
+            axum::routing::put(secrets::put).delete(secrets::delete),
+        )
         .fallback(error::not_found)
         .with_state(state)
 }

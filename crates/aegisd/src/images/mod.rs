@@ -48,12 +48,13 @@ pub enum ImageError {
     /// A root filesystem tarball names no image.
     #[error("importing a root filesystem tarball needs a tag to name the image")]
     TagRequired,
-    /// Pulling failed.
+    /// Pulling failed (boxed: pull errors carry a reference, a registry and an OCI error, and
+    /// `ImageError` travels inside every lifecycle and API error).
     #[error(transparent)]
-    Pull(#[from] PullError),
-    /// Importing failed.
+    Pull(Box<PullError>),
+    /// Importing failed (boxed like `Pull`).
     #[error(transparent)]
-    Import(#[from] ImportError),
+    Import(Box<ImportError>),
     /// The ext4 base image could not be built.
     #[error("cannot build the root filesystem of {reference}: {message}")]
     Build {
@@ -62,6 +63,18 @@ pub enum ImageError {
         /// What failed.
         message: String,
     },
+}
+
+impl From<PullError> for ImageError {
+    fn from(e: PullError) -> Self {
+        ImageError::Pull(Box::new(e))
+    }
+}
+
+impl From<ImportError> for ImageError {
+    fn from(e: ImportError) -> Self {
+        ImageError::Import(Box::new(e))
+    }
 }
 
 impl ImageError {

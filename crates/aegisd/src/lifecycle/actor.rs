@@ -29,6 +29,7 @@ use super::Ctx;
 use crate::control::CONTROL_CALL_TIMEOUT;
 use crate::logs::{now_ts, InstanceLog};
 use crate::registry::InstanceRow;
+use crate::secrets::{scrub_env, SecretEnv, SecretSelection};
 
 /// Grace period the harness gives processes between SIGTERM and SIGKILL on a graceful stop.
 pub const GUEST_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -53,6 +54,8 @@ enum State {
         waiters: Vec<Reply<GuestLink>>,
         cancel: CancellationToken,
         deferred: Vec<Command>,
+        /// Resolved before the boot began; injected once the guest is up.
+        secrets: SecretEnv,
     },
     Running(Live),
     Paused(Live),
@@ -81,7 +84,7 @@ pub struct Actor {
     tx: mpsc::Sender<Command>,
     rx: mpsc::Receiver<Command>,
     snapshot: watch::Sender<Instance>,
-    /// Routed connections open now (counted by the router).
+    /// Open routed connections and running execs (counted by their guards).
     connections: Arc<AtomicUsize>,
     /// Last activity while running (connections, execs, busy heartbeats).
     last_active: Instant,
@@ -221,6 +224,7 @@ impl Actor {
                 | Command::Resume { .. }
                 | Command::Wake { .. }
                 | Command::Touch
+                | Command::SetSecrets { .. }
                 | Command::Expose { .. }
                 | Command::Unexpose { .. }
                 | Command::Heartbeat { .. }
@@ -270,6 +274,10 @@ impl Actor {
                     tracing::trace!(?activity, "busy heartbeat");
                     self.touch();
                 }
+            }
+            Command::SetSecrets { secrets, reply } => {
+                let r = self.set_secrets(secrets).await;
+                let _ = reply.send(r);
             }
             Command::Expose { expose, reply } => {
                 let r = if self
@@ -368,6 +376,19 @@ impl Actor {
 
     async fn begin_boot(&mut self, waiters: Vec<Reply<GuestLink>>) -> Result<(), LifecycleError> {
         next(self.state.status(), Event::Boot)?;
+        // Resolved at every boot, so a rotated value applies after a restart. All or nothing:
+        // a missing or undecryptable secret fails the start before a VM exists.
+        let secrets = match self.resolve_secrets().await {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                let reason = format!("not started: {}", crate::images::error_chain(&e));
+                self.log.system(reason.clone());
+                tracing::warn!(%reason, "start refused");
+                self.row.reason = Some(reason);
+                let _ = self.persist().await;
+                return Err(e);
+            }
+        };
         self.generation += 1;
         let generation = self.generation;
         let cancel = CancellationToken::new();
@@ -375,6 +396,7 @@ impl Actor {
             waiters,
             cancel: cancel.clone(),
             deferred: Vec::new(),
+            secrets,
         };
         self.row.reason = None;
         self.row.exit_code = None;
@@ -403,6 +425,7 @@ impl Actor {
             waiters,
             deferred,
             cancel,
+            secrets,
         } = std::mem::replace(&mut self.state, State::Stopped)
         else {
             return;
@@ -418,7 +441,9 @@ impl Actor {
                             argv: Vec::new(),
                             ..process.clone()
                         },
+                        secrets: Arc::new(secrets.without_keys_of(&self.spec.env)),
                         ingress: booted.guest.ingress,
+                        woke: false,
                     },
                     guest: booted.guest,
                 };
@@ -429,7 +454,7 @@ impl Actor {
                         self.state = State::Running(live);
                         let _ = self.persist_status().await;
                         for w in waiters {
-                            let _ = w.send(self.link());
+                            let _ = w.send(self.link().map(|l| GuestLink { woke: true, ..l }));
                         }
                     }
                     Err(e) => {
@@ -456,7 +481,9 @@ impl Actor {
                         control: booted.guest.control.clone(),
                         output: booted.output,
                         defaults: ProcessSpec::default(),
+                        secrets: Arc::default(),
                         ingress: booted.guest.ingress,
+                        woke: false,
                     },
                     guest: booted.guest,
                 };
@@ -525,21 +552,63 @@ impl Actor {
         }
     }
 
+    /// Starts the primary process with the boot's secrets injected: the image's environment,
+    /// then the secrets, then the instance's explicit variables (which the link's secrets
+    /// already exclude). The values travel only in this control-channel call.
     async fn start_primary(
         &self,
         live: &Live,
-        process: ProcessSpec,
+        mut process: ProcessSpec,
     ) -> Result<u32, LifecycleError> {
-        let res: SpawnResult = live
+        live.link.secrets.inject_into(&mut process.env);
+        let res: Result<SpawnResult, _> = live
             .link
             .control
             .call(Method::Run, &process, CONTROL_CALL_TIMEOUT)
-            .await
-            .map_err(|source| LifecycleError::Control {
-                id: self.id(),
-                source,
-            })?;
+            .await;
+        scrub_env(&mut process.env);
+        let res = res.map_err(|source| LifecycleError::Control {
+            id: self.id(),
+            source,
+        })?;
         Ok(res.pid)
+    }
+
+    /// Decrypts the secrets the instance asks for (none, names, or all).
+    async fn resolve_secrets(&self) -> Result<SecretEnv, LifecycleError> {
+        let secrets_err = |source| LifecycleError::Secrets {
+            id: self.id(),
+            source,
+        };
+        let selection = SecretSelection::parse(&self.spec.secrets)
+            .map_err(|name| secrets_err(crate::secrets::SecretError::InvalidName(name)))?;
+        self.ctx
+            .secrets
+            .resolve(&selection)
+            .await
+            .map_err(secrets_err)
+    }
+
+    /// Records a new set of secret names; it applies from the next boot on.
+    async fn set_secrets(&mut self, secrets: Vec<String>) -> Result<Instance, LifecycleError> {
+        if self.spec.secrets == secrets {
+            return Ok(self.view());
+        }
+        self.spec.secrets = secrets;
+        self.persist_spec().await?;
+        let shown = if self.spec.secrets.is_empty() {
+            "none".to_owned()
+        } else {
+            self.spec.secrets.join(", ")
+        };
+        let when = match self.state {
+            State::Stopped => "injected at the next start",
+            State::Starting { .. } | State::Running(_) | State::Paused(_) => {
+                "injected from the next boot on; the running VM keeps what it got"
+            }
+        };
+        self.log.system(format!("secrets set to {shown}: {when}"));
+        Ok(self.view())
     }
 
     fn watch_vm(&self, live: &Live) {
@@ -648,7 +717,7 @@ impl Actor {
             State::Starting { waiters, .. } => waiters.push(reply),
             State::Paused(_) => {
                 let r = match self.resume_inner().await {
-                    Ok(()) => self.link(),
+                    Ok(()) => self.link().map(|l| GuestLink { woke: true, ..l }),
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(r);
@@ -726,6 +795,20 @@ impl Actor {
                 .map(|r| r.config)
                 .unwrap_or_default();
                 let process = self.process_spec(&image);
+                // Values are not kept across daemons (only ciphertexts are stored), so execs of a
+                // re-attached VM get them as they are now.
+                let secrets = match self.resolve_secrets().await {
+                    Ok(secrets) => secrets,
+                    Err(e) => {
+                        let reason = format!(
+                            "execs get no secrets until the next boot: {}",
+                            crate::images::error_chain(&e)
+                        );
+                        self.log.system(reason.clone());
+                        tracing::warn!(%reason, "cannot resolve secrets after re-attaching");
+                        SecretEnv::new()
+                    }
+                };
                 let live = Live {
                     link: GuestLink {
                         control: guest.control.clone(),
@@ -734,7 +817,9 @@ impl Actor {
                             argv: Vec::new(),
                             ..process.clone()
                         },
+                        secrets: Arc::new(secrets.without_keys_of(&self.spec.env)),
                         ingress: guest.ingress,
+                        woke: false,
                     },
                     guest,
                 };

@@ -14,6 +14,7 @@ use super::state::InvalidTransition;
 use crate::control::{ControlChannel, ControlError};
 use crate::images::ImageError;
 use crate::registry::RegistryError;
+use crate::secrets::{SecretEnv, SecretError};
 
 /// The reply half of a command.
 pub type Reply<T> = oneshot::Sender<Result<T, LifecycleError>>;
@@ -46,10 +47,16 @@ pub struct GuestLink {
     pub control: ControlChannel,
     /// Where exec output is routed.
     pub output: OutputRouter,
-    /// Defaults for execs (`argv` empty).
+    /// Defaults for execs (`argv` empty): the image's environment under the instance's
+    /// explicit one. Holds no secret values.
     pub defaults: ProcessSpec,
+    /// The secrets resolved at this boot, less those an explicit variable overrides; added to
+    /// `defaults.env` for each process, whose own variables win.
+    pub secrets: std::sync::Arc<SecretEnv>,
     /// Host address of the guest's ingress proxy.
     pub ingress: Option<std::net::SocketAddr>,
+    /// Whether this wake had to boot or resume the guest (its servers may still be starting).
+    pub woke: bool,
 }
 
 /// A message to an instance actor.
@@ -70,6 +77,13 @@ pub enum Command {
     /// Stop and never wake until started again.
     Disable {
         /// Answered once stopped.
+        reply: Reply<Instance>,
+    },
+    /// Replace the names of the secrets injected from the next boot on (already validated).
+    SetSecrets {
+        /// Names, or `["*"]`.
+        secrets: Vec<String>,
+        /// Answered once recorded.
         reply: Reply<Instance>,
     },
     /// Add an exposed port (its public port already bound by the router).
@@ -213,6 +227,15 @@ pub enum LifecycleError {
         /// Why.
         reason: String,
     },
+    /// The secrets the instance asks for cannot be resolved; nothing was started.
+    #[error("cannot inject the secrets of instance {id}")]
+    Secrets {
+        /// The instance.
+        id: String,
+        /// Cause (names the secret, never a value).
+        #[source]
+        source: SecretError,
+    },
     /// The guest port is already exposed.
     #[error("guest port {port} of instance {id} is already exposed")]
     AlreadyExposed {
@@ -251,6 +274,16 @@ impl LifecycleError {
                     .unwrap_or_else(|| format!("`aegis logs {id}` shows the instance log")),
             ),
             LifecycleError::Image { source, .. } => source.hint(),
+            LifecycleError::Secrets { id, source } => Some(match source {
+                SecretError::NotFound { names } => format!(
+                    "set it with `aegis secret set {}`, or change the instance's secrets with \
+                     `aegis instance secrets {id} NAME...`",
+                    names.first().map_or("NAME", String::as_str)
+                ),
+                other => other
+                    .hint()
+                    .unwrap_or_else(|| format!("`aegis logs {id}` shows why")),
+            }),
             LifecycleError::Stopped { id, .. } => Some(format!("`aegis logs {id}` shows why")),
             LifecycleError::AlreadyExposed { id, port } => Some(format!(
                 "remove it first: `aegis instance unexpose {id} {port}`"

@@ -19,6 +19,7 @@ use crate::images::ImageError;
 use crate::logs::{now_ts, InstanceLog};
 use crate::registry::{InstanceRow, RegistryError};
 use crate::router::{RouteTarget, RouterError};
+use crate::secrets::SecretError;
 
 /// Longest an API call waits for an actor: a wake may include a whole boot.
 pub const ACTOR_REPLY_DEADLINE: Duration =
@@ -35,17 +36,17 @@ pub struct InstanceHandle {
     pub log: Arc<InstanceLog>,
     /// The manifest digest of its image.
     pub image_digest: Option<String>,
-    /// Routed connections open now.
+    /// Open routed connections and running execs.
     connections: Arc<AtomicUsize>,
 }
 
-/// Counts a routed connection while it lives; its end is activity too.
+/// Counts a routed connection or a running exec while it lives; its end is activity too.
 #[derive(Debug)]
-pub struct ConnectionGuard {
+pub struct ActivityGuard {
     handle: InstanceHandle,
 }
 
-impl Drop for ConnectionGuard {
+impl Drop for ActivityGuard {
     fn drop(&mut self) {
         self.handle.connections.fetch_sub(1, Ordering::Relaxed);
         self.handle.notify(Command::Touch);
@@ -86,11 +87,11 @@ impl InstanceHandle {
         }
     }
 
-    /// Records a routed connection until the guard is dropped.
-    pub fn connection_started(&self) -> ConnectionGuard {
+    /// Records a routed connection or an exec until the guard is dropped.
+    pub fn activity_started(&self) -> ActivityGuard {
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.notify(Command::Touch);
-        ConnectionGuard {
+        ActivityGuard {
             handle: self.clone(),
         }
     }
@@ -144,6 +145,9 @@ pub enum CreateError {
     /// A public port is taken.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// A requested secret is invalid, missing or cannot be decrypted.
+    #[error(transparent)]
+    Secrets(#[from] SecretError),
 }
 
 /// Why a port could not be exposed.
@@ -332,6 +336,9 @@ impl Instances {
             }
         }
         let mut spec = InstanceSpec::from_request(&req)?;
+        // A missing or broken secret fails the create before anything is stored (and again at
+        // each boot, where the values are resolved for real).
+        spec.secrets = self.ctx.secrets.check(&spec.secrets).await?;
         // Bind the public ports first: a taken port fails the create before anything is stored.
         let mut listeners = Vec::new();
         for e in &mut spec.exposes {

@@ -21,12 +21,14 @@ const INGRESS_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const INGRESS_ATTEMPTS: u32 = 20;
 /// Pause between those attempts.
 const INGRESS_RETRY: Duration = Duration::from_millis(250);
+/// How long a connection that woke its instance waits for the guest port to be listened on.
+const WOKEN_LISTEN_GRACE: Duration = Duration::from_secs(30);
 /// How long to wait for a raw-TCP client's first bytes to tell whether it speaks HTTP.
 const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Handles one client connection to a public port.
 pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
-    let _active = target.instance.connection_started();
+    let _active = target.instance.activity_started();
     let link = match target
         .instance
         .request(|reply| Command::Wake { reply })
@@ -52,7 +54,7 @@ pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
         .await;
         return;
     };
-    match open_guest(ingress, target.guest_port).await {
+    match open_guest(ingress, target.guest_port, link.woke).await {
         Ok(mut upstream) => {
             if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 tracing::debug!(instance = %target.instance.id, error = %e, "relay ended with an error");
@@ -74,21 +76,36 @@ pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
     }
 }
 
-/// Connects to the harness's ingress proxy and asks for `guest_port`.
+/// Connects to the harness's ingress proxy and asks for `guest_port`. When this connection
+/// woke the instance, a refused port is retried for [`WOKEN_LISTEN_GRACE`]: the guest's server
+/// is most likely still starting, and the request that woke it should be served, not refused.
 async fn open_guest(
     ingress: std::net::SocketAddr,
     guest_port: u16,
+    woke: bool,
 ) -> Result<TcpStream, IngressStatus> {
-    for _ in 0..INGRESS_ATTEMPTS {
+    let grace_until = tokio::time::Instant::now() + WOKEN_LISTEN_GRACE;
+    let mut attempts = 0;
+    loop {
         match try_open(ingress, guest_port).await {
             Ok(stream) => return Ok(stream),
+            Err(Some(IngressStatus::Refused))
+                if woke && tokio::time::Instant::now() < grace_until =>
+            {
+                tokio::time::sleep(INGRESS_RETRY).await;
+            }
             // The proxy answered: no point retrying.
             Err(Some(status)) => return Err(status),
             // The forward accepted but the guest side closed: the proxy is not up yet.
-            Err(None) => tokio::time::sleep(INGRESS_RETRY).await,
+            Err(None) => {
+                attempts += 1;
+                if attempts >= INGRESS_ATTEMPTS {
+                    return Err(IngressStatus::Failed);
+                }
+                tokio::time::sleep(INGRESS_RETRY).await;
+            }
         }
     }
-    Err(IngressStatus::Failed)
 }
 
 async fn try_open(

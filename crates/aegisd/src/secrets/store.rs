@@ -78,7 +78,7 @@ impl SecretError {
     pub fn hint(&self) -> Option<String> {
         match self {
             SecretError::NotFound { names } => Some(format!(
-                "set it with `aegis secret set {}` (`aegis secret list` shows the secrets)",
+                "`aegis secret list` shows the secrets; `aegis secret set {}` creates it",
                 names.first().map_or("NAME", String::as_str)
             )),
             SecretError::Decrypt { name } => Some(format!(
