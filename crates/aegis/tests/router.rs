@@ -6,6 +6,9 @@
 //! wake, a disabled instance never woken. A second one (`idle`) carries the idle timers, the
 //! keepalive lease, an open connection holding it awake, and `--egress none`.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;

@@ -4,6 +4,9 @@
 //!
 //! Needs `./setup.sh` (kernel, default image) and `scripts/build.sh` (static harness).
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,11 +91,14 @@ fn plan(dir: &std::path::Path, base: PathBuf) -> BootPlan {
     }
 }
 
+/// A process's lines so far and, once it ended, its exit.
+type Finished = (Vec<(Stream, String)>, Option<ExitParams>);
+
 /// Collects notifications and answers "what did process X print / how did it end".
 struct Outputs {
     rx: mpsc::Receiver<Notification>,
     lines: LineAssembler,
-    done: BTreeMap<Option<ExecId>, (Vec<(Stream, String)>, Option<ExitParams>)>,
+    done: BTreeMap<Option<ExecId>, Finished>,
 }
 
 impl Outputs {
