@@ -308,11 +308,49 @@ pub struct LogEntry {
     pub partial: bool,
 }
 
-/// `DELETE /v1/instances/{id}` → `{"deleted": "<id>"}`.
+/// `DELETE /v1/instances/{id}` → `{"deleted": "<id>"}`, and `DELETE /v1/secrets/{name}` →
+/// `{"deleted": "<name>"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
-    /// Id of the instance that was deleted.
+    /// Id of the instance (or name of the secret) that was deleted.
     pub deleted: String,
+}
+
+/// `PUT /v1/secrets/{name}`: create or replace a secret. `Debug` never shows the value.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    /// The plaintext; stored encrypted, never returned by any route.
+    pub value: String,
+}
+
+impl fmt::Debug for PutSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutSecret")
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
+/// A secret as shown (`GET /v1/secrets` lists them; `PUT /v1/secrets/{name}` answers with one):
+/// never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    /// Name (the environment variable it becomes).
+    pub name: String,
+    /// RFC 3339 time it was first set.
+    pub created_at: String,
+    /// RFC 3339 time its value was last set.
+    pub updated_at: String,
+}
+
+/// `PUT /v1/instances/{id}/secrets`: the secrets injected at the instance's next boot (names,
+/// or `*` for all). The instance answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetInstanceSecrets {
+    /// Names, or `["*"]`; empty for none.
+    pub secrets: Vec<String>,
 }
 
 /// `GET /v1/status`.
@@ -431,6 +469,16 @@ mod tests {
         }
         assert!(IdleTimeout::Text("5x".into()).seconds().is_err());
         assert!(IdleTimeout::Text("m".into()).seconds().is_err());
+    }
+
+    #[test]
+    fn secret_values_never_print() {
+        let body = PutSecret {
+            value: "hunter2".into(),
+        };
+        assert_eq!(format!("{body:?}"), r#"PutSecret { value: "[redacted]" }"#);
+        let err = serde_json::from_str::<PutSecret>(r#"{"valeu":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("valeu"));
     }
 
     #[test]
