@@ -8,6 +8,7 @@
 
 mod client;
 mod error;
+mod images;
 mod ndjson;
 mod paths;
 mod transport;

@@ -37,6 +37,15 @@ const API_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of `aegisd.log` in failure messages.
 const LOG_TAIL_LINES: usize = 60;
 
+/// Where a test daemon's image store comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Images {
+    /// A link to the set-up home's store (the default image is there).
+    Shared,
+    /// An empty store in the temporary home (the daemon creates it).
+    Own,
+}
+
 /// A running `aegisd` with its own temporary `AEGIS_HOME`.
 #[derive(Debug)]
 pub struct Daemon {
@@ -56,6 +65,27 @@ impl Daemon {
     /// When a binary, the guest kernel or the default image is missing (the message names the
     /// command that provides it), or the daemon does not come up.
     pub fn start() -> Daemon {
+        Daemon::start_with(Images::Shared)
+    }
+
+    /// [`Daemon::start`] with an empty image store of the daemon's own instead of a link to the
+    /// set-up home's, so that pulls, imports, removals and prunes stay private to the test. The
+    /// set-up home's images stay readable through [`Daemon::shared_images_dir`] (e.g. to import
+    /// the default image's root filesystem).
+    ///
+    /// # Panics
+    /// As [`Daemon::start`].
+    pub fn start_with_own_images() -> Daemon {
+        Daemon::start_with(Images::Own)
+    }
+
+    /// The image store of the set-up home (`$AEGIS_TEST_SHARED_HOME/images`, default
+    /// `~/.aegis/images`). Tests must only read it.
+    pub fn shared_images_dir() -> PathBuf {
+        shared_home().join("images")
+    }
+
+    fn start_with(images: Images) -> Daemon {
         remove_leftovers();
         let workspace = workspace_root();
         let release = workspace.join("target/release");
@@ -77,7 +107,7 @@ impl Daemon {
         let images_filled = std::fs::read_dir(shared.join("images"))
             .is_ok_and(|mut entries| entries.next().is_some());
         assert!(
-            images_filled,
+            images_filled || images == Images::Own,
             "no default image in {}: run ./setup.sh (or point {SHARED_HOME_ENV} at a set-up \
              AEGIS_HOME)",
             shared.join("images").display()
@@ -89,7 +119,11 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot create a temporary AEGIS_HOME in /tmp: {e}"));
         let home = dir.path().to_path_buf();
         write_pid(&home.join(OWNER_FILE), std::process::id());
-        for name in ["kernel", "images"] {
+        let linked: &[&str] = match images {
+            Images::Shared => &["kernel", "images"],
+            Images::Own => &["kernel"],
+        };
+        for name in linked {
             std::os::unix::fs::symlink(shared.join(name), home.join(name))
                 .unwrap_or_else(|e| panic!("cannot link {} into {}: {e}", name, home.display()));
         }

@@ -8,6 +8,7 @@ mod display;
 mod exit;
 mod locate;
 mod printer;
+mod progress;
 mod report;
 mod term;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Manage instances (VMs running a command)
     #[command(subcommand)]
     Instance(commands::instance::Command),
+    /// Manage images (pull, import, list, inspect, rm, prune)
+    #[command(subcommand)]
+    Image(commands::image::Command),
     /// Run a command in a running instance (waking it if it sleeps)
     Exec(commands::exec::Args),
     /// Print an instance's logs
@@ -109,6 +113,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Status(args) => commands::status::run(args, ctx).await,
         Command::Doctor(args) => commands::doctor::run(args, ctx).await,
         Command::Instance(command) => commands::instance::run(command, ctx).await,
+        Command::Image(command) => commands::image::run(command, ctx).await,
         Command::Exec(args) => commands::exec::run(args, ctx).await,
         Command::Logs(args) => commands::logs::run(args, ctx).await,
         Command::Run(args) => commands::run::run(args, ctx).await,
@@ -146,6 +151,10 @@ mod tests {
             &["instance", "start", "web", "--", "true"],
             &["instance", "start", "web", "--memory", "512"],
             &["instance", "info"],
+            &["image", "pull"],
+            &["image", "import", "rootfs.tar", "--rootfs"],
+            &["image", "inspect"],
+            &["image", "rm"],
             &["frobnicate"],
         ];
         for argv in bad {
