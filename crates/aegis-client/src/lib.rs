@@ -11,6 +11,7 @@ mod error;
 mod images;
 mod ndjson;
 mod paths;
+mod secrets;
 mod transport;
 
 pub use client::{Client, Created, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
@@ -18,3 +19,4 @@ pub use error::ClientError;
 pub use hyper::StatusCode;
 pub use ndjson::{NdjsonStream, MAX_LINE_BYTES};
 pub use paths::{home_from_env, socket_in, HOME_ENV, SOCKET_NAME};
+pub use secrets::SecretSet;

@@ -44,6 +44,10 @@ pub struct InstanceOptions {
     /// Outbound network access of the guest
     #[arg(long, value_name = "all|none", value_parser = ["all", "none"])]
     pub egress: Option<String>,
+    /// Inject this secret (`aegis secret set`) as an environment variable; repeatable, '*' for
+    /// all. Resolved at each boot; an explicit --env of the same name wins
+    #[arg(long = "secret", value_name = "KEY|*", value_parser = parse_secret_selector)]
+    pub secrets: Vec<String>,
 }
 
 impl InstanceOptions {
@@ -61,6 +65,7 @@ impl InstanceOptions {
             idle_pause: self.idle_pause,
             idle_stop: self.idle_stop,
             egress: self.egress,
+            secrets: self.secrets,
             ..CreateInstance::default()
         }
     }
@@ -90,10 +95,7 @@ fn parse_env_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<En
         Some((key, value)) => (key, Some(value)),
         None => (s, None),
     };
-    let mut chars = key.chars();
-    let valid = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
-    if !valid {
+    if !valid_var_name(key) {
         return Err(format!(
             "invalid variable name {key:?}: use letters, digits and '_', not starting with a digit"
         ));
@@ -107,6 +109,33 @@ fn parse_env_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<En
         key: key.to_owned(),
         value,
     })
+}
+
+/// Letters, digits and `_`, not starting with a digit.
+fn valid_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// A secret's name: the environment variable it becomes.
+pub fn parse_secret_key(s: &str) -> Result<String, String> {
+    if valid_var_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid secret name {s:?}: use letters, digits and '_', not starting with a digit"
+        ))
+    }
+}
+
+/// `--secret`: a secret's name, or `*` for every secret.
+pub fn parse_secret_selector(s: &str) -> Result<String, String> {
+    if s == "*" {
+        Ok(s.to_owned())
+    } else {
+        parse_secret_key(s).map_err(|e| format!("{e} (or '*' for all secrets)"))
+    }
 }
 
 /// `[PUBLIC:]GUEST[/tcp|/http]`, e.g. `80`, `8080:80`, `8080:80/http`.
@@ -264,6 +293,17 @@ mod tests {
             parse_env_with("UNSET_VAR", lookup).unwrap_err(),
             "UNSET_VAR is not set in this shell; pass --env UNSET_VAR=VALUE"
         );
+    }
+
+    #[test]
+    fn secret_names() {
+        assert_eq!(parse_secret_key("API_KEY"), Ok("API_KEY".to_owned()));
+        assert_eq!(parse_secret_selector("*"), Ok("*".to_owned()));
+        assert_eq!(parse_secret_selector("_a1"), Ok("_a1".to_owned()));
+        for bad in ["", "1A", "A-B", "A=1", "**"] {
+            assert!(parse_secret_selector(bad).is_err(), "{bad}");
+        }
+        assert!(parse_secret_key("*").is_err());
     }
 
     #[test]

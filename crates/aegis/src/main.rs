@@ -52,6 +52,9 @@ enum Command {
     /// Manage images (pull, import, list, inspect, rm, prune)
     #[command(subcommand)]
     Image(commands::image::Command),
+    /// Manage secrets: encrypted values injected into instances that ask for them
+    #[command(subcommand)]
+    Secret(commands::secret::Command),
     /// Run a command in a running instance (waking it if it sleeps)
     Exec(commands::exec::Args),
     /// Print an instance's logs
@@ -114,6 +117,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Doctor(args) => commands::doctor::run(args, ctx).await,
         Command::Instance(command) => commands::instance::run(command, ctx).await,
         Command::Image(command) => commands::image::run(command, ctx).await,
+        Command::Secret(command) => commands::secret::run(command, ctx).await,
         Command::Exec(args) => commands::exec::run(args, ctx).await,
         Command::Logs(args) => commands::logs::run(args, ctx).await,
         Command::Run(args) => commands::run::run(args, ctx).await,
@@ -151,6 +155,14 @@ mod tests {
             &["instance", "start", "web", "--", "true"],
             &["instance", "start", "web", "--memory", "512"],
             &["instance", "info"],
+            &["instance", "secrets", "web"],
+            &["instance", "secrets", "web", "A", "--none"],
+            &["instance", "secrets", "web", "A-B"],
+            &["secret", "set"],
+            &["secret", "set", "1BAD", "v"],
+            &["secret", "set", "*", "v"],
+            &["secret", "delete"],
+            &["run", "--secret", "A-B", "--", "true"],
             &["image", "pull"],
             &["image", "import", "rootfs.tar", "--rootfs"],
             &["image", "inspect"],

@@ -7,5 +7,6 @@ pub mod image;
 pub mod instance;
 pub mod logs;
 pub mod run;
+pub mod secret;
 pub mod status;
 pub mod up;

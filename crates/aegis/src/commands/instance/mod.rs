@@ -6,6 +6,7 @@ pub mod delete;
 pub mod expose;
 pub mod info;
 pub mod list;
+pub mod secrets;
 pub mod start;
 
 use aegis_client::InstanceAction;
@@ -17,7 +18,7 @@ use crate::Ctx;
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Create an instance running CMD (`-- CMD...`), or boot a stopped one (`<ID|HANDLE>`)
-    Start(start::Args),
+    Start(Box<start::Args>),
     /// List instances
     #[command(visible_alias = "ls")]
     List(list::Args),
@@ -37,6 +38,8 @@ pub enum Command {
     Expose(expose::ExposeArgs),
     /// Stop exposing a guest port
     Unexpose(expose::UnexposeArgs),
+    /// Choose the secrets injected at the instance's next boot (KEY..., '*' for all, or --none)
+    Secrets(secrets::Args),
     /// Stop an instance and remove it with its disk and logs
     #[command(visible_alias = "rm")]
     Delete(delete::Args),
@@ -45,7 +48,7 @@ pub enum Command {
 /// Runs `aegis instance <subcommand>`.
 pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
     match command {
-        Command::Start(args) => start::run(args, ctx).await,
+        Command::Start(args) => start::run(*args, ctx).await,
         Command::List(args) => list::run(args, ctx).await,
         Command::Info(args) => info::run(args, ctx).await,
         Command::Stop(args) => action::run(args, InstanceAction::Stop, ctx).await,
@@ -54,6 +57,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Pause(args) => action::run(args, InstanceAction::Pause, ctx).await,
         Command::Resume(args) => action::run(args, InstanceAction::Resume, ctx).await,
         Command::Delete(args) => delete::run(args, ctx).await,
+        Command::Secrets(args) => secrets::run(args, ctx).await,
         Command::Expose(args) => expose::expose(args, ctx).await,
         Command::Unexpose(args) => expose::unexpose(args, ctx).await,
     }

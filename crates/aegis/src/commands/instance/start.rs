@@ -16,7 +16,8 @@ use crate::Ctx;
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["target", "command"])))]
 pub struct Args {
-    /// A stopped instance to boot (id or handle); give `-- CMD...` instead to create one
+    /// A stopped instance to boot (id or handle); give `-- CMD...` instead to create one. With
+    /// --secret, its secrets are replaced first
     #[arg(
         value_name = "ID|HANDLE",
         conflicts_with_all = [
@@ -36,6 +37,13 @@ pub struct Args {
 pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
     let mut out = std::io::stdout();
     if let Some(target) = args.target {
+        if !args.options.secrets.is_empty() {
+            // Resolved at each boot: stored first, so this start (or the next) injects them.
+            ctx.client
+                .set_instance_secrets(&target, &args.options.secrets)
+                .await
+                .with_context(|| format!("cannot set the secrets of instance {target:?}"))?;
+        }
         let instance = ctx
             .client
             .instance_action(&target, InstanceAction::Start)
