@@ -7,8 +7,10 @@
 //! Secrets never come this way: they arrive in `run`/`exec` parameters.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where the kernel command line is read from.
 pub const CMDLINE_PATH: &str = "/proc/cmdline";
@@ -306,6 +308,73 @@ impl Config {
     }
 }
 
+/// `--stdio` mode: serve the ingress proxy on `127.0.0.1:<port>` (0: any free port, printed on
+/// the console). Off when unset.
+pub const ENV_INGRESS_PORT: &str = "AEGIS_HARNESS_INGRESS_PORT";
+/// `--stdio` mode: send activity heartbeats every this many milliseconds. Off when unset.
+pub const ENV_ACTIVITY_MS: &str = "AEGIS_HARNESS_ACTIVITY_MS";
+/// `--stdio` mode: the directory whose entries count as keepalive leases (default
+/// [`aegis_proto::control::KEEPALIVE_DIR`]).
+pub const ENV_KEEPALIVE_DIR: &str = "AEGIS_HARNESS_KEEPALIVE_DIR";
+
+/// Longest heartbeat interval `--stdio` mode accepts.
+const MAX_ACTIVITY_MS: u64 = 3_600_000;
+
+/// Options of `--stdio` mode, from the environment, for tests on the host. Never read as PID 1:
+/// the kernel hands unknown command-line words to init as environment variables, and the guest's
+/// behaviour is set by `aegis.*` options only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioOptions {
+    /// [`ENV_INGRESS_PORT`].
+    pub ingress_port: Option<u16>,
+    /// [`ENV_ACTIVITY_MS`].
+    pub activity_interval: Option<Duration>,
+    /// [`ENV_KEEPALIVE_DIR`].
+    pub keepalive_dir: Option<PathBuf>,
+}
+
+impl StdioOptions {
+    /// Reads the options through `var` (`std::env::var_os` outside tests); empty values count
+    /// as unset.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidValue`] naming the variable.
+    pub fn from_env(var: impl Fn(&str) -> Option<OsString>) -> Result<StdioOptions, ConfigError> {
+        let get = |name: &str| var(name).filter(|value| !value.is_empty());
+        let text = |name: &'static str, value: OsString| {
+            value
+                .into_string()
+                .map_err(|value| invalid(name, &value.to_string_lossy(), "UTF-8 text"))
+        };
+        let ingress_port = match get(ENV_INGRESS_PORT) {
+            None => None,
+            Some(value) => {
+                let value = text(ENV_INGRESS_PORT, value)?;
+                Some(value.parse::<u16>().map_err(|_| {
+                    invalid(ENV_INGRESS_PORT, &value, "a TCP port (0 for any free port)")
+                })?)
+            }
+        };
+        let activity_interval = match get(ENV_ACTIVITY_MS) {
+            None => None,
+            Some(value) => {
+                let value = text(ENV_ACTIVITY_MS, value)?;
+                let ms = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| (1..=MAX_ACTIVITY_MS).contains(ms))
+                    .ok_or_else(|| invalid(ENV_ACTIVITY_MS, &value, "1 to 3600000 milliseconds"))?;
+                Some(Duration::from_millis(ms))
+            }
+        };
+        Ok(StdioOptions {
+            ingress_port,
+            activity_interval,
+            keepalive_dir: get(ENV_KEEPALIVE_DIR).map(PathBuf::from),
+        })
+    }
+}
+
 fn non_empty(value: Option<&str>) -> Option<&str> {
     value.filter(|v| !v.is_empty())
 }
@@ -460,5 +529,52 @@ mod tests {
     fn ipv6_nameserver_is_accepted() {
         let (config, _) = parse("aegis.dns=fd00::3").unwrap();
         assert_eq!(config.dns, Some("fd00::3".parse().unwrap()));
+    }
+
+    #[test]
+    fn stdio_options_come_from_the_environment() {
+        let env = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        assert_eq!(
+            StdioOptions::from_env(env(&[])).unwrap(),
+            StdioOptions::default()
+        );
+        assert_eq!(
+            StdioOptions::from_env(env(&[
+                (ENV_INGRESS_PORT, "0"),
+                (ENV_ACTIVITY_MS, "250"),
+                (ENV_KEEPALIVE_DIR, "/tmp/k"),
+            ]))
+            .unwrap(),
+            StdioOptions {
+                ingress_port: Some(0),
+                activity_interval: Some(Duration::from_millis(250)),
+                keepalive_dir: Some(PathBuf::from("/tmp/k")),
+            }
+        );
+        // Empty means unset.
+        assert_eq!(
+            StdioOptions::from_env(env(&[(ENV_INGRESS_PORT, "")])).unwrap(),
+            StdioOptions::default()
+        );
+        for (name, value) in [
+            (ENV_INGRESS_PORT, "65536"),
+            (ENV_INGRESS_PORT, "http"),
+            (ENV_ACTIVITY_MS, "0"),
+            (ENV_ACTIVITY_MS, "-5"),
+        ] {
+            let err = StdioOptions::from_env(env(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 }

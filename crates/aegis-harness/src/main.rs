@@ -2,29 +2,36 @@
 //!
 //! As PID 1 it boots the guest in phases — early mounts, kernel modules, the control port, the
 //! root filesystem switch, late mounts, network — then serves JSON-RPC on the control channel
-//! from a current-thread tokio runtime until `shutdown`, and powers the VM off. It never returns
-//! and never unwinds: any fatal error or panic prints one line to the console, syncs and powers
-//! off. With `--stdio` (and not PID 1) it skips the boot and serves on stdin/stdout, for tests.
+//! from a current-thread tokio runtime until `shutdown`, and powers the VM off. Next to the
+//! channel the same runtime runs the ingress proxy (with a network) and the activity heartbeat.
+//! It never returns and never unwinds: any fatal error or panic prints one line to the console,
+//! syncs and powers off. With `--stdio` (and not PID 1) it skips the boot and serves on
+//! stdin/stdout, for tests.
 
+mod activity;
 mod async_fd;
 mod channel;
 mod config;
 mod console;
+mod ingress;
 mod init;
+mod limits;
 mod process;
 mod rpc;
 mod wait;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aegis_proto::control::PROTOCOL_VERSION;
+use aegis_proto::control::{KEEPALIVE_DIR, PROTOCOL_VERSION};
 use nix::sys::reboot::{reboot, RebootMode};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::channel::transport::{Stdio, Transport, TransportError, VirtioSerial, Vsock};
 use crate::channel::{reader, writer};
-use crate::config::{Config, ConfigError, RootConfig, TransportChoice};
+use crate::config::{Config, ConfigError, RootConfig, StdioOptions, TransportChoice};
 use crate::init::modules::ModuleError;
 use crate::init::mounts::MountError;
 use crate::init::rootfs::RootfsError;
@@ -65,6 +72,38 @@ enum BootError {
     TaskEnded { task: &'static str },
 }
 
+/// What runs next to the control channel.
+#[derive(Debug, Default)]
+struct Services {
+    /// The ingress proxy; only with a network (or when a `--stdio` test asks for it).
+    ingress: Option<ingress::Config>,
+    /// The activity heartbeat; always in a guest, on request in `--stdio` mode.
+    activity: Option<activity::Config>,
+}
+
+impl Services {
+    /// `--stdio` mode: nothing unless the environment asks (see [`StdioOptions`]). The proxy
+    /// listens on loopback only, the heartbeat counts no interface.
+    fn stdio(options: StdioOptions) -> Services {
+        Services {
+            ingress: options.ingress_port.map(|port| ingress::Config {
+                listen: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+                guest_address: None,
+            }),
+            activity: options.activity_interval.map(|interval| activity::Config {
+                interval,
+                sources: activity::Sources {
+                    proc_dir: PathBuf::from(activity::PROC_DIR),
+                    net_statistics: None,
+                    keepalive_dir: options
+                        .keepalive_dir
+                        .unwrap_or_else(|| PathBuf::from(KEEPALIVE_DIR)),
+                },
+            }),
+        }
+    }
+}
+
 fn main() {
     let started = Instant::now();
     if std::process::id() == 1 {
@@ -97,7 +136,20 @@ fn init_main(started: Instant) -> ! {
 fn stdio_main(started: Instant) -> ! {
     console::init(console::Sink::Stderr);
     install_panic_hook(Role::Stdio);
-    match serve(Box::new(Stdio), Role::Stdio, started) {
+    let options = match StdioOptions::from_env(|name| std::env::var_os(name)) {
+        Ok(options) => options,
+        Err(e) => {
+            console::line(format_args!("fatal: {}", console::chain(&e)));
+            std::process::exit(EXIT_USAGE)
+        }
+    };
+    raise_nofile();
+    match serve(
+        Box::new(Stdio),
+        Role::Stdio,
+        Services::stdio(options),
+        started,
+    ) {
         Ok(Outcome::Exit | Outcome::PowerOff) => std::process::exit(0),
         Err(e) => {
             console::line(format_args!("fatal: {}", console::chain(&e)));
@@ -154,6 +206,10 @@ fn boot_and_serve(started: Instant) -> Result<(), BootError> {
     }
     mounts::apply(mounts::LATE)?;
     mounts::link_dev_entries()?;
+    // Without the directory guest programs cannot take leases; not worth a failed boot.
+    if let Err(e) = activity::create_keepalive_dir(Path::new(KEEPALIVE_DIR)) {
+        console::line(format_args!("{} (continuing)", console::chain(&e)));
+    }
 
     let report = net::setup(&config);
     for error in &report.errors {
@@ -175,15 +231,32 @@ fn boot_and_serve(started: Instant) -> Result<(), BootError> {
         None => console::phase(format_args!("network: {} only", net::LO)),
     }
 
-    match serve(transport, Role::Init, started)? {
+    raise_nofile();
+    let services = Services {
+        ingress: report.eth0.map(|eth0| ingress::Config::guest(eth0.address)),
+        activity: Some(activity::Config::guest()),
+    };
+    match serve(transport, Role::Init, services, started)? {
         Outcome::PowerOff | Outcome::Exit => Ok(()),
     }
 }
 
-/// Builds the runtime and runs the channel, the reaper and the RPC server until shutdown.
+/// Raises the harness's open-file limit (see `limits`); without it the proxy runs out of
+/// descriptors before its connection bound.
+fn raise_nofile() {
+    if let Err(e) = limits::raise_nofile() {
+        console::line(format_args!(
+            "cannot raise the open-file limit: {e} (continuing)"
+        ));
+    }
+}
+
+/// Builds the runtime and runs the channel, the reaper, the RPC server and the services until
+/// shutdown.
 fn serve(
     transport: Box<dyn Transport>,
     role: Role,
+    services: Services,
     started: Instant,
 ) -> Result<Outcome, BootError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -217,13 +290,34 @@ fn serve(
                 let _ = closed.send(reader::Incoming::Closed).await;
             });
         }
+        let server = Server::new(reaper, outbox.clone(), role, started);
+        // Owned here: dropping the set when serving ends stops them. Neither is essential, so
+        // neither ending stops the harness.
+        let mut service_tasks = JoinSet::new();
+        if let Some(config) = services.ingress {
+            match ingress::Proxy::bind(config).await {
+                Ok(proxy) => {
+                    console::phase(format_args!(
+                        "ingress proxy listening on {}",
+                        proxy.local_addr()
+                    ));
+                    service_tasks.spawn(proxy.run());
+                }
+                Err(e) => console::line(format_args!(
+                    "{} (continuing without ingress)",
+                    console::chain(&e)
+                )),
+            }
+        }
+        if let Some(config) = services.activity {
+            service_tasks.spawn(activity::run(config, outbox, server.subscribe_execs()));
+        }
         // The reader thread ends by itself once the server (the receiver of its lines) is gone.
         let _reader =
             reader::spawn(transport, lines_tx, connections_tx).map_err(BootError::Reader)?;
         console::phase(format_args!("serving the control channel on {description}"));
         console::line("ready");
 
-        let server = Server::new(reaper, outbox, role, started);
         tokio::select! {
             outcome = server.run(lines_rx) => Ok(outcome),
             _ = &mut reaper_handle => Err(BootError::TaskEnded { task: "reaper" }),

@@ -16,7 +16,7 @@ use aegis_proto::control::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -150,6 +150,11 @@ impl Server {
             role,
             phase: Phase::Serving,
         }
+    }
+
+    /// Follows the number of running execs (for the activity heartbeat).
+    pub fn subscribe_execs(&self) -> watch::Receiver<u32> {
+        self.processes.subscribe_execs()
     }
 
     /// Serves until shutdown has finished.

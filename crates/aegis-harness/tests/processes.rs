@@ -306,3 +306,41 @@ fn run_while_running_and_reused_exec_ids_are_refused() {
     h.call_ok("run", json!({"argv": ["true"]}));
     assert_eq!(h.finish(None).code, 0);
 }
+
+/// Soft and hard `RLIMIT_NOFILE` of a process, from `/proc/<pid>/limits`.
+fn open_files_limit(pid: &str) -> (String, String) {
+    let limits =
+        std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("/proc/PID/limits has a \"Max open files\" line");
+    let fields: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    (fields[0].to_owned(), fields[1].to_owned())
+}
+
+#[test]
+fn the_harness_raises_its_open_file_limit_but_children_keep_the_original() {
+    let mut h = Harness::start();
+    // Serving: past the raise.
+    h.health();
+    let (soft, hard) = open_files_limit("self");
+    let (harness_soft, harness_hard) = open_files_limit(&h.pid().to_string());
+    assert_eq!(harness_hard, hard);
+    // Raised when it was low (the kernel gives init 1024) and there is room below the hard
+    // limit; "unlimited" parses as neither.
+    let number = |value: &str| value.parse::<u64>().unwrap_or(u64::MAX);
+    if number(&soft) < 2048 && number(&hard) > number(&soft) {
+        assert!(
+            number(&harness_soft) > number(&soft),
+            "the harness kept the soft limit {harness_soft}"
+        );
+    }
+    assert!(number(&harness_soft) >= number(&soft));
+    h.call_ok(
+        "exec",
+        json!({"exec_id": "e", "argv": ["sh", "-c", "ulimit -Sn; ulimit -Hn"]}),
+    );
+    let done = h.finish(Some("e"));
+    assert_eq!(done.stdout_lines(), [soft, hard]);
+}

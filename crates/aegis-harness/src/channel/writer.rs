@@ -4,10 +4,11 @@
 //! Producers (the RPC server, output pumps) hand encoded frames to an [`OutboxSender`]. The
 //! writer task keeps them in a bounded [`Outbox`] and writes them whenever the host reads. While
 //! the host is away (or has stopped reading for [`STALL_TIMEOUT`]) the writer keeps accepting
-//! frames so processes never block on their output: when the outbox is full the oldest *output*
-//! frames are dropped (counted, noted once on the console), while responses and `exit`
-//! notifications are always kept. While the host is reading, a full outbox instead makes
-//! producers wait, which throttles the processes through their pipes — nothing is lost.
+//! frames so processes never block on their output: when the outbox is full the oldest
+//! *droppable* frames (`output` and `activity` notifications) are dropped (counted, noted once on
+//! the console), while responses and `exit` notifications are always kept. While the host is
+//! reading, a full outbox instead makes producers wait, which throttles the processes through
+//! their pipes — nothing is lost.
 //!
 //! Writes are non-blocking and retried after a short, growing delay when the transport is full
 //! ([`WRITE_RETRY_MIN`] to [`WRITE_RETRY`]) rather than through the reactor: a virtio-serial
@@ -48,8 +49,8 @@ pub const WRITE_RETRY: Duration = Duration::from_millis(100);
 /// Whether a frame may be dropped when the host does not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameClass {
-    /// Process output: dropped oldest-first when the outbox is full.
-    Output,
+    /// Process output and activity heartbeats: dropped oldest-first when the outbox is full.
+    Droppable,
     /// Responses and `exit` notifications: never dropped.
     Essential,
 }
@@ -80,12 +81,10 @@ impl OutboxSender {
         self.send(response, FrameClass::Essential).await;
     }
 
-    /// Queues a notification: `output` may be dropped under pressure, `exit` never is.
+    /// Queues a notification: `output` and `activity` may be dropped under pressure, `exit`
+    /// never is.
     pub async fn notify(&self, notification: Notification) {
-        let class = match notification {
-            Notification::Output(_) => FrameClass::Output,
-            Notification::Exit(_) => FrameClass::Essential,
-        };
+        let class = class_of(&notification);
         self.send(&NotificationFrame::new(notification), class)
             .await;
     }
@@ -113,6 +112,15 @@ impl OutboxSender {
     }
 }
 
+/// The drop class of a notification. A heartbeat describes the past and the next one follows
+/// within seconds, so losing one under pressure costs nothing that an `exit` would.
+pub fn class_of(notification: &Notification) -> FrameClass {
+    match notification {
+        Notification::Output(_) | Notification::Activity(_) => FrameClass::Droppable,
+        Notification::Exit(_) => FrameClass::Essential,
+    }
+}
+
 /// Creates the producers' handle and the receiving end for [`run`].
 pub fn channel() -> (OutboxSender, mpsc::Receiver<Outgoing>) {
     let (tx, rx) = mpsc::channel(OUTGOING_CAPACITY);
@@ -132,7 +140,7 @@ pub enum Pushed {
     Queued,
     /// Queued or dropped, and output was lost to make room.
     Dropped {
-        /// Output frames dropped by this push.
+        /// Droppable frames dropped by this push.
         frames: u64,
     },
 }
@@ -148,7 +156,7 @@ pub struct Outbox {
     written: usize,
     /// A newline to send before the front frame (see [`Outbox::restart_front`]).
     separator: bool,
-    /// Output frames dropped since the outbox was last empty.
+    /// Droppable frames dropped since the outbox was last empty.
     dropped: u64,
 }
 
@@ -181,15 +189,15 @@ impl Outbox {
         self.bytes
     }
 
-    /// Output frames dropped since the outbox was last empty.
+    /// Droppable frames dropped since the outbox was last empty.
     #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
 
-    /// Queues a frame, dropping the oldest output frames if it does not fit. Essential frames
+    /// Queues a frame, dropping the oldest droppable frames if it does not fit. Essential frames
     /// always get in (they are small, and their number is bounded by the host's requests and
-    /// by processes ending); an output frame that finds only essential frames ahead is dropped
+    /// by processes ending); a droppable frame that finds only essential frames ahead is dropped
     /// itself.
     pub fn push(&mut self, bytes: Vec<u8>, class: FrameClass) -> Pushed {
         let mut dropped = 0;
@@ -200,7 +208,7 @@ impl Outbox {
             match &self.entries[i] {
                 Entry::Frame {
                     bytes: old,
-                    class: FrameClass::Output,
+                    class: FrameClass::Droppable,
                 } => {
                     self.bytes -= old.len();
                     self.entries.remove(i);
@@ -209,7 +217,7 @@ impl Outbox {
                 Entry::Frame { .. } | Entry::Marker(_) => i += 1,
             }
         }
-        if self.bytes + bytes.len() > self.limit && class == FrameClass::Output {
+        if self.bytes + bytes.len() > self.limit && class == FrameClass::Droppable {
             dropped += 1;
         } else {
             self.bytes += bytes.len();
@@ -281,7 +289,7 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
     let mut retry = WRITE_RETRY_MIN;
     let mut last_progress = Instant::now();
     let mut host_was_absent = false;
-    // Output frames dropped since the outbox was last empty; noted on the console at the start
+    // Droppable frames dropped since the outbox was last empty; noted on the console at the start
     // and the end of such an episode only.
     let mut episode_drops: u64 = 0;
     let mut producers_done = false;
@@ -330,7 +338,7 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
             last_progress = Instant::now();
             if episode_drops > 0 {
                 console::line(format_args!(
-                    "control channel caught up; {episode_drops} output frames were dropped"
+                    "control channel caught up; {episode_drops} output/activity frames were dropped"
                 ));
                 episode_drops = 0;
             }
@@ -361,7 +369,7 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
                     if let Pushed::Dropped { frames } = outbox.push(bytes, class) {
                         if episode_drops == 0 {
                             console::line(format_args!(
-                                "host is not reading the control channel; dropping the oldest output ({} MiB queued)",
+                                "host is not reading the control channel; dropping the oldest output and activity frames ({} MiB queued)",
                                 OUTBOX_LIMIT_BYTES / (1024 * 1024)
                             ));
                         }
@@ -394,9 +402,28 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_and_output_are_droppable_exits_are_not() {
+        use aegis_proto::control::{ActivityParams, ExitParams, ExitStatus, OutputParams, Stream};
+        let output = Notification::Output(OutputParams {
+            exec_id: None,
+            stream: Stream::Stdout,
+            data: "x".into(),
+            eol: true,
+        });
+        let activity = Notification::Activity(ActivityParams::default());
+        let exit = Notification::Exit(ExitParams {
+            exec_id: None,
+            status: ExitStatus::exited(0),
+        });
+        assert_eq!(class_of(&output), FrameClass::Droppable);
+        assert_eq!(class_of(&activity), FrameClass::Droppable);
+        assert_eq!(class_of(&exit), FrameClass::Essential);
+    }
+
+    #[test]
     fn frames_come_out_in_order() {
         let mut outbox = Outbox::new(100);
-        outbox.push(b"a\n".to_vec(), FrameClass::Output);
+        outbox.push(b"a\n".to_vec(), FrameClass::Droppable);
         outbox.push(b"b\n".to_vec(), FrameClass::Essential);
         assert_eq!(drain(&mut outbox), b"a\nb\n");
         assert!(outbox.is_empty());
@@ -406,11 +433,11 @@ mod tests {
     #[test]
     fn full_outbox_drops_oldest_output_but_keeps_essential_frames() {
         let mut outbox = Outbox::new(10);
-        outbox.push(b"o1\n".to_vec(), FrameClass::Output);
+        outbox.push(b"o1\n".to_vec(), FrameClass::Droppable);
         outbox.push(b"E1\n".to_vec(), FrameClass::Essential);
-        outbox.push(b"o2\n".to_vec(), FrameClass::Output);
+        outbox.push(b"o2\n".to_vec(), FrameClass::Droppable);
         assert_eq!(
-            outbox.push(b"o3\n".to_vec(), FrameClass::Output),
+            outbox.push(b"o3\n".to_vec(), FrameClass::Droppable),
             Pushed::Dropped { frames: 1 }
         );
         assert_eq!(
@@ -428,7 +455,7 @@ mod tests {
         outbox.push(b"E1\n".to_vec(), FrameClass::Essential);
         outbox.push(b"E2\n".to_vec(), FrameClass::Essential);
         assert_eq!(
-            outbox.push(b"o1\n".to_vec(), FrameClass::Output),
+            outbox.push(b"o1\n".to_vec(), FrameClass::Droppable),
             Pushed::Dropped { frames: 1 }
         );
         assert_eq!(drain(&mut outbox), b"E1\nE2\n");
@@ -437,11 +464,11 @@ mod tests {
     #[test]
     fn partly_written_front_frame_is_never_dropped() {
         let mut outbox = Outbox::new(8);
-        outbox.push(b"abcd\n".to_vec(), FrameClass::Output);
+        outbox.push(b"abcd\n".to_vec(), FrameClass::Droppable);
         let first = outbox.next_bytes().unwrap().to_vec();
         assert_eq!(first, b"abcd\n");
         outbox.advance(2);
-        outbox.push(b"wxyz\n".to_vec(), FrameClass::Output);
+        outbox.push(b"wxyz\n".to_vec(), FrameClass::Droppable);
         // The new frame could only fit by dropping the front, which is partly written: the new
         // one goes instead.
         assert_eq!(drain(&mut outbox), b"cd\n");
@@ -455,7 +482,7 @@ mod tests {
         outbox.restart_front();
         assert_eq!(drain(&mut outbox), b"\n{\"x\":1}\n");
         // Restarting an untouched frame changes nothing.
-        outbox.push(b"y\n".to_vec(), FrameClass::Output);
+        outbox.push(b"y\n".to_vec(), FrameClass::Droppable);
         outbox.restart_front();
         assert_eq!(drain(&mut outbox), b"y\n");
     }
@@ -464,7 +491,7 @@ mod tests {
     fn markers_are_answered_in_order() {
         let mut outbox = Outbox::new(100);
         let (done, mut written) = oneshot::channel();
-        outbox.push(b"a\n".to_vec(), FrameClass::Output);
+        outbox.push(b"a\n".to_vec(), FrameClass::Droppable);
         outbox.push_marker(done);
         let _ = outbox.next_bytes();
         assert!(written.try_recv().is_err());

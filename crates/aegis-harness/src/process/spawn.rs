@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use super::reaper::{ChildKey, Reaper};
 use super::user::{Accounts, UserError};
+use crate::limits;
 
 /// `PATH` when the request does not set one; the usual Debian/Docker default.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -172,11 +173,12 @@ pub fn spawn(spec: &ProcessSpec, reaper: &Reaper) -> Result<Spawned, SpawnError>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let switch = identity.map(|id| (id.uid, id.gid, id.groups));
+    let nofile = limits::child_nofile();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, setgroups, setgid, setuid) on data prepared
-    // before the fork; it allocates nothing.
+    // async-signal-safe system calls (setsid, setrlimit, setgroups, setgid, setuid) on data
+    // prepared before the fork; it allocates nothing.
     unsafe {
-        command.pre_exec(move || enter_session_as(switch.as_ref()));
+        command.pre_exec(move || enter_session_as(switch.as_ref(), nofile.as_ref()));
     }
 
     let guard = reaper.guard();
@@ -205,12 +207,23 @@ pub fn spawn(spec: &ProcessSpec, reaper: &Reaper) -> Result<Spawned, SpawnError>
 }
 
 /// Runs in the child between fork and exec: a new session (and so a process group of its own,
-/// which signals and shutdown target), then the user switch, groups first while still root.
-fn enter_session_as(switch: Option<&(u32, u32, Vec<u32>)>) -> io::Result<()> {
+/// which signals and shutdown target), the open-file limit the harness started with (it raised
+/// its own, see `limits`), then the user switch, groups first while still root.
+fn enter_session_as(
+    switch: Option<&(u32, u32, Vec<u32>)>,
+    nofile: Option<&libc::rlimit>,
+) -> io::Result<()> {
     // SAFETY: setsid takes no arguments; a freshly forked child is never a group leader, so it
     // succeeds.
     if unsafe { libc::setsid() } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if let Some(nofile) = nofile {
+        // SAFETY: `nofile` points to a valid rlimit prepared before the fork; lowering the
+        // soft limit back is always permitted.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, nofile) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     if let Some((uid, gid, groups)) = switch {
         // SAFETY: `groups` is a live slice of gid_t; its length and pointer are passed together.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use aegis_proto::control::{ExecId, ExitStatus, ProcessSpec, Stream, MAX_PROCESSES};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::output;
 use super::reaper::{ChildKey, KillError, Reaper};
@@ -184,6 +184,8 @@ pub struct Processes {
     reaper: Reaper,
     running: HashMap<Slot, ChildKey>,
     accepting: bool,
+    /// How many execs (not the primary) are in the table, published for the heartbeat.
+    execs: watch::Sender<u32>,
 }
 
 impl Processes {
@@ -193,7 +195,23 @@ impl Processes {
             reaper,
             running: HashMap::new(),
             accepting: true,
+            execs: watch::Sender::new(0),
         }
+    }
+
+    /// Follows the number of execs in the table (the primary process not counted).
+    pub fn subscribe_execs(&self) -> watch::Receiver<u32> {
+        self.execs.subscribe()
+    }
+
+    fn publish_execs(&self) {
+        let execs = self
+            .running
+            .keys()
+            .filter(|slot| matches!(slot, Slot::Exec(_)))
+            .count();
+        self.execs
+            .send_replace(u32::try_from(execs).unwrap_or(u32::MAX));
     }
 
     /// Starts `spec` in `slot`. The caller sends the reply first, then runs the returned
@@ -224,6 +242,7 @@ impl Processes {
             source,
         })?;
         self.running.insert(slot.clone(), spawned.key);
+        self.publish_execs();
         Ok(Supervisor {
             slot,
             spawned,
@@ -236,6 +255,7 @@ impl Processes {
         match self.running.get(&finished.slot) {
             Some(key) if *key == finished.key => {
                 self.running.remove(&finished.slot);
+                self.publish_execs();
                 true
             }
             Some(_) | None => false,

@@ -13,7 +13,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aegis_proto::control::{
-    ExecId, Frame, HealthResult, Notification, NotificationFrame, RequestId, ResponseFrame, Stream,
+    ActivityParams, ExecId, Frame, HealthResult, Notification, NotificationFrame, RequestId,
+    ResponseFrame, Stream,
 };
 use serde_json::{json, Value};
 
@@ -83,8 +84,14 @@ fn join_lines(chunks: &[(String, bool)]) -> Vec<String> {
 impl Harness {
     /// Starts the harness built by cargo for this test run.
     pub fn start() -> Harness {
+        Harness::start_with_env(&[])
+    }
+
+    /// Starts the harness with extra environment variables (its `--stdio` test options).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Harness {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aegis-harness"))
             .arg("--stdio")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,6 +159,52 @@ impl Harness {
     /// What the harness printed on stderr so far (its console lines).
     pub fn stderr(&self) -> String {
         self.stderr.lock().expect("stderr buffer lock").clone()
+    }
+
+    /// Waits for a console line starting with `prefix` and returns the rest of it.
+    pub fn console_line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stderr = self.stderr();
+            let needle = format!("aegis-harness: {prefix}");
+            if let Some(line) = stderr.lines().find(|l| l.starts_with(&needle)) {
+                return line[needle.len()..].to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no console line {prefix:?} within {WAIT:?}\nstderr:\n{stderr}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The next `activity` notification; `None` if none arrives within `timeout`.
+    pub fn activity_within(&mut self, timeout: Duration) -> Option<ActivityParams> {
+        let found = self.try_take_matching(
+            |r| matches!(r, Received::Notification(Notification::Activity(_))),
+            timeout,
+        )?;
+        match found {
+            Received::Notification(Notification::Activity(a)) => Some(a),
+            other => unreachable!("matched an activity notification, got {other:?}"),
+        }
+    }
+
+    /// Waits (up to [`WAIT`]) for a heartbeat for which `accept` holds; returns it.
+    pub fn activity_until(&mut self, accept: impl Fn(&ActivityParams) -> bool) -> ActivityParams {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.activity_within(left) {
+                Some(a) if accept(&a) => return a,
+                Some(a) => seen.push(a),
+                None => panic!(
+                    "no matching heartbeat within {WAIT:?}; seen: {seen:?}\nstderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
     }
 
     /// Sends raw bytes (a newline is not added).
@@ -223,7 +276,7 @@ impl Harness {
             let frame = self.take_matching(|r| match r {
                 Received::Notification(Notification::Output(o)) => o.exec_id == wanted,
                 Received::Notification(Notification::Exit(e)) => e.exec_id == wanted,
-                Received::Response(_) => false,
+                Received::Notification(Notification::Activity(_)) | Received::Response(_) => false,
             });
             match frame {
                 Received::Notification(Notification::Output(o)) => {
@@ -238,7 +291,9 @@ impl Harness {
                     finished.signal = e.status.signal;
                     return finished;
                 }
-                Received::Response(_) => unreachable!("matched a notification"),
+                Received::Notification(Notification::Activity(_)) | Received::Response(_) => {
+                    unreachable!("matched output or exit")
+                }
             }
         }
     }
@@ -287,18 +342,34 @@ impl Harness {
     }
 
     fn take_matching(&mut self, matches: impl Fn(&Received) -> bool) -> Received {
-        if let Some(i) = self.buffered.iter().position(&matches) {
-            return self.buffered.remove(i).expect("index from position");
+        match self.try_take_matching(matches, WAIT) {
+            Some(frame) => frame,
+            None => panic!(
+                "no matching frame within {WAIT:?}; frames seen but not taken: {:?}\nstderr:\n{}",
+                self.buffered,
+                self.stderr()
+            ),
         }
-        let deadline = Instant::now() + WAIT;
+    }
+
+    fn try_take_matching(
+        &mut self,
+        matches: impl Fn(&Received) -> bool,
+        timeout: Duration,
+    ) -> Option<Received> {
+        if let Some(i) = self.buffered.iter().position(&matches) {
+            return self.buffered.remove(i);
+        }
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.frames.recv_timeout(left) {
-                Ok(Ok(frame)) if matches(&frame) => return frame,
+                Ok(Ok(frame)) if matches(&frame) => return Some(frame),
                 Ok(Ok(frame)) => self.buffered.push_back(frame),
                 Ok(Err(problem)) => panic!("{problem}\nstderr:\n{}", self.stderr()),
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
                 Err(e) => panic!(
-                    "no matching frame within {WAIT:?} ({e}); frames seen but not taken: {:?}\nstderr:\n{}",
+                    "the harness's stdout ended ({e}); frames seen but not taken: {:?}\nstderr:\n{}",
                     self.buffered,
                     self.stderr()
                 ),

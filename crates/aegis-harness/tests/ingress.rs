@@ -1,0 +1,281 @@
+//! The ingress proxy through `aegis-harness --stdio` with `AEGIS_HARNESS_INGRESS_PORT=0`: the
+//! header and status byte, relaying both ways, half-close, large transfers, many connections,
+//! and the control channel staying responsive meanwhile.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use aegis_proto::control::{IngressStatus, INGRESS_MAGIC};
+use common::{Harness, WAIT};
+
+/// A harness with the proxy on a free loopback port, and that port.
+fn start_proxy() -> (Harness, SocketAddr) {
+    let h = Harness::start_with_env(&[("AEGIS_HARNESS_INGRESS_PORT", "0")]);
+    let rest = h.console_line("ingress proxy listening on ");
+    let addr = rest
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("cannot read the proxy address from {rest:?}"));
+    assert!(addr.ip().is_loopback(), "{addr}");
+    (h, addr)
+}
+
+/// Connects to the proxy and sends a raw header; returns the stream (timeouts set).
+fn connect_raw(proxy: SocketAddr, header: &[u8]) -> TcpStream {
+    let stream = TcpStream::connect(proxy).expect("connect to the proxy");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_write_timeout(Some(WAIT)).unwrap();
+    (&stream).write_all(header).expect("send the header");
+    stream
+}
+
+fn header(port: u16) -> Vec<u8> {
+    let mut header = INGRESS_MAGIC.to_vec();
+    header.extend_from_slice(&port.to_be_bytes());
+    header
+}
+
+/// Connects through the proxy to guest `port`; returns the stream and the status byte.
+fn open(proxy: SocketAddr, port: u16) -> (TcpStream, IngressStatus) {
+    let mut stream = connect_raw(proxy, &header(port));
+    let mut status = [0u8; 1];
+    stream
+        .read_exact(&mut status)
+        .expect("read the status byte");
+    (stream, IngressStatus::from_byte(status[0]))
+}
+
+/// Reads everything up to end-of-file.
+fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).expect("read to end-of-file");
+    out
+}
+
+/// An echo server on 127.0.0.1 (loopback only) handling each connection on its own thread.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut stream);
+                let _ = stream.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// A server for one connection running `serve` on it.
+fn one_shot_server<T: Send + 'static>(
+    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (u16, JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        serve(stream)
+    });
+    (port, handle)
+}
+
+/// A loopback port that nothing listens on.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn connected_then_bytes_echo_through() {
+    let (_h, proxy) = start_proxy();
+    let port = echo_server();
+    let (mut stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Connected);
+    stream.write_all(b"hello through the proxy\n").unwrap();
+    let mut echoed = [0u8; 24];
+    stream.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"hello through the proxy\n");
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert!(read_all(&mut stream).is_empty());
+}
+
+#[test]
+fn nothing_listening_is_refused_and_closed() {
+    let (_h, proxy) = start_proxy();
+    let (mut stream, status) = open(proxy, closed_port());
+    assert_eq!(status, IngressStatus::Refused);
+    assert!(read_all(&mut stream).is_empty());
+}
+
+#[test]
+fn garbage_header_fails_and_closes() {
+    let (_h, proxy) = start_proxy();
+    let mut stream = connect_raw(proxy, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(read_all(&mut stream), [IngressStatus::Failed as u8]);
+    // Another protocol version, port 0, the proxy itself.
+    for bad in [
+        vec![INGRESS_MAGIC[0], 0x02, 0, 80],
+        header(0),
+        header(proxy.port()),
+    ] {
+        let mut stream = connect_raw(proxy, &bad);
+        assert_eq!(
+            read_all(&mut stream),
+            [IngressStatus::Failed as u8],
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn short_header_then_close_gets_failed() {
+    let (_h, proxy) = start_proxy();
+    let mut stream = connect_raw(proxy, &INGRESS_MAGIC);
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut stream), [IngressStatus::Failed as u8]);
+}
+
+#[test]
+fn ten_megabytes_round_trip_intact() {
+    let (mut h, proxy) = start_proxy();
+    let port = echo_server();
+    let (stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Connected);
+    // A pattern that reveals lost, repeated or reordered blocks, not only a wrong length.
+    let mut seed: u32 = 0x2545_F491;
+    let data: Vec<u8> = (0..10 * 1024 * 1024 + 7)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed.to_le_bytes()[0]
+        })
+        .collect();
+    let mut writer = stream.try_clone().unwrap();
+    let to_send = data.clone();
+    let sender = std::thread::spawn(move || {
+        for chunk in to_send.chunks(64 * 1024) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    // The control channel answers while the transfer runs.
+    assert_eq!(h.health().processes, 0);
+    let mut reader = stream;
+    let echoed = read_all(&mut reader);
+    sender.join().unwrap();
+    assert_eq!(echoed.len(), data.len());
+    assert!(echoed == data, "the echoed bytes differ from the sent ones");
+}
+
+#[test]
+fn client_half_close_still_gets_the_reply() {
+    let (_h, proxy) = start_proxy();
+    // The server reads to end-of-file (which only the client's half-close can produce), then
+    // answers and closes.
+    let (port, server) = one_shot_server(|mut stream| {
+        let received = read_all(&mut stream);
+        stream
+            .write_all(format!("got {} bytes", received.len()).as_bytes())
+            .unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        received.len()
+    });
+    let (mut stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Connected);
+    stream.write_all(&vec![b'x'; 100_000]).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut stream), b"got 100000 bytes");
+    assert_eq!(server.join().unwrap(), 100_000);
+}
+
+#[test]
+fn server_half_close_still_takes_the_client_bytes() {
+    let (_h, proxy) = start_proxy();
+    // The server greets and half-closes at once, then still reads what the client sends.
+    let (port, server) = one_shot_server(|mut stream| {
+        stream.write_all(b"banner").unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        read_all(&mut stream)
+    });
+    let (mut stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Connected);
+    assert_eq!(read_all(&mut stream), b"banner");
+    stream.write_all(b"late reply").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(server.join().unwrap(), b"late reply");
+}
+
+#[test]
+fn many_connections_at_once_while_processes_run() {
+    let (mut h, proxy) = start_proxy();
+    let port = echo_server();
+    h.call_ok(
+        "exec",
+        serde_json::json!({"exec_id": "e", "argv": ["sh", "-c", "echo started; exec sleep 30"]}),
+    );
+    assert_eq!(h.first_line("e"), "started");
+    const N: usize = 300;
+    let (tx, rx) = mpsc::channel();
+    let clients: Vec<_> = (0..N)
+        .map(|i| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let (mut stream, status) = open(proxy, port);
+                assert_eq!(status, IngressStatus::Connected);
+                let message = format!("connection {i}\n");
+                stream.write_all(message.as_bytes()).unwrap();
+                let mut echoed = vec![0u8; message.len()];
+                stream.read_exact(&mut echoed).unwrap();
+                assert_eq!(echoed, message.as_bytes());
+                // Hold the connection open until every client got this far.
+                tx.send(()).unwrap();
+                stream
+            })
+        })
+        .collect();
+    for _ in 0..N {
+        rx.recv_timeout(WAIT).expect("every client is relayed");
+    }
+    // All N connections are open; the harness still serves the control channel.
+    let health = h.health();
+    assert_eq!(health.processes, 1);
+    for client in clients {
+        let mut stream = client.join().unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        assert!(read_all(&mut stream).is_empty());
+    }
+    h.call_ok("signal", serde_json::json!({"exec_id": "e", "signal": 9}));
+    assert_eq!(h.finish(Some("e")).code, 137);
+}
+
+#[test]
+fn a_silent_host_does_not_hold_up_others() {
+    let (_h, proxy) = start_proxy();
+    let port = echo_server();
+    // Connected but no header: waits for its deadline on its own.
+    let silent = TcpStream::connect(proxy).unwrap();
+    let (mut stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Connected);
+    stream.write_all(b"x").unwrap();
+    let mut echoed = [0u8; 1];
+    stream.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"x");
+    drop(silent);
+    // The proxy is still listening.
+    std::thread::sleep(Duration::from_millis(50));
+    let (_stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Connected);
+}
