@@ -198,6 +198,19 @@ mod tests {
         assert_eq!(args.target, None);
         assert_eq!(args.command, ["sleep", "9"]);
 
+        // With --image alone, the image's Entrypoint + Cmd run.
+        let cli = parse(&["run", "--image", "alpine:3"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.command.is_empty());
+        let cli = parse(&["instance", "start", "--image", "alpine:3"]).unwrap();
+        let Command::Instance(commands::instance::Command::Start(args)) = cli.command else {
+            panic!("not instance start")
+        };
+        assert_eq!(args.target, None);
+        assert!(args.command.is_empty());
+
         let cli = parse(&["instance", "start", "web"]).unwrap();
         let Command::Instance(commands::instance::Command::Start(args)) = cli.command else {
             panic!("not instance start")

@@ -39,10 +39,10 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Args {
     #[command(flatten)]
     pub options: InstanceOptions,
-    /// The command and its arguments
+    /// The command and its arguments [default with --image: the image's Entrypoint + Cmd]
     #[arg(
         value_name = "CMD",
-        required = true,
+        required_unless_present = "image",
         num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true

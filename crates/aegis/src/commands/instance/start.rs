@@ -1,5 +1,5 @@
-//! `aegis instance start`: create an instance running `-- CMD...`, or boot a stopped one named by
-//! id or handle.
+//! `aegis instance start`: create an instance running `-- CMD...` (or, with `--image` alone, the
+//! image's Entrypoint + Cmd), or boot a stopped one named by id or handle.
 
 use std::io::Write;
 
@@ -14,7 +14,11 @@ use crate::Ctx;
 
 /// `aegis instance start`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["target", "command"])))]
+#[command(group(
+    clap::ArgGroup::new("what")
+        .required(true)
+        .args(["target", "command", "image"])
+))]
 pub struct Args {
     /// A stopped instance to boot (id or handle); give `-- CMD...` instead to create one. With
     /// --secret, its secrets are replaced first
@@ -28,7 +32,8 @@ pub struct Args {
     pub target: Option<String>,
     #[command(flatten)]
     pub options: InstanceOptions,
-    /// The command to run as the instance's primary process
+    /// The command to run as the instance's primary process [default with --image: the
+    /// image's Entrypoint + Cmd]
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
