@@ -210,6 +210,11 @@ mod tests {
         };
         assert_eq!(args.target, None);
         assert!(args.command.is_empty());
+        let cli = parse(&["instance", "start", "--image", "alpine:3", "--", "true"]).unwrap();
+        let Command::Instance(commands::instance::Command::Start(args)) = cli.command else {
+            panic!("not instance start")
+        };
+        assert_eq!(args.command, ["true"]);
 
         let cli = parse(&["instance", "start", "web"]).unwrap();
         let Command::Instance(commands::instance::Command::Start(args)) = cli.command else {

@@ -17,6 +17,7 @@ use crate::Ctx;
 #[command(group(
     clap::ArgGroup::new("what")
         .required(true)
+        .multiple(true)
         .args(["target", "command", "image"])
 ))]
 pub struct Args {
@@ -25,7 +26,7 @@ pub struct Args {
     #[arg(
         value_name = "ID|HANDLE",
         conflicts_with_all = [
-            "name", "image", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
+            "command", "name", "image", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
             "idle_stop", "egress"
         ]
     )]
