@@ -126,7 +126,10 @@ impl IdleTimeout {
         if text == "never" {
             return Ok(None);
         }
-        let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+        let (digits, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
         let factor = match unit {
             "" | "s" => 1,
             "m" => 60,

@@ -5,7 +5,11 @@
 //! `AEGIS_BENCH_BOOTS` (default 5) and `AEGIS_BENCH_ROUNDS` (default 50) set the sample sizes.
 
 // Percentile arithmetic on small sample counts; the casts cannot lose anything that matters.
-#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
