@@ -12,6 +12,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use rand::Rng;
+use zeroize::Zeroize;
 
 use super::error::ApiError;
 use super::instances::find;
@@ -50,7 +51,11 @@ pub async fn exec(
     // The image's and the instance's variables, the boot's secrets, then this exec's own.
     let mut env = link.defaults.env.clone();
     link.secrets.inject_into(&mut env);
-    env.extend(req.env);
+    for (key, value) in req.env {
+        if let Some(mut replaced) = env.insert(key, value) {
+            replaced.zeroize();
+        }
+    }
     let mut params = ExecParams {
         exec_id: exec_id.clone(),
         process: ProcessSpec {

@@ -6,6 +6,7 @@ use std::io::Write;
 use anyhow::Context;
 
 use aegis_client::InstanceAction;
+use aegis_proto::api::InstanceStatus;
 
 use crate::args::InstanceOptions;
 use crate::display::label;
@@ -45,10 +46,19 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
     if let Some(target) = args.target {
         if !args.options.secrets.is_empty() {
             // Resolved at each boot: stored first, so this start (or the next) injects them.
-            ctx.client
+            let before = ctx
+                .client
                 .set_instance_secrets(&target, &args.options.secrets)
                 .await
                 .with_context(|| format!("cannot set the secrets of instance {target:?}"))?;
+            if before.state != InstanceStatus::Stopped {
+                eprintln!(
+                    "note: {} is {}: it keeps the secrets it booted with; `aegis instance restart \
+                     {target}` applies the new ones",
+                    label(&before),
+                    before.state
+                );
+            }
         }
         let instance = ctx
             .client
