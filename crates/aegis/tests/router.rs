@@ -142,7 +142,7 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i % 256) as u8).collect()
+    (0..n).map(|i| i.to_le_bytes()[0]).collect()
 }
 
 #[test]

@@ -921,7 +921,7 @@ pub fn render(row: &InstanceRow, spec: &InstanceSpec, vmm_pid: Option<u32>) -> I
         endpoints: spec
             .exposes
             .iter()
-            .map(|e| crate::router::endpoint_view(e))
+            .map(crate::router::endpoint_view)
             .collect(),
         secret_keys: spec.secrets.clone(),
         kit: spec.kit.clone(),

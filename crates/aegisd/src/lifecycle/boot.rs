@@ -227,7 +227,7 @@ pub async fn boot(
         Ok((control, health)) => {
             tracing::info!(
                 pid = vm.pid(),
-                took_ms = started.elapsed().as_millis() as u64,
+                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "guest ready"
             );
             Ok(Guest {
