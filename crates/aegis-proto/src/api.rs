@@ -101,6 +101,10 @@ pub struct CreateInstance {
     /// Outbound network: `all` (default) or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<String>,
+    /// Save a snapshot when stopped (by request or idleness) and restore it at the next wake:
+    /// `on` or `off`. The daemon's default (`AEGIS_SNAPSHOT`, on unless set to off) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// An idle timeout as given: a number of seconds or a string (`"90s"`, `"5m"`, `"never"`).
@@ -220,6 +224,21 @@ pub struct Instance {
     pub idle_stop_secs: Option<u64>,
     /// Whether the guest may open outbound connections.
     pub egress: bool,
+    /// Whether a stop saves a snapshot that the next wake restores.
+    #[serde(default)]
+    pub snapshot: bool,
+    /// The saved snapshot, while the instance is stopped with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_snapshot: Option<SnapshotView>,
+}
+
+/// A stopped instance's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// Size of the memory file in bytes.
+    pub size_bytes: u64,
+    /// RFC 3339 time it was taken.
+    pub created_at: String,
 }
 
 /// `POST /v1/instances/{id}/exec`.
@@ -375,6 +394,9 @@ pub struct Status {
     pub instances: BTreeMap<String, u32>,
     /// Daemon pid.
     pub pid: u32,
+    /// Total size of the snapshots of stopped instances, in bytes.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
 }
 
 /// Every error body: `{"error": "...", "hint": "..."}`.

@@ -88,6 +88,17 @@ pub struct Capabilities {
     pub runtime_port_forwarding: bool,
 }
 
+/// A snapshot written by [`Vm::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    /// The snapshot file.
+    pub path: PathBuf,
+    /// Its size on disk in bytes.
+    pub size_bytes: u64,
+    /// How long writing it took.
+    pub took: Duration,
+}
+
 /// Why a VM is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmExit {
@@ -167,6 +178,20 @@ pub enum VmmError {
         /// The run directory.
         run_dir: PathBuf,
     },
+    /// The backend cannot snapshot or restore VMs.
+    #[error("the {backend} backend cannot snapshot or restore VMs")]
+    SnapshotUnsupported {
+        /// The backend.
+        backend: &'static str,
+    },
+    /// Writing or loading a snapshot failed.
+    #[error("snapshot {} failed: {message}", path.display())]
+    Snapshot {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What the VMM said.
+        message: String,
+    },
     /// A disk image could not be created.
     #[error("cannot create disk {} on {}: {message}", path.display(), base.display())]
     CreateDisk {
@@ -197,7 +222,9 @@ impl VmmError {
             | VmmError::Spawn { .. }
             | VmmError::Command { .. }
             | VmmError::Gone(_)
-            | VmmError::NothingToAttach { .. } => None,
+            | VmmError::NothingToAttach { .. }
+            | VmmError::SnapshotUnsupported { .. }
+            | VmmError::Snapshot { .. } => None,
         }
     }
 }
@@ -214,6 +241,24 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError>;
     /// Re-attaches to a VM started earlier (by this or a previous daemon) in `run_dir`.
     async fn attach(&self, run_dir: &Path) -> Result<Box<dyn Vm>, VmmError>;
+    /// Starts a VM from a snapshot written by [`Vm::snapshot`] of a VM with the same `spec`
+    /// (only the network forwards and the run directory may differ). Returns once the state is
+    /// loaded and the vCPUs run again: the guest carries on where it was paused.
+    ///
+    /// # Errors
+    /// [`VmmError::SnapshotUnsupported`] for backends without snapshots (the default); otherwise
+    /// the start or load failure. The VMM process is gone when this fails.
+    async fn restore(&self, spec: &VmSpec, path: &Path) -> Result<Box<dyn Vm>, VmmError> {
+        let _ = (spec, path);
+        Err(VmmError::SnapshotUnsupported {
+            backend: self.name(),
+        })
+    }
+    /// The VMM program's identity (path and version), recorded with a snapshot: a snapshot is
+    /// only restored by the program that wrote it.
+    fn program_identity(&self) -> String {
+        self.name().to_owned()
+    }
     /// Creates a copy-on-write disk on a read-only base image.
     async fn create_overlay(&self, base: &Path, overlay: &Path) -> Result<(), VmmError>;
 }
@@ -236,6 +281,17 @@ pub trait Vm: Send + Sync + fmt::Debug {
     /// Ends the VM now (no guest cooperation): asks the VMM to quit, then kills it after
     /// `grace`. Returns how it ended.
     async fn kill(&self, grace: Duration) -> VmExit;
+    /// Writes the memory and device state of a *paused* VM to `path` (replaced if it exists).
+    /// The VM stays paused and should be ended afterwards: its disk must not change any more
+    /// for the snapshot to be restorable.
+    ///
+    /// # Errors
+    /// [`VmmError::SnapshotUnsupported`] for backends without snapshots (the default), or the
+    /// write failure.
+    async fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, VmmError> {
+        let _ = path;
+        Err(VmmError::SnapshotUnsupported { backend: "this" })
+    }
     /// Forwards a host loopback port to a guest port while the VM runs.
     async fn add_forward(&self, forward: PortForward) -> Result<(), VmmError>;
     /// Removes a forward added earlier.

@@ -44,6 +44,10 @@ pub struct InstanceOptions {
     /// Outbound network access of the guest
     #[arg(long, value_name = "all|none", value_parser = ["all", "none"])]
     pub egress: Option<String>,
+    /// Save a snapshot on `aegis instance stop` and idle stops, and wake from it (default: the
+    /// daemon's AEGIS_SNAPSHOT, on)
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    pub snapshot: Option<String>,
     /// Inject this secret (`aegis secret set`) as an environment variable; repeatable, '*' for
     /// all. Resolved at each boot; an explicit --env of the same name wins
     #[arg(long = "secret", value_name = "KEY|*", value_parser = parse_secret_selector)]
@@ -65,6 +69,7 @@ impl InstanceOptions {
             idle_pause: self.idle_pause,
             idle_stop: self.idle_stop,
             egress: self.egress,
+            snapshot: self.snapshot,
             secrets: self.secrets,
             ..CreateInstance::default()
         }

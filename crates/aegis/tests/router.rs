@@ -151,7 +151,7 @@ fn routing_wake_and_scale_to_zero() {
     let (web, raw) = (free_port(), free_port());
     let script = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, SERVER);
     d.aegis([
-        "instance", "start", "--name", "web", "--idle-pause", "never",
+        "instance", "start", "--name", "web", "--idle-pause", "never", "--snapshot", "off",
         "--expose", &format!("{web}:8000/http"), "--expose", &format!("{raw}:9000"),
         "--", "sh", "-c",
         &format!("echo {script} | base64 -d > /root/srv.py; while [ ! -e /root/go ]; do sleep 0.2; done; exec python3 -u /root/srv.py"),

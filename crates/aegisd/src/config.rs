@@ -21,6 +21,9 @@ pub const VCPU_RANGE: (u32, u32) = (1, 64);
 /// The image used when none is given; built by the set-up step.
 pub const DEFAULT_IMAGE: &str = "aegis.local/default:latest";
 
+/// Daemon-wide default of the per-instance `snapshot` setting: `on` (default) or `off`.
+pub const SNAPSHOT_ENV: &str = "AEGIS_SNAPSHOT";
+
 /// Where a daemon keeps its files.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,6 +33,9 @@ pub struct Config {
     pub harness: PathBuf,
     /// Grace period between SIGTERM and SIGKILL for guest processes on a graceful stop.
     pub stop_grace: Duration,
+    /// Whether instances created without a `snapshot` setting save a snapshot when stopped
+    /// (`AEGIS_SNAPSHOT=on|off`, default on).
+    pub snapshot_default: bool,
 }
 
 impl Config {
@@ -43,10 +49,15 @@ impl Config {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(default_harness);
+        let snapshot_default = !matches!(
+            std::env::var(SNAPSHOT_ENV).as_deref().map(str::trim),
+            Ok("off" | "0" | "false" | "no")
+        );
         Config {
             home,
             harness,
             stop_grace: Duration::from_secs(5),
+            snapshot_default,
         }
     }
 

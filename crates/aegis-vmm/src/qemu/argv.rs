@@ -166,6 +166,13 @@ pub fn build(spec: &VmSpec, files: &RunFiles) -> Vec<OsString> {
     args
 }
 
+/// The arguments that make QEMU load a snapshot file instead of booting.
+pub fn incoming(snapshot: &Path) -> [OsString; 2] {
+    let mut uri = OsString::from("file:");
+    uri.push(snapshot.as_os_str());
+    [OsString::from("-incoming"), uri]
+}
+
 fn path_arg(args: &mut Vec<OsString>, flag: &str, prefix: &str, path: &Path, suffix: &str) {
     args.push(OsString::from(flag));
     let mut value = OsString::from(prefix);

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 use self::argv::RunFiles;
 use self::qmp::Qmp;
-use crate::vmm::{Capabilities, ControlEndpoint, PortForward, Vm, VmExit, VmSpec, Vmm, VmmError};
+use crate::vmm::{
+    Capabilities, ControlEndpoint, PortForward, SnapshotInfo, Vm, VmExit, VmSpec, Vmm, VmmError,
+};
 
 /// Environment variable overriding the QEMU program.
 pub const QEMU_ENV: &str = "AEGIS_QEMU";
@@ -23,6 +25,17 @@ pub const QEMU_ENV: &str = "AEGIS_QEMU";
 /// How long QEMU gets to open its QMP socket after it was started. Start-up is fast (well under a
 /// second) even under TCG; this bound only catches a wedged host.
 pub const QMP_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long writing a snapshot may take. Measured: ~0.8 s for a 256 MiB guest under TCG; the
+/// bound leaves room for several GiB on a slow disk, and a wedged migration is cancelled.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long QEMU may take to load a snapshot given with `-incoming`. Measured: ~0.2 s for a
+/// 256 MiB guest; the bound only catches a wedged host.
+pub const RESTORE_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often a running migration is polled.
+const MIGRATION_POLL: Duration = Duration::from_millis(10);
 
 /// The QEMU program for this host's architecture.
 pub fn default_program() -> String {
@@ -52,37 +65,20 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct QemuVmm {
     program: String,
+    identity: std::sync::OnceLock<String>,
 }
 
 impl QemuVmm {
     /// A backend using `program` (see [`default_program`]).
     pub fn new(program: String) -> QemuVmm {
-        QemuVmm { program }
-    }
-}
-
-impl Default for QemuVmm {
-    fn default() -> Self {
-        QemuVmm::new(default_program())
-    }
-}
-
-#[async_trait]
-impl Vmm for QemuVmm {
-    fn name(&self) -> &'static str {
-        "qemu"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            pause_resume: true,
-            snapshot: false,
-            port_forwarding: true,
-            runtime_port_forwarding: true,
+        QemuVmm {
+            program,
+            identity: std::sync::OnceLock::new(),
         }
     }
 
-    async fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
+    /// Spawns QEMU for `spec` (loading `incoming` when given) and connects to its QMP socket.
+    async fn spawn(&self, spec: &VmSpec, incoming: Option<&Path>) -> Result<QemuVm, VmmError> {
         let program = find_program(&self.program).ok_or_else(|| VmmError::VmmMissing {
             program: self.program.clone(),
         })?;
@@ -94,7 +90,10 @@ impl Vmm for QemuVmm {
         for stale in [&files.qmp, &files.control, &files.pid] {
             let _ = std::fs::remove_file(stale);
         }
-        let args = argv::build(spec, &files);
+        let mut args = argv::build(spec, &files);
+        if let Some(path) = incoming {
+            args.extend(argv::incoming(path));
+        }
         tracing::debug!(program = %program.display(), ?args, "starting qemu");
         let mut child = process::spawn_detached(&program, &args, &files.qemu_log)?;
         let pid = child.id().unwrap_or(0);
@@ -131,14 +130,134 @@ impl Vmm for QemuVmm {
             };
             tx.send_if_modified(|cur| set_once(cur, exit));
         });
-        Ok(Box::new(QemuVm::new(
+        Ok(QemuVm::new(
             pid,
             spec.run_dir.clone(),
             files,
             qmp,
             exit_tx,
             exit_rx,
-        )))
+        ))
+    }
+}
+
+/// Waits until QEMU has loaded an incoming snapshot, then lets the vCPUs run.
+async fn finish_restore(vm: &QemuVm, path: &Path) -> Result<(), VmmError> {
+    let failed = |message: String| VmmError::Snapshot {
+        path: path.to_path_buf(),
+        message,
+    };
+    let deadline = tokio::time::Instant::now() + RESTORE_LOAD_TIMEOUT;
+    loop {
+        if let Some(exit) = vm.exit_rx.borrow().clone() {
+            return Err(failed(format!(
+                "QEMU could not load it ({exit}): {}",
+                process::log_tail(&vm.files.qemu_log)
+            )));
+        }
+        let status = match vm.qmp("query-status", Value::Null).await {
+            Ok(status) => status,
+            // QEMU exits when the load fails; the next round reports how.
+            Err(VmmError::Gone(_)) | Err(VmmError::Command { .. })
+                if vm.wait_exit(Duration::from_secs(2)).await.is_some() =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        match status.get("status").and_then(Value::as_str).unwrap_or("") {
+            // Loaded. The snapshot was taken of a paused VM, so QEMU keeps it paused.
+            "paused" | "postmigrate" | "prelaunch" => return vm.resume().await,
+            "running" => return Ok(()),
+            "inmigrate" | "restore-vm" => {}
+            other => return Err(failed(format!("QEMU is in state {other:?} after loading"))),
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(failed(format!(
+                "not loaded within {}s",
+                RESTORE_LOAD_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(MIGRATION_POLL).await;
+    }
+}
+
+/// `path`, its size and modification time, and the first line of `--version`.
+fn identify(program: &Path) -> String {
+    let meta = std::fs::metadata(program).ok();
+    let size = meta.as_ref().map_or(0, std::fs::Metadata::len);
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let version = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} ({size} bytes, mtime {mtime}): {version}",
+        program.display()
+    )
+}
+
+impl Default for QemuVmm {
+    fn default() -> Self {
+        QemuVmm::new(default_program())
+    }
+}
+
+#[async_trait]
+impl Vmm for QemuVmm {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_resume: true,
+            snapshot: true,
+            port_forwarding: true,
+            runtime_port_forwarding: true,
+        }
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
+        Ok(Box::new(self.spawn(spec, None).await?))
+    }
+
+    /// Starts QEMU with the same command line as a cold start plus `-incoming file:<path>`,
+    /// waits for the load to finish and continues the vCPUs (`cont` is done here, so the
+    /// returned VM runs like a freshly started one).
+    async fn restore(&self, spec: &VmSpec, path: &Path) -> Result<Box<dyn Vm>, VmmError> {
+        if !path.is_file() {
+            return Err(VmmError::Snapshot {
+                path: path.to_path_buf(),
+                message: "the file is missing".to_owned(),
+            });
+        }
+        let vm = self.spawn(spec, Some(path)).await?;
+        if let Err(e) = finish_restore(&vm, path).await {
+            vm.kill(Duration::from_secs(2)).await;
+            return Err(e);
+        }
+        Ok(Box::new(vm))
+    }
+
+    fn program_identity(&self) -> String {
+        self.identity
+            .get_or_init(|| match find_program(&self.program) {
+                Some(path) => identify(&path),
+                None => format!("{} (not found)", self.program),
+            })
+            .clone()
     }
 
     async fn attach(&self, run_dir: &Path) -> Result<Box<dyn Vm>, VmmError> {
@@ -318,6 +437,64 @@ impl Vm for QemuVm {
                 exit
             }
         }
+    }
+
+    /// `migrate` to `file:<path>` (QEMU ≥ 9.0), polled with `query-migrate` until it completed,
+    /// failed or ran past [`SNAPSHOT_TIMEOUT`] (then cancelled).
+    async fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, VmmError> {
+        let started = std::time::Instant::now();
+        let failed = |message: String| VmmError::Snapshot {
+            path: path.to_path_buf(),
+            message,
+        };
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(VmmError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        let mut uri = String::from("file:");
+        uri.push_str(&path.to_string_lossy());
+        self.qmp("migrate", serde_json::json!({ "uri": uri }))
+            .await?;
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_TIMEOUT;
+        loop {
+            let info = self.qmp("query-migrate", Value::Null).await?;
+            match info.get("status").and_then(Value::as_str).unwrap_or("") {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    let desc = info
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given");
+                    return Err(failed(format!("migration failed: {desc}")));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = self.qmp("migrate_cancel", Value::Null).await;
+                return Err(failed(format!(
+                    "not written within {}s",
+                    SNAPSHOT_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(MIGRATION_POLL).await;
+        }
+        let size_bytes = std::fs::metadata(path)
+            .map_err(|source| VmmError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        Ok(SnapshotInfo {
+            path: path.to_path_buf(),
+            size_bytes,
+            took: started.elapsed(),
+        })
     }
 
     async fn add_forward(&self, forward: PortForward) -> Result<(), VmmError> {

@@ -36,6 +36,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
         capabilities,
         instances,
         pid: std::process::id(),
+        snapshot_bytes: crate::lifecycle::snapshot::total_bytes(&state.ctx.config.instances_dir()),
     })
 }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_image::manifest::ImageConfig;
-use aegis_proto::api::{Instance, InstanceStatus};
-use aegis_proto::control::{Method, ProcessSpec, ShutdownParams, SpawnResult};
+use aegis_proto::api::{Instance, InstanceStatus, SnapshotView};
+use aegis_proto::control::{Method, ProcessSpec, SetTimeParams, ShutdownParams, SpawnResult};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,6 +23,7 @@ use super::boot::{self, BootError, BootPlan, Guest};
 use super::command::{Booted, Command, GuestLink, LifecycleError, Reply, StopMode};
 use super::idle;
 use super::output::OutputRouter;
+use super::snapshot::{Fingerprint, SnapshotFiles};
 use super::spec::InstanceSpec;
 use super::state::{next, Event};
 use super::Ctx;
@@ -90,6 +91,8 @@ pub struct Actor {
     last_active: Instant,
     /// When the current pause began.
     paused_since: Option<Instant>,
+    /// The snapshot saved at the last stop, until it is restored or discarded.
+    saved: Option<SnapshotView>,
 }
 
 /// What the actor decided after a command.
@@ -108,7 +111,10 @@ impl Actor {
         connections: Arc<AtomicUsize>,
     ) -> (Actor, mpsc::Sender<Command>, watch::Receiver<Instance>) {
         let (tx, rx) = mpsc::channel(64);
-        let view = render(&row, &spec, None);
+        let saved = SnapshotFiles::new(&ctx.config.instance_dir(&row.id))
+            .load()
+            .map(|m| m.view());
+        let view = render(&row, &spec, None, saved.clone());
         let (snapshot, snapshot_rx) = watch::channel(view);
         let actor = Actor {
             ctx,
@@ -123,6 +129,7 @@ impl Actor {
             connections,
             last_active: Instant::now(),
             paused_since: None,
+            saved,
         };
         (actor, tx, snapshot_rx)
     }
@@ -186,7 +193,7 @@ impl Actor {
             Some(idle::IdleAction::Stop) => {
                 let secs = self.spec.idle_stop_secs.unwrap_or_default();
                 let reason = format!("paused for {secs}s: stopped (idle)");
-                if let Err(e) = self.stop(StopMode::Graceful, &reason).await {
+                if let Err(e) = self.stop_saving(&reason).await {
                     tracing::warn!(error = %e, "idle stop failed");
                 }
             }
@@ -239,7 +246,10 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Command::Stop { mode, reply } => {
-                let r = self.stop(mode, "stopped by request").await;
+                let r = match mode {
+                    StopMode::Graceful => self.stop_saving("stopped by request").await,
+                    StopMode::Force => self.stop(mode, "stopped by request").await,
+                };
                 let _ = reply.send(r);
             }
             Command::Disable { reply } => {
@@ -248,7 +258,10 @@ impl Actor {
             }
             Command::Restart { reply } => {
                 let r = match self.stop(StopMode::Graceful, "restarting").await {
-                    Ok(_) => self.start().await,
+                    Ok(_) => {
+                        self.discard_snapshot("restart");
+                        self.start().await
+                    }
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(r);
@@ -401,10 +414,6 @@ impl Actor {
         self.row.reason = None;
         self.row.exit_code = None;
         self.touch();
-        self.log.system(format!(
-            "booting ({} MiB, {} vCPU)",
-            self.spec.memory_mib, self.spec.vcpus
-        ));
         self.persist_status().await?;
         let ctx = Arc::clone(&self.ctx);
         let id = self.id();
@@ -413,14 +422,17 @@ impl Actor {
         let (sink, output) =
             OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), generation);
         let tx = self.tx.clone();
+        let log = Arc::clone(&self.log);
         tokio::spawn(async move {
-            let result = boot_task(&ctx, &id, &spec, hostname, sink, output, &cancel).await;
+            let result = boot_task(&ctx, &id, &spec, hostname, &log, sink, output, &cancel).await;
+            let result = result.map(Box::new);
             let _ = tx.send(Command::BootFinished { generation, result }).await;
         });
         Ok(())
     }
 
-    async fn boot_finished(&mut self, result: Result<Booted, LifecycleError>) {
+    async fn boot_finished(&mut self, result: Result<Box<Booted>, LifecycleError>) {
+        let result = result.map(|booted| *booted);
         let State::Starting {
             waiters,
             deferred,
@@ -448,30 +460,19 @@ impl Actor {
                     guest: booted.guest,
                 };
                 self.watch_vm(&live);
-                match self.start_primary(&live, process).await {
-                    Ok(pid) => {
-                        self.log.system(format!("running (guest pid {pid})"));
-                        self.state = State::Running(live);
-                        let _ = self.persist_status().await;
-                        for w in waiters {
-                            let _ = w.send(self.link().map(|l| GuestLink { woke: true, ..l }));
-                        }
+                if booted.restored {
+                    self.saved = None;
+                    self.correct_clock(&live).await;
+                    self.log
+                        .system("restored from the snapshot: the processes carry on");
+                    self.state = State::Running(live);
+                    let _ = self.persist_status().await;
+                    for w in waiters {
+                        let _ = w.send(self.link().map(|l| GuestLink { woke: true, ..l }));
                     }
-                    Err(e) => {
-                        let reason = format!(
-                            "cannot start the process: {}",
-                            crate::images::error_chain(&e)
-                        );
-                        self.log.system(reason.clone());
-                        self.state = State::Running(live);
-                        let _ = self.stop(StopMode::Graceful, &reason).await;
-                        for w in waiters {
-                            let _ = w.send(Err(LifecycleError::Stopped {
-                                id: self.id(),
-                                reason: reason.clone(),
-                            }));
-                        }
-                    }
+                } else {
+                    self.saved = None;
+                    self.run_primary(live, process, waiters).await;
                 }
             }
             Ok(booted) => {
@@ -496,39 +497,101 @@ impl Actor {
                     }));
                 }
             }
-            Err(e) => {
-                let cancelled = matches!(
-                    &e,
-                    LifecycleError::Boot {
-                        source: BootError::Cancelled,
-                        ..
-                    }
-                );
-                let reason = if cancelled {
-                    "boot cancelled".to_owned()
-                } else {
-                    format!("boot failed: {}", crate::images::error_chain(&e))
-                };
-                self.log.system(reason.clone());
-                if !cancelled {
-                    tracing::warn!(%reason, "boot failed");
-                }
-                self.settle_stopped(reason.clone()).await;
-                let mut first = Some(e);
-                for w in waiters {
-                    let err = first.take().unwrap_or_else(|| LifecycleError::Stopped {
-                        id: self.id(),
-                        reason: reason.clone(),
-                    });
-                    let _ = w.send(Err(err));
-                }
-            }
+            Err(e) => self.boot_failed(e, waiters).await,
         }
         for cmd in deferred {
             if let Flow::End = Box::pin(self.handle(cmd)).await {
                 // Deleted or shut down: drain nothing further; the mailbox loop ends too.
                 self.rx.close();
             }
+        }
+    }
+
+    /// Sets the guest's wall clock after a restore: it stood still while the VM was on disk.
+    async fn correct_clock(&self, live: &Live) {
+        let unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let res: Result<serde_json::Value, _> = live
+            .link
+            .control
+            .call(
+                Method::SetTime,
+                &SetTimeParams { unix_nanos },
+                CONTROL_CALL_TIMEOUT,
+            )
+            .await;
+        if let Err(e) = res {
+            self.log.system(format!(
+                "cannot correct the guest clock after the restore: {e}"
+            ));
+            tracing::warn!(error = %e, "set_time failed after restore");
+        }
+    }
+
+    /// Starts the primary process of a freshly booted guest and answers the waiters.
+    async fn run_primary(
+        &mut self,
+        live: Live,
+        process: ProcessSpec,
+        waiters: Vec<Reply<GuestLink>>,
+    ) {
+        {
+            match self.start_primary(&live, process).await {
+                Ok(pid) => {
+                    self.log.system(format!("running (guest pid {pid})"));
+                    self.state = State::Running(live);
+                    let _ = self.persist_status().await;
+                    for w in waiters {
+                        let _ = w.send(self.link().map(|l| GuestLink { woke: true, ..l }));
+                    }
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "cannot start the process: {}",
+                        crate::images::error_chain(&e)
+                    );
+                    self.log.system(reason.clone());
+                    self.state = State::Running(live);
+                    let _ = self.stop(StopMode::Graceful, &reason).await;
+                    for w in waiters {
+                        let _ = w.send(Err(LifecycleError::Stopped {
+                            id: self.id(),
+                            reason: reason.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a failed boot and answers the waiters.
+    async fn boot_failed(&mut self, e: LifecycleError, waiters: Vec<Reply<GuestLink>>) {
+        let cancelled = matches!(
+            &e,
+            LifecycleError::Boot {
+                source: BootError::Cancelled,
+                ..
+            }
+        );
+        let reason = if cancelled {
+            "boot cancelled".to_owned()
+        } else {
+            format!("boot failed: {}", crate::images::error_chain(&e))
+        };
+        self.log.system(reason.clone());
+        if !cancelled {
+            tracing::warn!(%reason, "boot failed");
+        }
+        self.settle_stopped(reason.clone()).await;
+        let mut first = Some(e);
+        for w in waiters {
+            let err = first.take().unwrap_or_else(|| LifecycleError::Stopped {
+                id: self.id(),
+                reason: reason.clone(),
+            });
+            let _ = w.send(Err(err));
         }
     }
 
@@ -596,6 +659,8 @@ impl Actor {
         }
         self.spec.secrets = secrets;
         self.persist_spec().await?;
+        // A restored VM keeps the environment it had: start the next one fresh.
+        self.discard_snapshot("the secrets changed");
         let shown = if self.spec.secrets.is_empty() {
             "none".to_owned()
         } else {
@@ -644,6 +709,98 @@ impl Actor {
         Ok(self.view())
     }
 
+    /// Stops by request or idleness: saves a snapshot when the instance wants one (pause,
+    /// write, end the VM), else, or when saving fails, stops gracefully.
+    async fn stop_saving(&mut self, reason: &str) -> Result<Instance, LifecycleError> {
+        let wanted = self.spec.snapshot && self.ctx.boot.vmm.capabilities().snapshot;
+        let (live, was_paused) = match std::mem::replace(&mut self.state, State::Stopped) {
+            State::Running(live) if wanted && live.guest.spec.is_some() => (live, false),
+            State::Paused(live) if wanted && live.guest.spec.is_some() => (live, true),
+            other => {
+                self.state = other;
+                return self.stop(StopMode::Graceful, reason).await;
+            }
+        };
+        let files = SnapshotFiles::new(&self.ctx.config.instance_dir(&self.row.id));
+        let written = async {
+            if !was_paused {
+                live.guest.vm.pause().await.map_err(|e| e.to_string())?;
+            }
+            std::fs::create_dir_all(&files.dir)
+                .map_err(|e| format!("cannot create {}: {e}", files.dir.display()))?;
+            live.guest
+                .vm
+                .snapshot(&files.memory)
+                .await
+                .map_err(|e| crate::images::error_chain(&e))
+        }
+        .await;
+        let info = match written {
+            Ok(info) => info,
+            Err(why) => {
+                files.discard();
+                self.log.system(format!(
+                    "cannot save a snapshot ({why}): stopping without one"
+                ));
+                tracing::warn!(%why, "snapshot failed");
+                self.state = State::Paused(live);
+                return self.stop(StopMode::Graceful, reason).await;
+            }
+        };
+        let exit = live.guest.vm.kill(KILL_GRACE).await;
+        let spec = live.guest.spec.clone();
+        let fingerprint = spec.as_ref().map(|spec| {
+            Fingerprint::of(
+                spec,
+                self.spec.image_digest.clone(),
+                self.ctx.boot.vmm.program_identity(),
+            )
+        });
+        let overlay = self
+            .ctx
+            .config
+            .instance_dir(&self.row.id)
+            .join("root.qcow2");
+        let manifest = match fingerprint {
+            Some(Ok(fp)) => files
+                .write_manifest(fp, &overlay, &info)
+                .map_err(|e| e.to_string()),
+            Some(Err(e)) => Err(format!("cannot examine the guest kernel: {e}")),
+            None => Err("the VM's start parameters are unknown".to_owned()),
+        };
+        match manifest {
+            Ok(manifest) => {
+                self.log.system(format!(
+                    "stopped: {reason}; snapshot saved ({} MiB in {} ms)",
+                    info.size_bytes / (1024 * 1024),
+                    info.took.as_millis()
+                ));
+                tracing::info!(%exit, reason, size = info.size_bytes, took_ms = manifest.write_ms, "stopped with a snapshot");
+                self.saved = Some(manifest.view());
+            }
+            Err(why) => {
+                files.discard();
+                self.log.system(format!(
+                    "stopped: {reason}; the snapshot could not be recorded ({why}) and was discarded"
+                ));
+                tracing::warn!(%why, "snapshot manifest failed");
+            }
+        }
+        self.settle_stopped(reason.to_owned()).await;
+        Ok(self.view())
+    }
+
+    /// Removes the instance's snapshot, if it has one, saying why in its log.
+    fn discard_snapshot(&mut self, why: &str) {
+        let files = SnapshotFiles::new(&self.ctx.config.instance_dir(&self.row.id));
+        if files.dir.exists() {
+            files.discard();
+            self.log.system(format!("snapshot discarded: {why}"));
+        }
+        self.saved = None;
+        self.publish();
+    }
+
     /// Records the stopped state (the VM is already gone).
     async fn settle_stopped(&mut self, reason: String) {
         self.state = State::Stopped;
@@ -657,6 +814,7 @@ impl Actor {
     async fn disable(&mut self) -> Result<Instance, LifecycleError> {
         self.row.enabled = false;
         self.stop(StopMode::Graceful, "disabled").await?;
+        self.discard_snapshot("disabled");
         self.persist().await?;
         Ok(self.view())
     }
@@ -897,7 +1055,7 @@ impl Actor {
         };
         let mut row = self.row.clone();
         row.status = self.state.status().as_str().to_owned();
-        render(&row, &self.spec, pid)
+        render(&row, &self.spec, pid, self.saved.clone())
     }
 }
 
@@ -906,7 +1064,12 @@ fn unreachable_state() {
 }
 
 /// Builds the API view of an instance.
-pub fn render(row: &InstanceRow, spec: &InstanceSpec, vmm_pid: Option<u32>) -> Instance {
+pub fn render(
+    row: &InstanceRow,
+    spec: &InstanceSpec,
+    vmm_pid: Option<u32>,
+    saved: Option<SnapshotView>,
+) -> Instance {
     Instance {
         id: row.id.clone(),
         handle: row.handle.clone(),
@@ -934,19 +1097,29 @@ pub fn render(row: &InstanceRow, spec: &InstanceSpec, vmm_pid: Option<u32>) -> I
         idle_pause_secs: spec.idle_pause_secs,
         idle_stop_secs: spec.idle_stop_secs,
         egress: spec.egress,
+        snapshot: spec.snapshot,
+        saved_snapshot: saved,
     }
 }
 
-/// Resolves the image and boots the guest (runs in its own task).
+/// Resolves the image and brings the guest up (runs in its own task): from the instance's
+/// snapshot when there is a usable one, else by a cold boot. A snapshot that cannot be used is
+/// discarded with a system log line; either way none is left once the guest runs.
+#[allow(clippy::too_many_arguments)]
 async fn boot_task(
     ctx: &Arc<Ctx>,
     id: &str,
     spec: &InstanceSpec,
     hostname: String,
+    log: &InstanceLog,
     sink: crate::control::NotificationSink,
     output: OutputRouter,
     cancel: &CancellationToken,
 ) -> Result<Booted, LifecycleError> {
+    let boot_err = |source| LifecycleError::Boot {
+        id: id.to_owned(),
+        source,
+    };
     let (image_ref, digest) = (spec.image_ref.clone(), spec.image_digest.clone());
     let images = ctx.images.clone();
     let resolved =
@@ -974,17 +1147,100 @@ async fn boot_task(
         egress: spec.egress,
         forwards: Vec::new(),
     };
-    let guest = boot::boot(&ctx.boot, &plan, sink, cancel)
+    let prepared = boot::prepare(&ctx.boot, &plan).await.map_err(boot_err)?;
+    let files = SnapshotFiles::new(&dir);
+    let restored = try_restore(ctx, spec, &plan, &prepared, &files, log, &sink, cancel)
         .await
-        .map_err(|source| LifecycleError::Boot {
-            id: id.to_owned(),
-            source,
-        })?;
+        .map_err(boot_err)?;
+    if let Some(guest) = restored {
+        return Ok(Booted {
+            guest,
+            image: resolved.config,
+            output,
+            restored: true,
+        });
+    }
+    log.system(format!(
+        "booting ({} MiB, {} vCPU)",
+        spec.memory_mib, spec.vcpus
+    ));
+    let guest = boot::launch(&ctx.boot, prepared, boot::Origin::Boot, sink, cancel)
+        .await
+        .map_err(boot_err)?;
     Ok(Booted {
         guest,
         image: resolved.config,
         output,
+        restored: false,
     })
+}
+
+/// Restores the instance's snapshot if it has a usable one. `Ok(None)` means cold-boot: there
+/// was none, or it was discarded (with a log line saying why).
+#[allow(clippy::too_many_arguments)]
+async fn try_restore(
+    ctx: &Ctx,
+    spec: &InstanceSpec,
+    plan: &BootPlan,
+    prepared: &boot::Prepared,
+    files: &SnapshotFiles,
+    log: &InstanceLog,
+    sink: &crate::control::NotificationSink,
+    cancel: &CancellationToken,
+) -> Result<Option<Guest>, BootError> {
+    if !files.dir.exists() {
+        return Ok(None);
+    }
+    if !spec.snapshot || !ctx.boot.vmm.capabilities().snapshot {
+        files.discard();
+        return Ok(None);
+    }
+    let now = Fingerprint::of(
+        &prepared.spec,
+        spec.image_digest.clone(),
+        ctx.boot.vmm.program_identity(),
+    );
+    let checked = match now {
+        Ok(now) => files.check(&now, &plan.overlay).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot examine the guest kernel: {e}")),
+    };
+    let manifest = match checked {
+        Ok(manifest) => manifest,
+        Err(why) => {
+            log.system(format!("snapshot discarded, cold-booting instead: {why}"));
+            tracing::warn!(%why, "snapshot unusable");
+            files.discard();
+            return Ok(None);
+        }
+    };
+    log.system(format!(
+        "waking from the snapshot of {} ({} MiB)",
+        manifest.created_at,
+        manifest.size_bytes / (1024 * 1024)
+    ));
+    let started = Instant::now();
+    let origin = boot::Origin::Snapshot(&files.memory);
+    match boot::launch(&ctx.boot, prepared.clone(), origin, sink.clone(), cancel).await {
+        Ok(guest) => {
+            // Used once: the disk moves on from here, so the snapshot would no longer match it.
+            files.discard();
+            tracing::info!(
+                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "restored from snapshot"
+            );
+            Ok(Some(guest))
+        }
+        Err(BootError::Cancelled) => Err(BootError::Cancelled),
+        Err(e) => {
+            let why = crate::images::error_chain(&e);
+            log.system(format!(
+                "snapshot discarded, cold-booting instead: the restore failed: {why}"
+            ));
+            tracing::warn!(%why, "restore failed");
+            files.discard();
+            Ok(None)
+        }
+    }
 }
 
 /// Stops a guest: through its harness (graceful) with a deadline, then by killing the VMM.

@@ -27,6 +27,11 @@ pub const HARNESS_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for the VMM's exit to be reported after its control socket closed.
 const VMM_EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a restored guest's harness gets to answer after its vCPUs run again. Measured:
+/// ~230 ms under TCG; a harness that has not answered after this long is taken as a snapshot
+/// that does not work, and the instance cold-boots instead.
+pub const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a re-attached harness gets to answer (it is already running).
 pub const ATTACH_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -79,6 +84,17 @@ pub struct Guest {
     pub control: ControlChannel,
     /// The harness's first health answer.
     pub health: HealthResult,
+    /// What the VM was started with; `None` for a VM re-attached after a daemon restart.
+    pub spec: Option<Box<VmSpec>>,
+}
+
+/// A VM ready to be started: its spec, with the ingress forward chosen.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The VM.
+    pub spec: VmSpec,
+    /// Host port forwarded to the harness's ingress proxy.
+    pub ingress_port: u16,
 }
 
 /// Why a guest could not be booted or re-attached.
@@ -147,7 +163,7 @@ impl BootError {
     }
 }
 
-/// Boots a guest and waits for its harness.
+/// Boots a guest cold and waits for its harness ([`prepare`], then [`launch`]).
 ///
 /// # Errors
 /// [`BootError`] naming the failed step; the VMM process is killed on failure.
@@ -157,7 +173,16 @@ pub async fn boot(
     sink: NotificationSink,
     cancel: &CancellationToken,
 ) -> Result<Guest, BootError> {
-    let started = Instant::now();
+    let prepared = prepare(env, plan).await?;
+    launch(env, prepared, Origin::Boot, sink, cancel).await
+}
+
+/// Locates the kernel, builds the initramfs, creates the overlay if needed and picks the
+/// ingress port: everything a start or a restore needs.
+///
+/// # Errors
+/// [`BootError`] naming the missing piece.
+pub async fn prepare(env: &BootEnv, plan: &BootPlan) -> Result<Prepared, BootError> {
     let kernel = GuestKernel::locate(&env.kernel_dir).map_err(BootError::Kernel)?;
     let (harness, cache_dir) = (env.harness.clone(), env.cache_dir.clone());
     let kernel_for_initramfs = kernel.clone();
@@ -212,21 +237,51 @@ pub async fn boot(
         },
         accelerator: env.accelerator,
     };
+    Ok(Prepared { spec, ingress_port })
+}
+
+/// How a VM comes up.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A cold boot.
+    Boot,
+    /// A restore from this snapshot file.
+    Snapshot(&'a Path),
+}
+
+/// Starts a prepared guest (booted or restored) and waits for its harness.
+///
+/// # Errors
+/// [`BootError`] naming the failed step; the VMM process is killed on failure.
+pub async fn launch(
+    env: &BootEnv,
+    prepared: Prepared,
+    origin: Origin<'_>,
+    sink: NotificationSink,
+    cancel: &CancellationToken,
+) -> Result<Guest, BootError> {
+    let started = Instant::now();
     if cancel.is_cancelled() {
         return Err(BootError::Cancelled);
     }
-    let vm = env.vmm.start(&spec).await.map_err(BootError::Vmm)?;
+    let Prepared { spec, ingress_port } = prepared;
+    let (vm, timeout) = match origin {
+        Origin::Boot => (env.vmm.start(&spec).await, env.ready_timeout),
+        Origin::Snapshot(path) => (env.vmm.restore(&spec, path).await, RESTORE_READY_TIMEOUT),
+    };
+    let vm = vm.map_err(BootError::Vmm)?;
     // Kept beside the VM so a re-attaching daemon finds the ingress forward again.
-    let _ = std::fs::write(plan.run_dir.join(INGRESS_FILE), ingress_port.to_string());
+    let _ = std::fs::write(spec.run_dir.join(INGRESS_FILE), ingress_port.to_string());
     let ingress = Some(SocketAddr::from(([127, 0, 0, 1], ingress_port)));
     let ready = tokio::select! {
-        r = connect_ready(vm.as_ref(), sink, env.ready_timeout, true) => r,
+        r = connect_ready(vm.as_ref(), sink, timeout, true) => r,
         () = cancel.cancelled() => Err(BootError::Cancelled),
     };
     match ready {
         Ok((control, health)) => {
             tracing::info!(
                 pid = vm.pid(),
+                restored = matches!(origin, Origin::Snapshot(_)),
                 took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "guest ready"
             );
@@ -235,6 +290,7 @@ pub async fn boot(
                 ingress,
                 control,
                 health,
+                spec: Some(Box::new(spec)),
             })
         }
         Err(e) => {
@@ -266,6 +322,7 @@ pub async fn attach(
         ingress,
         control,
         health,
+        spec: None,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct Booted {
     pub image: ImageConfig,
     /// The guest's output router.
     pub output: OutputRouter,
+    /// Whether the guest was restored from a snapshot (its processes already run).
+    pub restored: bool,
 }
 
 /// What a caller needs to use a running guest: its channel, its output router, and the
@@ -136,8 +138,8 @@ pub enum Command {
     BootFinished {
         /// Which boot.
         generation: u64,
-        /// Its outcome.
-        result: Result<Booted, LifecycleError>,
+        /// Its outcome (boxed: a guest is large next to the other messages).
+        result: Result<Box<Booted>, LifecycleError>,
     },
     /// Sent by the VMM watcher.
     VmExited {

@@ -336,6 +336,9 @@ impl Instances {
             }
         }
         let mut spec = InstanceSpec::from_request(&req)?;
+        if req.snapshot.is_none() {
+            spec.snapshot = self.ctx.config.snapshot_default;
+        }
         // A missing or broken secret fails the create before anything is stored (and again at
         // each boot, where the values are resolved for real).
         spec.secrets = self.ctx.secrets.check(&spec.secrets).await?;

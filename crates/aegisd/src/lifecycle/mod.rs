@@ -7,6 +7,7 @@ pub mod command;
 pub mod idle;
 pub mod instances;
 pub mod output;
+pub mod snapshot;
 pub mod spec;
 pub mod state;
 

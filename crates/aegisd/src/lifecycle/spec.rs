@@ -51,6 +51,9 @@ pub struct InstanceSpec {
     /// Outbound network access.
     #[serde(default = "default_egress")]
     pub egress: bool,
+    /// Whether a stop by request or idleness saves a snapshot that the next wake restores.
+    #[serde(default = "default_snapshot")]
+    pub snapshot: bool,
 }
 
 /// Default idle pause: a minute without activity.
@@ -66,6 +69,21 @@ fn default_idle_stop() -> Option<u64> {
 }
 fn default_egress() -> bool {
     true
+}
+fn default_snapshot() -> bool {
+    true
+}
+
+/// Parses an `on`/`off` setting (`snapshot`).
+///
+/// # Errors
+/// [`SpecError::Snapshot`] for anything else.
+pub fn parse_on_off(s: &str) -> Result<bool, SpecError> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(SpecError::Snapshot(other.to_owned())),
+    }
 }
 
 /// The protocol of an exposed port: decides how the router answers when nothing listens.
@@ -178,6 +196,9 @@ pub enum SpecError {
     /// Bad egress value.
     #[error("invalid egress {0:?}: expected all or none")]
     Egress(String),
+    /// Bad snapshot value.
+    #[error("invalid snapshot {0:?}: expected on or off")]
+    Snapshot(String),
     /// A command element is empty or the command holds a NUL byte.
     #[error("command contains an empty program name or a NUL byte")]
     Command,
@@ -253,7 +274,12 @@ impl InstanceSpec {
             Some("none") => false,
             Some(other) => return Err(SpecError::Egress(other.to_owned())),
         };
+        let snapshot = match req.snapshot.as_deref() {
+            None => default_snapshot(),
+            Some(s) => parse_on_off(s)?,
+        };
         Ok(InstanceSpec {
+            snapshot,
             exposes,
             idle_pause_secs: idle(&req.idle_pause, DEFAULT_IDLE_PAUSE_SECS)?,
             idle_stop_secs: idle(&req.idle_stop, DEFAULT_IDLE_STOP_SECS)?,

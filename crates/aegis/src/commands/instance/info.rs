@@ -52,6 +52,10 @@ fn render(i: &Instance, now: OffsetDateTime) -> String {
         ("command", quote_command(&i.command)),
         ("memory", format!("{} MiB", i.memory_mb)),
         ("vcpus", i.vcpus.to_string()),
+        (
+            "snapshot",
+            (if i.snapshot { "on" } else { "off" }).to_owned(),
+        ),
         ("created", when(&i.created_at)),
     ];
     let optional = [
@@ -80,6 +84,16 @@ fn render(i: &Instance, now: OffsetDateTime) -> String {
         ("workspace", i.workspace.clone()),
         ("kit", i.kit.clone()),
         ("vmm pid", i.vmm_pid.map(|p| p.to_string())),
+        (
+            "saved",
+            i.saved_snapshot.as_ref().map(|s| {
+                format!(
+                    "snapshot of {:.1} MiB taken {}",
+                    s.size_bytes as f64 / (1024.0 * 1024.0),
+                    when(&s.created_at)
+                )
+            }),
+        ),
     ];
     rows.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
     rows.iter()
