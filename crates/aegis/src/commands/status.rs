@@ -60,6 +60,11 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         status.accelerator, status.accelerator_reason
     )?;
     writeln!(out, "instances:    {counts}")?;
+    writeln!(
+        out,
+        "snapshots:    {:.1} MiB",
+        status.snapshot_bytes as f64 / (1024.0 * 1024.0)
+    )?;
     if !capabilities.is_empty() {
         writeln!(out, "capabilities: {}", capabilities.join(", "))?;
     }

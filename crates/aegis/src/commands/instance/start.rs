@@ -28,7 +28,7 @@ pub struct Args {
         value_name = "ID|HANDLE",
         conflicts_with_all = [
             "command", "name", "image", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
-            "idle_stop", "egress"
+            "idle_stop", "egress", "snapshot"
         ]
     )]
     pub target: Option<String>,
