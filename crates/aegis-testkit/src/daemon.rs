@@ -89,7 +89,7 @@ impl Daemon {
         remove_leftovers();
         let workspace = workspace_root();
         let release = workspace.join("target/release");
-        for binary in ["aegisd", "aegis", "aegis-harness"] {
+        for binary in ["aegisd", "aegis", "guest/aegis-harness"] {
             assert!(
                 release.join(binary).is_file(),
                 "{} is missing: run scripts/build.sh (it builds the release binaries and the \
@@ -206,7 +206,7 @@ impl Daemon {
             .env("AEGIS_HOME", &self.home)
             .env("NO_COLOR", "1")
             .env("AEGIS_DAEMON", self.release("aegisd"))
-            .env("AEGIS_HARNESS", self.release("aegis-harness"));
+            .env("AEGIS_HARNESS", self.release("guest/aegis-harness"));
         Background::spawn(command)
     }
 
@@ -284,7 +284,7 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
         let child = Command::new(self.release("aegisd"))
             .env("AEGIS_HOME", &self.home)
-            .env("AEGIS_HARNESS", self.release("aegis-harness"))
+            .env("AEGIS_HARNESS", self.release("guest/aegis-harness"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

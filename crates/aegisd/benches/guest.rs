@@ -67,7 +67,7 @@ async fn main() {
         vmm: Arc::new(QemuVmm::default()),
         accelerator: accel,
         kernel_dir: home.join("kernel"),
-        harness: workspace.join("target/release/aegis-harness"),
+        harness: workspace.join("target/release/guest/aegis-harness"),
         cache_dir: dir.path().join("cache"),
         ready_timeout: HARNESS_READY_TIMEOUT,
     };

@@ -110,11 +110,12 @@ fn default_home() -> PathBuf {
         .join(".aegis")
 }
 
-/// The harness next to the running binary (where `scripts/build.sh` puts it).
+/// The static harness in `guest/` beside the running binary (where `scripts/build.sh` puts it;
+/// the `aegis-harness` right beside it is cargo's own dynamically linked build).
 fn default_harness() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
         .unwrap_or_default()
-        .join("aegis-harness")
+        .join("guest/aegis-harness")
 }

@@ -37,7 +37,7 @@ fn shared_home() -> PathBuf {
 }
 
 fn harness() -> PathBuf {
-    let p = workspace().join("target/release/aegis-harness");
+    let p = workspace().join("target/release/guest/aegis-harness");
     assert!(
         p.is_file(),
         "no static harness at {}: run `scripts/build.sh`",

@@ -54,6 +54,19 @@ pub enum InitramfsError {
         #[source]
         source: std::io::Error,
     },
+    /// The harness is not a statically linked executable: as `/init` it would need a dynamic
+    /// loader and libraries the initramfs does not have, and the kernel would panic at boot.
+    #[error(
+        "the guest harness at {} is {what}; it must be a statically linked executable \
+         (build it with scripts/build.sh, or point AEGIS_HARNESS at one)",
+        path.display()
+    )]
+    NotStatic {
+        /// The harness file.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
     /// `modules.dep` or a module file could not be read.
     #[error("cannot read kernel module file {}", path.display())]
     ReadModule {
@@ -95,6 +108,12 @@ impl Initramfs {
                 path: harness.to_path_buf(),
                 source,
             })?;
+        if let Some(what) = not_static(&harness_bytes) {
+            return Err(InitramfsError::NotStatic {
+                path: harness.to_path_buf(),
+                what,
+            });
+        }
         let modules = match &kernel.modules_dir {
             Some(dir) => load_modules(dir, REQUIRED_MODULES)?,
             None => Vec::new(),
@@ -129,6 +148,25 @@ impl Initramfs {
         std::fs::rename(&tmp, &path).map_err(write_err)?;
         Ok(Initramfs { path })
     }
+}
+
+/// Why `bytes` cannot serve as `/init`, or `None` when it is a static ELF executable (one without
+/// a `PT_INTERP` program header naming a dynamic loader).
+fn not_static(bytes: &[u8]) -> Option<&'static str> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let Ok(header) = object::elf::FileHeader64::<object::Endianness>::parse(bytes) else {
+        return Some("not a 64-bit ELF executable");
+    };
+    let Ok(endian) = header.endian() else {
+        return Some("an ELF file of unknown byte order");
+    };
+    let Ok(headers) = header.program_headers(endian, bytes) else {
+        return Some("an ELF file with unreadable program headers");
+    };
+    headers
+        .iter()
+        .any(|ph| ph.p_type(endian) == object::elf::PT_INTERP)
+        .then_some("dynamically linked")
 }
 
 fn build_archive(harness: &[u8], modules: &[(String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
@@ -269,7 +307,7 @@ kernel/crypto/crc32c-generic.ko:
     fn caches_by_content() {
         let dir = tempfile::tempdir().unwrap();
         let harness = dir.path().join("harness");
-        std::fs::write(&harness, b"#!fake").unwrap();
+        std::fs::write(&harness, static_elf(1)).unwrap();
         let kernel = GuestKernel {
             image: dir.path().join("vmlinuz"),
             modules_dir: None,
@@ -277,8 +315,43 @@ kernel/crypto/crc32c-generic.ko:
         let a = Initramfs::ensure(&harness, &kernel, &dir.path().join("cache")).unwrap();
         let b = Initramfs::ensure(&harness, &kernel, &dir.path().join("cache")).unwrap();
         assert_eq!(a, b);
-        std::fs::write(&harness, b"#!other").unwrap();
+        std::fs::write(&harness, static_elf(2)).unwrap();
         let c = Initramfs::ensure(&harness, &kernel, &dir.path().join("cache")).unwrap();
         assert_ne!(a, c);
+    }
+
+    /// A minimal little-endian x86-64 ELF header without program headers; `entry` varies the
+    /// content.
+    fn static_elf(entry: u64) -> Vec<u8> {
+        let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        h.resize(16, 0);
+        h.extend_from_slice(&2u16.to_le_bytes()); // e_type: EXEC
+        h.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: x86-64
+        h.extend_from_slice(&1u32.to_le_bytes()); // e_version
+        h.extend_from_slice(&entry.to_le_bytes()); // e_entry
+        h.extend_from_slice(&[0; 16]); // e_phoff, e_shoff
+        h.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [64u16, 56, 0, 64, 0, 0] {
+            h.extend_from_slice(&half.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, ...
+        }
+        h
+    }
+
+    #[test]
+    fn refuses_a_harness_that_is_not_static() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = GuestKernel {
+            image: dir.path().join("vmlinuz"),
+            modules_dir: None,
+        };
+        let script = dir.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        let err = Initramfs::ensure(&script, &kernel, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a 64-bit ELF"), "{err}");
+        // Any dynamically linked program of the host will do.
+        let dynamic = std::env::current_exe().unwrap();
+        let err = Initramfs::ensure(&dynamic, &kernel, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("dynamically linked"), "{err}");
+        assert!(err.to_string().contains("scripts/build.sh"), "{err}");
     }
 }
