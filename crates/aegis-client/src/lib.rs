@@ -9,6 +9,7 @@
 mod client;
 mod error;
 mod images;
+mod kits;
 mod ndjson;
 mod paths;
 mod secrets;
@@ -17,6 +18,7 @@ mod transport;
 pub use client::{Client, Created, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
 pub use error::ClientError;
 pub use hyper::StatusCode;
+pub use kits::KitInstalled;
 pub use ndjson::{NdjsonStream, MAX_LINE_BYTES};
 pub use paths::{home_from_env, socket_in, HOME_ENV, SOCKET_NAME};
 pub use secrets::SecretSet;

@@ -230,6 +230,12 @@ pub struct Instance {
     /// The saved snapshot, while the instance is stopped with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved_snapshot: Option<SnapshotView>,
+    /// Hosts its kit expects it to reach (recorded and shown, not enforced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_hints: Vec<String>,
+    /// Its kit's instance daemons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub daemons: Vec<crate::kit::DaemonStatus>,
 }
 
 /// A stopped instance's snapshot.
@@ -297,6 +303,8 @@ pub enum LogSource {
     Exec,
     /// Aegis itself (lifecycle lines).
     System,
+    /// A kit's instance daemon on the host (its name is in `daemon`).
+    Daemon,
 }
 
 /// Output stream of a log line.
@@ -325,6 +333,9 @@ pub struct LogEntry {
     /// Exec id for `exec` lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_id: Option<String>,
+    /// Instance daemon name for `daemon` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<String>,
     /// True when the process's output ended without a newline after this text.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial: bool,

@@ -16,6 +16,10 @@ pub struct InstanceOptions {
     /// Unique handle to refer to the instance by (letters, digits, '.', '_', '-')
     #[arg(long, value_name = "HANDLE", value_parser = parse_handle)]
     pub name: Option<String>,
+    /// Preset from an installed kit (`aegis kit list`): image, command, ports, resources,
+    /// secrets, idle timeouts and instance daemons; the other flags override its values
+    #[arg(long, value_name = "KIT")]
+    pub kit: Option<String>,
     /// Image reference for the root filesystem [default: the image built by setup]
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
@@ -59,6 +63,7 @@ impl InstanceOptions {
     pub fn into_request(self, command: Vec<String>) -> CreateInstance {
         CreateInstance {
             handle: self.name,
+            kit: self.kit,
             command,
             image_ref: self.image,
             env: env_map(self.env),

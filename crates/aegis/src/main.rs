@@ -52,6 +52,9 @@ enum Command {
     /// Manage images (pull, import, list, inspect, rm, prune)
     #[command(subcommand)]
     Image(commands::image::Command),
+    /// Manage kits: declarative presets for instances (`--kit NAME`)
+    #[command(subcommand)]
+    Kit(commands::kit::Command),
     /// Manage secrets: encrypted values injected into instances that ask for them
     #[command(subcommand)]
     Secret(commands::secret::Command),
@@ -116,6 +119,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Status(args) => commands::status::run(args, ctx).await,
         Command::Doctor(args) => commands::doctor::run(args, ctx).await,
         Command::Instance(command) => commands::instance::run(command, ctx).await,
+        Command::Kit(command) => commands::kit::run(command, ctx).await,
         Command::Image(command) => commands::image::run(command, ctx).await,
         Command::Secret(command) => commands::secret::run(command, ctx).await,
         Command::Exec(args) => commands::exec::run(args, ctx).await,
@@ -167,6 +171,10 @@ mod tests {
             &["image", "import", "rootfs.tar", "--rootfs"],
             &["image", "inspect"],
             &["image", "rm"],
+            &["kit", "info"],
+            &["kit", "install"],
+            &["kit", "remove"],
+            &["instance", "start", "web", "--kit", "k"],
             &["frobnicate"],
         ];
         for argv in bad {

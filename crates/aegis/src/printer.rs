@@ -71,12 +71,18 @@ impl LogPrinter {
         };
         let prefix = match (self.show, entry.source) {
             (Show::ServerOnly, LogSource::Server) => None,
-            (Show::ServerOnly, LogSource::Exec | LogSource::System) => return None,
+            (Show::ServerOnly, LogSource::Exec | LogSource::System | LogSource::Daemon) => {
+                return None
+            }
             (Show::Unchanged, _) | (Show::Labelled, LogSource::Server) => None,
             (Show::Labelled, LogSource::System) => Some("[aegis] ".to_owned()),
             (Show::Labelled, LogSource::Exec) => Some(match &entry.exec_id {
                 Some(id) => format!("[exec {id}] "),
                 None => "[exec] ".to_owned(),
+            }),
+            (Show::Labelled, LogSource::Daemon) => Some(match &entry.daemon {
+                Some(name) => format!("[daemon {name}] "),
+                None => "[daemon] ".to_owned(),
             }),
         };
         let mut text = String::with_capacity(entry.line.len() + 16);
@@ -119,6 +125,7 @@ mod tests {
             source,
             instance_id: "inst-1".to_owned(),
             exec_id: (source == LogSource::Exec).then(|| "exec-7".to_owned()),
+            daemon: None,
             partial,
         }
     }

@@ -93,6 +93,10 @@ impl Config {
     pub fn images_dir(&self) -> PathBuf {
         self.home.join("images")
     }
+    /// Installed kit manifests and the config directories of instance daemons.
+    pub fn kits_dir(&self) -> PathBuf {
+        self.home.join("kits")
+    }
     /// The guest kernel installed by the set-up step.
     pub fn kernel_dir(&self) -> PathBuf {
         self.home.join("kernel")

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::{Config, DEFAULT_IMAGE};
 use crate::images::Images;
+use crate::kits::{Daemons, KitStore};
 use crate::lifecycle::boot::BootEnv;
 use crate::lifecycle::instances::Instances;
 use crate::lifecycle::Ctx;
@@ -95,6 +96,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         registry,
         images: Images::new(store, DEFAULT_IMAGE),
         router: Router::new(Router::bind_from_env().map_err(DaemonError::Config)?),
+        kits: KitStore::new(config.kits_dir()),
+        daemons: Daemons::new(socket.clone(), config.home.clone(), config.kits_dir()),
         config: config.clone(),
     });
     let instances = Instances::load(Arc::clone(&ctx)).await?;
@@ -140,6 +143,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         tracing::info!("leaving VMs running; the next aegisd re-attaches to them");
     }
+    // Instance daemons are not left behind like VMs: the next daemon starts them again.
+    ctx.daemons.stop_all().await;
     connections.close();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connections.wait()).await;
     let _ = std::fs::remove_file(config.pid_file());

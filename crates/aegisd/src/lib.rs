@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod images;
+pub mod kits;
 pub mod lifecycle;
 pub mod logs;
 pub mod registry;

@@ -5,6 +5,7 @@ pub mod down;
 pub mod exec;
 pub mod image;
 pub mod instance;
+pub mod kit;
 pub mod logs;
 pub mod run;
 pub mod secret;

@@ -39,10 +39,11 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Args {
     #[command(flatten)]
     pub options: InstanceOptions,
-    /// The command and its arguments [default with --image: the image's Entrypoint + Cmd]
+    /// The command and its arguments [default with --kit: the kit's command; with --image: the
+    /// image's Entrypoint + Cmd]
     #[arg(
         value_name = "CMD",
-        required_unless_present = "image",
+        required_unless_present_any = ["image", "kit"],
         num_args = 1..,
         trailing_var_arg = true,
         allow_hyphen_values = true

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::images::{error_chain, ImageError};
+use crate::kits::KitError;
 use crate::lifecycle::command::LifecycleError;
 use crate::lifecycle::instances::{CreateError, ExposeError};
 use crate::router::RouterError;
@@ -38,6 +39,9 @@ pub enum ApiError {
     /// Exposing a port failed.
     #[error(transparent)]
     Expose(#[from] ExposeError),
+    /// A kit route failed.
+    #[error(transparent)]
+    Kit(#[from] KitError),
     /// A secret route failed.
     #[error(transparent)]
     Secret(#[from] SecretError),
@@ -61,6 +65,8 @@ impl ApiError {
                 CreateError::Lifecycle(e) => lifecycle_status(e),
                 CreateError::Router(e) => router_status(e),
                 CreateError::Secrets(e) => secret_status(e, SecretUse::Referenced),
+                CreateError::Kit(e) => kit_status(e, KitUse::Referenced),
+                CreateError::Preset(_) => StatusCode::BAD_REQUEST,
                 CreateError::Registry(_) | CreateError::Dir { .. } => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
@@ -70,6 +76,7 @@ impl ApiError {
                 ExposeError::Router(e) => router_status(e),
                 ExposeError::Lifecycle(e) => lifecycle_status(e),
             },
+            ApiError::Kit(e) => kit_status(e, KitUse::Direct),
             ApiError::Secret(e) => secret_status(e, SecretUse::Direct),
             ApiError::InstanceSecrets(e) => secret_status(e, SecretUse::Referenced),
         }
@@ -90,6 +97,8 @@ impl ApiError {
             ApiError::UnknownInstance(_) => {
                 Some("`aegis instance list` shows the instances".to_owned())
             }
+            ApiError::Kit(e) | ApiError::Create(CreateError::Kit(e)) => e.hint(),
+            ApiError::Create(CreateError::Preset(e)) => Some(e.hint()),
             ApiError::Create(CreateError::NoCommand { .. }) => {
                 Some("give a command after `--`".to_owned())
             }
@@ -112,7 +121,8 @@ fn lifecycle_status(e: &LifecycleError) -> StatusCode {
         LifecycleError::Invalid(_)
         | LifecycleError::AlreadyExposed { .. }
         | LifecycleError::Disabled { .. }
-        | LifecycleError::Stopped { .. } => StatusCode::CONFLICT,
+        | LifecycleError::Stopped { .. }
+        | LifecycleError::Kit { .. } => StatusCode::CONFLICT,
         LifecycleError::Gone { .. } | LifecycleError::NotExposed { .. } => StatusCode::NOT_FOUND,
         LifecycleError::Image { source, .. } => image_status(source),
         LifecycleError::Secrets { source, .. } => secret_status(source, SecretUse::AtStart),
@@ -150,6 +160,29 @@ fn secret_status(e: &SecretError, used: SecretUse) -> StatusCode {
         | SecretError::Key(_)
         | SecretError::Registry(_)
         | SecretError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Where a kit error arose, which decides what a missing kit means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KitUse {
+    /// A kit route named it: the resource itself is missing (404).
+    Direct,
+    /// A create body named it: a bad request (400).
+    Referenced,
+}
+
+fn kit_status(e: &KitError, used: KitUse) -> StatusCode {
+    match e {
+        KitError::NotFound { .. } => match used {
+            KitUse::Direct => StatusCode::NOT_FOUND,
+            KitUse::Referenced => StatusCode::BAD_REQUEST,
+        },
+        KitError::Manifest(_) | KitError::Installed { .. } | KitError::BaseDir(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        KitError::AlreadyInstalled { .. } => StatusCode::CONFLICT,
+        KitError::Io { .. } | KitError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -13,6 +13,12 @@ use crate::lifecycle::command::{Command, StopMode};
 use crate::lifecycle::instances::{ExposeError, InstanceHandle};
 use crate::lifecycle::spec::ExposeSpec;
 
+/// The view with the current status of its instance daemons (they change without the actor).
+fn with_daemons(state: &AppState, mut view: Instance) -> Instance {
+    view.daemons = state.ctx.daemons.status(&view.id);
+    view
+}
+
 /// Finds an instance by id or handle, or 404.
 pub fn find(state: &AppState, id: &str) -> Result<InstanceHandle, ApiError> {
     state
@@ -31,7 +37,7 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view)))
+    Ok((status, Json(with_daemons(&state, view))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +63,7 @@ pub async fn list(
         .list()
         .into_iter()
         .filter(|v| filter.is_none_or(|f| v.state == f))
+        .map(|v| with_daemons(&state, v))
         .collect();
     Ok(Json(views))
 }
@@ -65,7 +72,7 @@ pub async fn info(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Instance>, ApiError> {
-    Ok(Json(find(&state, &id)?.view()))
+    Ok(Json(with_daemons(&state, find(&state, &id)?.view())))
 }
 
 pub async fn delete(
@@ -99,7 +106,7 @@ pub async fn action(
             )))
         }
     };
-    Ok(Json(view))
+    Ok(Json(with_daemons(&state, view)))
 }
 
 pub async fn expose(

@@ -6,6 +6,7 @@ mod exec;
 mod images;
 mod instances;
 mod json;
+mod kits;
 mod logs;
 mod secrets;
 mod status;
@@ -72,6 +73,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/instances/:id/secrets",
             axum::routing::put(secrets::set_for_instance),
         )
+        .route("/v1/kits", get(kits::list).post(kits::install))
+        .route("/v1/kits/:name", get(kits::get).delete(kits::remove))
         .route("/v1/secrets", get(secrets::list))
         .route(
             "/v1/secrets/:name",

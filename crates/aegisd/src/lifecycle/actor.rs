@@ -28,6 +28,8 @@ use super::spec::InstanceSpec;
 use super::state::{next, Event};
 use super::Ctx;
 use crate::control::CONTROL_CALL_TIMEOUT;
+use crate::kits::preset::secret_selection;
+use crate::kits::{DaemonContext, SelectError};
 use crate::logs::{now_ts, InstanceLog};
 use crate::registry::InstanceRow;
 use crate::secrets::{scrub_env, SecretEnv, SecretSelection};
@@ -141,6 +143,9 @@ impl Actor {
         async move {
             if recover {
                 self.recover().await;
+            }
+            if self.row.enabled {
+                self.ensure_daemons();
             }
             let mut tick = tokio::time::interval(idle::IDLE_TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,6 +341,7 @@ impl Actor {
                 }
             }
             Command::Shutdown { reply } => {
+                self.ctx.daemons.stop(&self.row.id).await;
                 let r = self
                     .stop(StopMode::Graceful, "daemon shut down")
                     .await
@@ -377,6 +383,7 @@ impl Actor {
             self.row.enabled = true;
             self.persist().await?;
         }
+        self.ensure_daemons();
         match self.state {
             State::Starting { .. } | State::Running(_) | State::Paused(_) => {
                 return Ok(self.view());
@@ -637,13 +644,50 @@ impl Actor {
         Ok(res.pid)
     }
 
-    /// Decrypts the secrets the instance asks for (none, names, or all).
+    /// Starts the instance daemons of its kit that do not run (it is enabled).
+    fn ensure_daemons(&self) {
+        let Some(kit) = self
+            .spec
+            .kit_config
+            .as_ref()
+            .filter(|k| !k.daemons.is_empty())
+        else {
+            return;
+        };
+        self.ctx.daemons.ensure(&DaemonContext {
+            instance_id: self.id(),
+            handle: self.row.handle.clone(),
+            kit: (kit.name.clone(), kit.version.clone()),
+            daemons: kit.daemons.clone(),
+            ports: self
+                .spec
+                .exposes
+                .iter()
+                .map(|e| (e.guest_port, e.public_port, e.protocol.as_str()))
+                .collect(),
+            log: Arc::clone(&self.log),
+        });
+    }
+
+    /// Decrypts the secrets the instance asks for (none, names, or all; plus its kit's).
     async fn resolve_secrets(&self) -> Result<SecretEnv, LifecycleError> {
         let secrets_err = |source| LifecycleError::Secrets {
             id: self.id(),
             source,
         };
-        let selection = SecretSelection::parse(&self.spec.secrets)
+        let names = match &self.spec.kit_config {
+            Some(kit) => secret_selection(&self.ctx.secrets, kit, &self.spec.secrets)
+                .await
+                .map_err(|e| match e {
+                    SelectError::Preset(source) => LifecycleError::Kit {
+                        id: self.id(),
+                        source,
+                    },
+                    SelectError::Store(e) => secrets_err(e),
+                })?,
+            None => self.spec.secrets.clone(),
+        };
+        let selection = SecretSelection::parse(&names)
             .map_err(|name| secrets_err(crate::secrets::SecretError::InvalidName(name)))?;
         self.ctx
             .secrets
@@ -813,6 +857,7 @@ impl Actor {
 
     async fn disable(&mut self) -> Result<Instance, LifecycleError> {
         self.row.enabled = false;
+        self.ctx.daemons.stop(&self.row.id).await;
         self.stop(StopMode::Graceful, "disabled").await?;
         self.discard_snapshot("disabled");
         self.persist().await?;
@@ -909,6 +954,7 @@ impl Actor {
     }
 
     async fn delete(&mut self) -> Result<(), LifecycleError> {
+        self.ctx.daemons.stop(&self.row.id).await;
         self.stop(StopMode::Force, "deleted").await?;
         self.ctx
             .registry
@@ -1099,6 +1145,12 @@ pub fn render(
         egress: spec.egress,
         snapshot: spec.snapshot,
         saved_snapshot: saved,
+        egress_hints: spec
+            .kit_config
+            .as_ref()
+            .map(|k| k.egress.clone())
+            .unwrap_or_default(),
+        daemons: Vec::new(),
     }
 }
 

@@ -13,6 +13,7 @@ use super::spec::ExposeSpec;
 use super::state::InvalidTransition;
 use crate::control::{ControlChannel, ControlError};
 use crate::images::ImageError;
+use crate::kits::PresetError;
 use crate::registry::RegistryError;
 use crate::secrets::{SecretEnv, SecretError};
 
@@ -238,6 +239,15 @@ pub enum LifecycleError {
         #[source]
         source: SecretError,
     },
+    /// The instance's kit refuses the start (its required secrets are missing).
+    #[error("cannot start instance {id}")]
+    Kit {
+        /// The instance.
+        id: String,
+        /// Cause.
+        #[source]
+        source: PresetError,
+    },
     /// The guest port is already exposed.
     #[error("guest port {port} of instance {id} is already exposed")]
     AlreadyExposed {
@@ -287,6 +297,7 @@ impl LifecycleError {
                     .unwrap_or_else(|| format!("`aegis logs {id}` shows why")),
             }),
             LifecycleError::Stopped { id, .. } => Some(format!("`aegis logs {id}` shows why")),
+            LifecycleError::Kit { source, .. } => Some(source.hint()),
             LifecycleError::AlreadyExposed { id, port } => Some(format!(
                 "remove it first: `aegis instance unexpose {id} {port}`"
             )),

@@ -16,6 +16,8 @@ use super::command::{reply_channel, Command, LifecycleError, Reply};
 use super::spec::{ExposeSpec, InstanceSpec, SpecError};
 use super::Ctx;
 use crate::images::ImageError;
+use crate::kits::preset::{self, secret_selection};
+use crate::kits::{KitBinding, KitError, PresetError, SelectError};
 use crate::logs::{now_ts, InstanceLog};
 use crate::registry::{InstanceRow, RegistryError};
 use crate::router::{RouteTarget, RouterError};
@@ -148,6 +150,12 @@ pub enum CreateError {
     /// A requested secret is invalid, missing or cannot be decrypted.
     #[error(transparent)]
     Secrets(#[from] SecretError),
+    /// The kit asked for is not installed or not valid.
+    #[error(transparent)]
+    Kit(#[from] KitError),
+    /// The kit refuses the request (resources above its maxima, required secrets missing).
+    #[error(transparent)]
+    Preset(#[from] PresetError),
 }
 
 /// Why a port could not be exposed.
@@ -320,6 +328,7 @@ impl Instances {
     /// # Errors
     /// [`CreateError`].
     pub async fn create(&self, req: CreateInstance) -> Result<(Instance, bool), CreateError> {
+        let (req, kit_config) = self.apply_kit(req).await?;
         if let Some(h) = &req.handle {
             validate_handle(h).map_err(SpecError::Handle)?;
             if let Some(existing) = self.find(h) {
@@ -338,6 +347,16 @@ impl Instances {
         let mut spec = InstanceSpec::from_request(&req)?;
         if req.snapshot.is_none() {
             spec.snapshot = self.ctx.config.snapshot_default;
+        }
+        if let Some(kit) = &kit_config {
+            let wanted = secret_selection(&self.ctx.secrets, kit, &spec.secrets)
+                .await
+                .map_err(|e| match e {
+                    SelectError::Preset(e) => CreateError::Preset(e),
+                    SelectError::Store(e) => CreateError::Secrets(e),
+                })?;
+            self.ctx.secrets.check(&wanted).await?;
+            spec.kit_config = kit_config;
         }
         // A missing or broken secret fails the create before anything is stored (and again at
         // each boot, where the values are resolved for real).
@@ -401,6 +420,24 @@ impl Instances {
         }
         let view = handle.request(|reply| Command::Start { reply }).await?;
         Ok((view, true))
+    }
+
+    /// Applies the kit a create request names (`kit`), unless the request starts an existing
+    /// instance by its handle, which keeps the configuration it was created with.
+    async fn apply_kit(
+        &self,
+        req: CreateInstance,
+    ) -> Result<(CreateInstance, Option<KitBinding>), CreateError> {
+        let existing = req
+            .handle
+            .as_deref()
+            .is_some_and(|h| self.find(h).is_some());
+        let Some(name) = req.kit.clone().filter(|_| !existing) else {
+            return Ok((req, None));
+        };
+        let kit = self.ctx.kits.get(&name).await?;
+        let (req, binding) = preset::apply(&kit.manifest, req)?;
+        Ok((req, Some(binding)))
     }
 
     fn new_id(&self) -> String {

@@ -32,4 +32,8 @@ pub struct Ctx {
     pub secrets: SecretStore,
     /// Public listeners.
     pub router: std::sync::Arc<Router>,
+    /// Installed kits.
+    pub kits: crate::kits::KitStore,
+    /// Instance daemons of kit instances.
+    pub daemons: crate::kits::Daemons,
 }

@@ -147,6 +147,7 @@ fn emit(
         },
         instance_id: log.instance_id().to_owned(),
         exec_id: exec_id.map(|e| e.0.clone()),
+        daemon: None,
         partial,
     };
     if let Some(exec) = exec_id.and_then(|id| execs.get_mut(id)) {

@@ -39,6 +39,10 @@ pub struct InstanceSpec {
     /// Kit.
     #[serde(default)]
     pub kit: Option<String>,
+    /// What the instance keeps of its kit (secrets, egress hints, instance daemons), resolved
+    /// when it was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kit_config: Option<crate::kits::KitBinding>,
     /// Exposed ports with their public ports (chosen once, kept across restarts).
     #[serde(default)]
     pub exposes: Vec<ExposeSpec>,
@@ -298,6 +302,7 @@ impl InstanceSpec {
             secrets: req.secrets.clone(),
             workspace: req.workspace.clone(),
             kit: req.kit.clone(),
+            kit_config: None,
         })
     }
 }

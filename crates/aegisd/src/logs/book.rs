@@ -179,6 +179,7 @@ impl InstanceLog {
             source: LogSource::System,
             instance_id: self.instance_id.clone(),
             exec_id: None,
+            daemon: None,
             partial: false,
         });
     }
@@ -249,6 +250,7 @@ mod tests {
             },
             instance_id: "inst-1".into(),
             exec_id: exec.map(Into::into),
+            daemon: None,
             partial: false,
         }
     }

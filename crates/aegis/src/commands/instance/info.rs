@@ -85,6 +85,29 @@ fn render(i: &Instance, now: OffsetDateTime) -> String {
         ("kit", i.kit.clone()),
         ("vmm pid", i.vmm_pid.map(|p| p.to_string())),
         (
+            "egress hints",
+            (!i.egress_hints.is_empty()).then(|| i.egress_hints.join(", ")),
+        ),
+        (
+            "daemons",
+            (!i.daemons.is_empty()).then(|| {
+                i.daemons
+                    .iter()
+                    .map(|d| {
+                        let mut s = format!("{} {}", d.name, d.state);
+                        if let Some(pid) = d.pid {
+                            s.push_str(&format!(" (pid {pid})"));
+                        }
+                        if d.restarts > 0 {
+                            s.push_str(&format!(", {} restarts", d.restarts));
+                        }
+                        s
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+        ),
+        (
             "saved",
             i.saved_snapshot.as_ref().map(|s| {
                 format!(

@@ -19,7 +19,7 @@ use crate::Ctx;
     clap::ArgGroup::new("what")
         .required(true)
         .multiple(true)
-        .args(["target", "command", "image"])
+        .args(["target", "command", "image", "kit", "name"])
 ))]
 pub struct Args {
     /// A stopped instance to boot (id or handle); give `-- CMD...` instead to create one. With
@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(
         value_name = "ID|HANDLE",
         conflicts_with_all = [
-            "command", "name", "image", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
+            "command", "name", "image", "kit", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
             "idle_stop", "egress", "snapshot"
         ]
     )]
