@@ -18,7 +18,7 @@ if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
 
 # --- 1. system packages -------------------------------------------------------------------
 packages=(qemu-system-x86 qemu-utils e2fsprogs mmdebstrap cpio kmod fakeroot zstd
-          docker-registry ca-certificates pkg-config gcc)
+          docker-registry ca-certificates pkg-config gcc libseccomp-dev libcap-ng-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -76,6 +76,20 @@ for b in aegis aegisd; do
   fi
 done
 export PATH="$repo/target/release:$PATH"
+
+# --- 3b. virtiofsd (host-directory workspaces) ----------------------------------------------
+# Debian 12 does not package it; it is built from its crates.io release into $AEGIS_HOME/tools.
+virtiofsd_version=1.14.0
+tools="$AEGIS_HOME/tools"
+if ! "$tools/bin/virtiofsd" --version 2>/dev/null | grep -q "$virtiofsd_version"; then
+  say "building virtiofsd $virtiofsd_version from crates.io"
+  cargo install --quiet --locked --root "$tools" "virtiofsd@$virtiofsd_version"
+else
+  say "virtiofsd $virtiofsd_version present"
+fi
+if [ "$(readlink "$bin_dir/virtiofsd" 2>/dev/null)" != "$tools/bin/virtiofsd" ]; then
+  "${sudo[@]}" ln -sfn "$tools/bin/virtiofsd" "$bin_dir/virtiofsd"
+fi
 
 # --- 4. daemon and default image ----------------------------------------------------------
 # A daemon from an earlier build is replaced. SIGTERM leaves its VMs running; the new daemon

@@ -14,6 +14,7 @@ mod ndjson;
 mod paths;
 mod secrets;
 mod transport;
+mod workspaces;
 
 pub use client::{Client, Created, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
 pub use error::ClientError;

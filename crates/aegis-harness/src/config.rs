@@ -33,8 +33,12 @@ pub const OPT_DNS: &str = "aegis.dns";
 /// virtio-serial port.
 pub const OPT_VSOCK_PORT: &str = "aegis.vsock_port";
 
+/// The workspace mounted at `/workspace`: a block device holding ext4 (`/dev/vdb`) or
+/// `virtiofs:TAG` for a shared host directory. Absent: no workspace.
+pub const OPT_WORKSPACE: &str = "aegis.workspace";
+
 /// Every option this harness understands; anything else with the `aegis.` prefix is reported.
-const KNOWN_OPTIONS: [&str; 8] = [
+const KNOWN_OPTIONS: [&str; 9] = [
     OPT_ROOT,
     OPT_ROOTFSTYPE,
     OPT_ROOTFLAGS,
@@ -43,6 +47,7 @@ const KNOWN_OPTIONS: [&str; 8] = [
     OPT_GW,
     OPT_DNS,
     OPT_VSOCK_PORT,
+    OPT_WORKSPACE,
 ];
 
 /// The root device of the QEMU backend: the first virtio-blk disk.
@@ -160,6 +165,15 @@ pub enum RootConfig {
     },
 }
 
+/// What is mounted at `/workspace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkspaceConfig {
+    /// An ext4 volume on this block device.
+    Block(PathBuf),
+    /// A host directory shared over virtio-fs under this tag.
+    Virtiofs(String),
+}
+
 /// Static IPv4 configuration of `eth0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetConfig {
@@ -206,6 +220,8 @@ pub struct Config {
     pub dns: Option<IpAddr>,
     /// Control channel transport.
     pub transport: TransportChoice,
+    /// The workspace, if the host attached one.
+    pub workspace: Option<WorkspaceConfig>,
 }
 
 impl Config {
@@ -298,12 +314,30 @@ impl Config {
             },
         };
 
+        let workspace = match non_empty(raw.get(OPT_WORKSPACE)) {
+            None => None,
+            Some(value) => Some(match value.strip_prefix("virtiofs:") {
+                Some(tag) if !tag.is_empty() && tag.len() <= 36 => {
+                    WorkspaceConfig::Virtiofs(tag.to_owned())
+                }
+                None if value.starts_with("/dev/") => WorkspaceConfig::Block(PathBuf::from(value)),
+                _ => {
+                    return Err(invalid(
+                        OPT_WORKSPACE,
+                        value,
+                        "a /dev/ block device or virtiofs:TAG (1 to 36 bytes)",
+                    ))
+                }
+            }),
+        };
+
         Ok(Config {
             root,
             hostname,
             network,
             dns,
             transport,
+            workspace,
         })
     }
 }
@@ -420,6 +454,7 @@ mod tests {
                 network: None,
                 dns: None,
                 transport: TransportChoice::VirtioSerial,
+                workspace: None,
             }
         );
         assert!(notes.is_empty());
@@ -430,7 +465,7 @@ mod tests {
         let (config, notes) = parse(
             "console=ttyS0 aegis.root=/dev/vdb aegis.rootfstype=xfs aegis.rootflags=noatime,discard \
              aegis.hostname=web-1 aegis.ip=10.0.2.15/24 aegis.gw=10.0.2.2 aegis.dns=10.0.2.3 \
-             aegis.vsock_port=1024",
+             aegis.vsock_port=1024 aegis.workspace=virtiofs:ws",
         )
         .unwrap();
         assert_eq!(
@@ -449,6 +484,10 @@ mod tests {
         assert_eq!(net.gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
         assert_eq!(config.dns, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 3))));
         assert_eq!(config.transport, TransportChoice::Vsock { port: 1024 });
+        assert_eq!(
+            config.workspace,
+            Some(WorkspaceConfig::Virtiofs("ws".into()))
+        );
         assert!(notes.is_empty());
     }
 
@@ -510,6 +549,8 @@ mod tests {
             ("aegis.ip=10.0.2.15/24 aegis.gw=gateway", OPT_GW),
             ("aegis.dns=dns.example", OPT_DNS),
             ("aegis.root=vda", OPT_ROOT),
+            ("aegis.workspace=vdb", OPT_WORKSPACE),
+            ("aegis.workspace=virtiofs:", OPT_WORKSPACE),
             ("aegis.hostname=", OPT_HOSTNAME),
             ("aegis.vsock_port=-1", OPT_VSOCK_PORT),
         ];

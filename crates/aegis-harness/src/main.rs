@@ -35,7 +35,8 @@ use crate::config::{Config, ConfigError, RootConfig, StdioOptions, TransportChoi
 use crate::init::modules::ModuleError;
 use crate::init::mounts::MountError;
 use crate::init::rootfs::RootfsError;
-use crate::init::{modules, mounts, net, rootfs};
+use crate::init::workspace::WorkspaceError;
+use crate::init::{modules, mounts, net, rootfs, workspace};
 use crate::process::reaper::{Reaper, ReaperError, ReaperRole};
 use crate::rpc::{Outcome, Role, Server};
 
@@ -62,6 +63,8 @@ enum BootError {
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
     Reaper(#[from] ReaperError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot start the control channel reader thread")]
@@ -206,6 +209,13 @@ fn boot_and_serve(started: Instant) -> Result<(), BootError> {
     }
     mounts::apply(mounts::LATE)?;
     mounts::link_dev_entries()?;
+    if let Some(workspace) = &config.workspace {
+        let what = workspace::mount_workspace(workspace)?;
+        console::phase(format_args!(
+            "workspace {what} mounted on {}",
+            workspace::MOUNT_POINT
+        ));
+    }
     // Without the directory guest programs cannot take leases; not worth a failed boot.
     if let Err(e) = activity::create_keepalive_dir(Path::new(KEEPALIVE_DIR)) {
         console::line(format_args!("{} (continuing)", console::chain(&e)));

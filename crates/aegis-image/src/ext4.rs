@@ -202,6 +202,44 @@ pub fn build_ext4(tree: &RootfsTree, output: &Path, work_dir: &Path) -> Result<(
     Ok(())
 }
 
+/// Creates an empty ext4 volume of `size_bytes` at `output` (which must not exist): a sparse file,
+/// so only what is written takes room. The root directory belongs to root with mode 0755.
+///
+/// # Errors
+/// [`Ext4Error`] naming the step that failed; `output` may then hold a partial file.
+pub fn make_volume(output: &Path, size_bytes: u64, label: &str) -> Result<(), Ext4Error> {
+    let mke2fs = find_tool("mke2fs")?;
+    let file = File::create_new(output).map_err(|source| Ext4Error::Io {
+        path: output.to_owned(),
+        source,
+    })?;
+    file.set_len(size_bytes).map_err(|source| Ext4Error::Io {
+        path: output.to_owned(),
+        source,
+    })?;
+    drop(file);
+    let mut mkfs = Command::new(&mke2fs);
+    // No reserved blocks: nothing but the workspace's owner writes here. Lazy inode table and
+    // journal initialisation keep creation instant whatever the size.
+    mkfs.args(["-q", "-F", "-t", "ext4", "-m", "0"])
+        .args(["-b", &BLOCK_SIZE.to_string()])
+        .args(["-L", label])
+        .args([
+            "-E",
+            "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,discard",
+        ])
+        .arg(output);
+    let out = run(&mut mkfs, "mke2fs")?;
+    if !out.status.success() {
+        return Err(Ext4Error::Mke2fs {
+            image: output.to_owned(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn run(command: &mut Command, tool: &'static str) -> Result<Output, Ext4Error> {
     command
         .env("LC_ALL", "C")

@@ -73,9 +73,13 @@ pub struct CreateInstance {
     /// Secrets to inject (names, or `*` for all). Accepted for AegisVM clients.
     #[serde(default)]
     pub secrets: Vec<String>,
-    /// Workspace (name or host path). Accepted for AegisVM clients.
+    /// Workspace at `/workspace`: a named workspace (created on first use), an absolute host
+    /// directory shared live, or `none`. Absent: the instance's own volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// Size of the instance's own workspace volume in MiB (only without `workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_size_mb: Option<u64>,
     /// Guest memory in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
@@ -210,8 +214,9 @@ pub struct Instance {
     pub memory_mb: u32,
     /// vCPUs.
     pub vcpus: u32,
-    /// Workspace, if any.
-    pub workspace: Option<String>,
+    /// What is mounted at `/workspace`; `None` without a workspace.
+    #[serde(default)]
+    pub workspace: Option<WorkspaceView>,
     /// Why the instance is stopped, or why its last boot failed.
     pub reason: Option<String>,
     /// Exit code of the primary process's last run.
@@ -236,6 +241,57 @@ pub struct Instance {
     /// Its kit's instance daemons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub daemons: Vec<crate::kit::DaemonStatus>,
+}
+
+/// An instance's workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceView {
+    /// `volume` (the instance's own ext4 volume, removed with it), `named` (kept by Aegis,
+    /// shareable) or `host` (a host directory shared live).
+    pub kind: String,
+    /// The named workspace's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where it lives on the host (volume file or directory).
+    pub path: String,
+    /// Capacity of a volume in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mb: Option<u64>,
+}
+
+/// A named workspace (`GET /v1/workspaces`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    /// Its name.
+    pub name: String,
+    /// `directory` (shared live over virtio-fs; several instances at once) or `volume` (an ext4
+    /// volume file; one instance at a time).
+    pub kind: String,
+    /// The directory or volume file on the host.
+    pub path: String,
+    /// Capacity of a volume in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mb: Option<u64>,
+    /// Bytes it takes on the host's disk.
+    pub used_bytes: u64,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Instances (ids) configured to use it.
+    pub instances: Vec<String>,
+}
+
+/// `POST /v1/workspaces`: create a named workspace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    /// Its name (letters, digits, `.`, `_`, `-`).
+    pub name: String,
+    /// `directory` (default) or `volume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Capacity of a volume in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_mb: Option<u64>,
 }
 
 /// A stopped instance's snapshot.

@@ -200,6 +200,29 @@ impl Daemon {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Background::spawn(self.cli_command(args))
+    }
+
+    /// [`Daemon::aegis`] run in the working directory `dir` (for arguments the CLI resolves
+    /// against it, like `--workspace ./dir`).
+    ///
+    /// # Panics
+    /// On timeout, with what the command printed.
+    pub fn aegis_in<I, S>(&self, dir: &Path, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = self.cli_command(args);
+        command.current_dir(dir);
+        Background::spawn(command).wait(DEFAULT_CLI_TIMEOUT)
+    }
+
+    fn cli_command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut command = Command::new(&self.cli);
         command
             .args(args)
@@ -207,7 +230,7 @@ impl Daemon {
             .env("NO_COLOR", "1")
             .env("AEGIS_DAEMON", self.release("aegisd"))
             .env("AEGIS_HARNESS", self.release("guest/aegis-harness"));
-        Background::spawn(command)
+        command
     }
 
     /// One raw API request (`body` is sent as is, so it may be malformed on purpose).

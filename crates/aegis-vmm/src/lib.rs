@@ -13,6 +13,6 @@ mod vmm;
 
 pub use accel::{Accelerator, AcceleratorChoice};
 pub use vmm::{
-    wait_for_exit, Capabilities, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, SnapshotInfo,
-    Vm, VmExit, VmSpec, Vmm, VmmError,
+    wait_for_exit, Capabilities, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, ShareSpec,
+    SnapshotInfo, Vm, VmExit, VmSpec, Vmm, VmmError,
 };

@@ -28,6 +28,11 @@ pub struct VmSpec {
     pub root_disk: DiskSpec,
     /// Further disks, in order (`/dev/vdb`, ...).
     pub extra_disks: Vec<DiskSpec>,
+    /// Host directories shared with the guest (virtio-fs), mounted by tag.
+    pub shares: Vec<ShareSpec>,
+    /// Further `aegis.*` options for the harness on the kernel command line (never secrets:
+    /// the command line is visible in the VMM's argv).
+    pub harness_options: Vec<String>,
     /// Guest memory in MiB.
     pub memory_mib: u32,
     /// Virtual CPUs.
@@ -46,6 +51,17 @@ pub struct DiskSpec {
     /// The image file.
     pub path: PathBuf,
     /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// A host directory shared live with the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// The guest mounts it by this tag (at most 36 bytes).
+    pub tag: String,
+    /// The host directory; the guest can reach nothing outside it.
+    pub host_dir: PathBuf,
+    /// Whether the guest may only read.
     pub read_only: bool,
 }
 
@@ -208,6 +224,11 @@ impl VmmError {
     /// What the user can do about it, when there is something.
     pub fn hint(&self) -> Option<String> {
         match self {
+            VmmError::VmmMissing { program } if program == "virtiofsd" => Some(
+                "host-directory and named directory workspaces need virtiofsd: run `./setup.sh` \
+                 (it builds it), or set AEGIS_VIRTIOFSD"
+                    .to_owned(),
+            ),
             VmmError::VmmMissing { .. } => Some(
                 "install QEMU: run `./setup.sh` (Debian package qemu-system-x86), or set AEGIS_QEMU"
                     .to_owned(),

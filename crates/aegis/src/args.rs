@@ -56,6 +56,15 @@ pub struct InstanceOptions {
     /// all. Resolved at each boot; an explicit --env of the same name wins
     #[arg(long = "secret", value_name = "KEY|*", value_parser = parse_secret_selector)]
     pub secrets: Vec<String>,
+    /// What /workspace holds: a workspace NAME kept by Aegis (created on first use, shared with
+    /// every instance naming it), a host directory (./dir, /dir or ~/dir, shared live), or none
+    /// [default: the instance's own volume, deleted with it]
+    #[arg(long, value_name = "NAME|PATH|none", value_parser = parse_workspace)]
+    pub workspace: Option<String>,
+    /// Capacity of the instance's own workspace volume: 512M, 8G, ... (a sparse file: only
+    /// what is written takes room) [default: 8G]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_mib, conflicts_with = "workspace")]
+    pub workspace_size: Option<u64>,
 }
 
 impl InstanceOptions {
@@ -76,8 +85,67 @@ impl InstanceOptions {
             egress: self.egress,
             snapshot: self.snapshot,
             secrets: self.secrets,
-            ..CreateInstance::default()
+            workspace: self.workspace,
+            workspace_size_mb: self.workspace_size,
         }
+    }
+}
+
+/// `--workspace`: `none`, a workspace name, or a host directory, which is made absolute against
+/// this process's working directory (the daemon's would mean nothing to the user).
+pub fn parse_workspace(s: &str) -> Result<String, String> {
+    parse_workspace_in(s, std::env::var_os("HOME").map(std::path::PathBuf::from))
+}
+
+fn parse_workspace_in(s: &str, home: Option<std::path::PathBuf>) -> Result<String, String> {
+    let looks_like_path = s.contains('/') || s.starts_with('.') || s.starts_with('~');
+    if !looks_like_path {
+        if s == "none" {
+            return Ok(s.to_owned());
+        }
+        return parse_workspace_name(s)
+            .map_err(|e| format!("{e} (or a path such as ./{s} for a host directory)"));
+    }
+    let path = match s.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => home
+            .ok_or("cannot expand ~: HOME is not set")?
+            .join(rest.trim_start_matches('/')),
+        _ => std::path::PathBuf::from(s),
+    };
+    let absolute = std::path::absolute(&path).map_err(|e| format!("cannot resolve {s}: {e}"))?;
+    if !absolute.is_dir() {
+        return Err(format!("{} is not a directory", absolute.display()));
+    }
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|p| format!("{} is not valid UTF-8", std::path::Path::new(&p).display()))
+}
+
+/// A workspace name: the rules of instance handles, and not `none`.
+pub fn parse_workspace_name(s: &str) -> Result<String, String> {
+    if s == "none" {
+        return Err("\"none\" is not a workspace name (it means no workspace)".to_owned());
+    }
+    validate_handle(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.replacen("handle", "workspace name", 2))
+}
+
+/// A size in MiB: `512M`, `8G`, `1T` or a bare number of MiB.
+pub fn parse_size_mib(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {s:?}: use a number with M, G or T, like 512M or 8G");
+    let t = s.trim();
+    let (digits, factor) = match t.char_indices().last() {
+        Some((i, 'M' | 'm')) => (&t[..i], 1),
+        Some((i, 'G' | 'g')) => (&t[..i], 1024),
+        Some((i, 'T' | 't')) => (&t[..i], 1024 * 1024),
+        _ => (t, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(bad()),
+        Some(mib) => Ok(mib),
     }
 }
 
@@ -303,6 +371,32 @@ mod tests {
             parse_env_with("UNSET_VAR", lookup).unwrap_err(),
             "UNSET_VAR is not set in this shell; pass --env UNSET_VAR=VALUE"
         );
+    }
+
+    #[test]
+    fn workspace_values() {
+        let tmp = std::env::temp_dir();
+        assert_eq!(parse_workspace_in("none", None), Ok("none".to_owned()));
+        assert_eq!(parse_workspace_in("shared", None), Ok("shared".to_owned()));
+        assert!(parse_workspace_in("-x", None)
+            .unwrap_err()
+            .contains("workspace name"));
+        assert_eq!(
+            parse_workspace_in("~/", Some(tmp.clone())),
+            Ok(tmp.join("").display().to_string())
+        );
+        assert_eq!(
+            parse_workspace_in(tmp.to_str().unwrap(), None),
+            Ok(tmp.display().to_string())
+        );
+        assert!(parse_workspace_in("./no-such-dir-here", None)
+            .unwrap_err()
+            .contains("is not a directory"));
+        assert_eq!(parse_size_mib("512M"), Ok(512));
+        assert_eq!(parse_size_mib("8G"), Ok(8192));
+        assert_eq!(parse_size_mib("100"), Ok(100));
+        assert!(parse_size_mib("0").is_err());
+        assert!(parse_size_mib("lots").is_err());
     }
 
     #[test]

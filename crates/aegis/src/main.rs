@@ -36,6 +36,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the daemon in the background (no-op when it runs)
@@ -58,6 +60,9 @@ enum Command {
     /// Manage secrets: encrypted values injected into instances that ask for them
     #[command(subcommand)]
     Secret(commands::secret::Command),
+    /// Manage named workspaces: persistent /workspace directories or volumes shared by instances
+    #[command(subcommand)]
+    Workspace(commands::workspace::Command),
     /// Run a command in a running instance (waking it if it sleeps)
     Exec(commands::exec::Args),
     /// Print an instance's logs
@@ -122,6 +127,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Kit(command) => commands::kit::run(command, ctx).await,
         Command::Image(command) => commands::image::run(command, ctx).await,
         Command::Secret(command) => commands::secret::run(command, ctx).await,
+        Command::Workspace(command) => commands::workspace::run(command, ctx).await,
         Command::Exec(args) => commands::exec::run(args, ctx).await,
         Command::Logs(args) => commands::logs::run(args, ctx).await,
         Command::Run(args) => commands::run::run(args, ctx).await,

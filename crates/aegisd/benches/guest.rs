@@ -88,6 +88,7 @@ async fn main() {
             hostname: "bench".into(),
             egress: true,
             forwards: vec![],
+            workspace: None,
         };
         std::fs::create_dir_all(&vm_dir).expect("vm dir");
         let (sink, rx) = mpsc::channel(4096);

@@ -101,6 +101,11 @@ impl Config {
     pub fn kernel_dir(&self) -> PathBuf {
         self.home.join("kernel")
     }
+    /// Named workspaces.
+    pub fn workspaces_dir(&self) -> PathBuf {
+        self.home.join("workspaces")
+    }
+
     /// Caches (initramfs).
     pub fn cache_dir(&self) -> PathBuf {
         self.home.join("cache")

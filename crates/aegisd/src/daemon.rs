@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         router: Router::new(Router::bind_from_env().map_err(DaemonError::Config)?),
         kits: KitStore::new(config.kits_dir()),
         daemons: Daemons::new(socket.clone(), config.home.clone(), config.kits_dir()),
+        workspaces: crate::workspaces::WorkspaceStore::new(config.workspaces_dir()),
         config: config.clone(),
     });
     let instances = Instances::load(Arc::clone(&ctx)).await?;

@@ -17,3 +17,4 @@ pub mod logs;
 pub mod registry;
 pub mod router;
 pub mod secrets;
+pub mod workspaces;

@@ -88,6 +88,7 @@ fn plan(dir: &std::path::Path, base: PathBuf) -> BootPlan {
         hostname: "guest-test".into(),
         egress: true,
         forwards: vec![],
+        workspace: None,
     }
 }
 

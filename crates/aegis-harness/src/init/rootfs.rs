@@ -167,7 +167,8 @@ pub fn ensure_dirs(root: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
-fn create_dir(path: &Path, mode: u32) -> Result<(), RootfsError> {
+/// Creates `path` (and missing parents) with `mode` unless it is already a directory.
+pub fn create_dir(path: &Path, mode: u32) -> Result<(), RootfsError> {
     if path.is_dir() {
         return Ok(());
     }

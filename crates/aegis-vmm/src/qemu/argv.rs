@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use aegis_proto::control::CONTROL_PORT_NAME;
 
+use super::virtiofs;
 use crate::accel::Accelerator;
 use crate::vmm::{PortForward, VmSpec};
 
@@ -64,6 +65,7 @@ pub fn kernel_cmdline(spec: &VmSpec) -> String {
         format!("aegis.gw={GUEST_GATEWAY}"),
         format!("aegis.dns={GUEST_DNS}"),
     ];
+    parts.extend(spec.harness_options.iter().cloned());
     if spec.accelerator == Accelerator::Tcg {
         // Skips the TSC calibration loop, which is slow and unreliable under emulation.
         parts.push("tsc=reliable".to_owned());
@@ -136,6 +138,24 @@ pub fn build(spec: &VmSpec, files: &RunFiles) -> Vec<OsString> {
         args.push("-device".into());
         args.push(format!("virtio-blk-pci,drive=disk{i}").into());
     }
+    if !spec.shares.is_empty() {
+        // vhost-user devices need guest memory the backend process can map.
+        args.push("-object".into());
+        args.push(format!("memory-backend-memfd,id=mem,size={memory}M,share=on").into());
+        args.push("-numa".into());
+        args.push("node,memdev=mem".into());
+    }
+    for (i, share) in spec.shares.iter().enumerate() {
+        path_arg(
+            &mut args,
+            "-chardev",
+            &format!("socket,id=fs{i},path="),
+            &virtiofs::socket_path(&spec.run_dir, i),
+            "",
+        );
+        args.push("-device".into());
+        args.push(format!("vhost-user-fs-pci,chardev=fs{i},tag={}", share.tag).into());
+    }
     let mut netdev = format!("user,id={NETDEV_ID}");
     if !spec.network.egress {
         netdev.push_str(",restrict=on");
@@ -200,6 +220,12 @@ mod tests {
                 read_only: false,
             },
             extra_disks: vec![],
+            shares: vec![crate::vmm::ShareSpec {
+                tag: "workspace".into(),
+                host_dir: "/srv/ws".into(),
+                read_only: false,
+            }],
+            harness_options: vec!["aegis.workspace=virtiofs:workspace".into()],
             memory_mib: 256,
             vcpus: 2,
             hostname: "web".into(),
@@ -230,5 +256,9 @@ mod tests {
         let cmdline = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
         assert!(cmdline.contains("aegis.hostname=web"));
         assert!(cmdline.contains("aegis.ip=10.0.2.15/24"));
+        assert!(cmdline.contains("aegis.workspace=virtiofs:workspace"));
+        assert!(joined.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert!(joined.contains("-chardev socket,id=fs0,path=/run/vm/virtiofs-0.sock"));
+        assert!(joined.contains("vhost-user-fs-pci,chardev=fs0,tag=workspace"));
     }
 }

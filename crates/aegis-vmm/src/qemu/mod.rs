@@ -5,6 +5,7 @@
 pub mod argv;
 mod process;
 pub mod qmp;
+pub mod virtiofs;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,8 +95,26 @@ impl QemuVmm {
         if let Some(path) = incoming {
             args.extend(argv::incoming(path));
         }
+        let mut shares = Vec::with_capacity(spec.shares.len());
+        for (i, share) in spec.shares.iter().enumerate() {
+            match virtiofs::start(share, &spec.run_dir, i).await {
+                Ok(daemon) => shares.push(daemon),
+                Err(e) => {
+                    shares.iter().for_each(virtiofs::Virtiofsd::kill);
+                    return Err(e);
+                }
+            }
+        }
+        // Until QEMU has connected, a failed start leaves the share daemons waiting for ever.
+        let kill_shares = || shares.iter().for_each(virtiofs::Virtiofsd::kill);
         tracing::debug!(program = %program.display(), ?args, "starting qemu");
-        let mut child = process::spawn_detached(&program, &args, &files.qemu_log)?;
+        let mut child = match process::spawn_detached(&program, &args, &files.qemu_log) {
+            Ok(child) => child,
+            Err(e) => {
+                kill_shares();
+                return Err(e);
+            }
+        };
         let pid = child.id().unwrap_or(0);
         let (exit_tx, exit_rx) = watch::channel(None);
         let deadline = tokio::time::Instant::now() + QMP_READY_TIMEOUT;
@@ -104,6 +123,7 @@ impl QemuVmm {
                 break qmp;
             }
             if let Ok(Some(status)) = child.try_wait() {
+                kill_shares();
                 return Err(VmmError::EarlyExit {
                     exit: process::exit_of(status),
                     log: process::log_tail(&files.qemu_log),
@@ -111,6 +131,7 @@ impl QemuVmm {
             }
             if tokio::time::Instant::now() > deadline {
                 let _ = child.start_kill();
+                kill_shares();
                 return Err(VmmError::NotReady {
                     path: files.qmp.clone(),
                     timeout: QMP_READY_TIMEOUT,

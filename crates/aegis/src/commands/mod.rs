@@ -11,3 +11,4 @@ pub mod run;
 pub mod secret;
 pub mod status;
 pub mod up;
+pub mod workspace;

@@ -11,6 +11,7 @@ use crate::lifecycle::command::LifecycleError;
 use crate::lifecycle::instances::{CreateError, ExposeError};
 use crate::router::RouterError;
 use crate::secrets::SecretError;
+use crate::workspaces::WorkspaceError;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,9 @@ pub enum ApiError {
     /// The secrets named for an instance (`PUT /v1/instances/{id}/secrets`) are not usable.
     #[error(transparent)]
     InstanceSecrets(SecretError),
+    /// A workspace route failed.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
 }
 
 impl ApiError {
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::Kit(e) => kit_status(e, KitUse::Direct),
             ApiError::Secret(e) => secret_status(e, SecretUse::Direct),
             ApiError::InstanceSecrets(e) => secret_status(e, SecretUse::Referenced),
+            ApiError::Workspace(e) => workspace_status(e),
         }
     }
 
@@ -105,6 +110,11 @@ impl ApiError {
             ApiError::Create(CreateError::HandleInUse { .. }) => {
                 Some("choose another --name, or stop or delete the existing instance".to_owned())
             }
+            ApiError::Workspace(WorkspaceError::NotFound(_)) => {
+                Some("`aegis workspace list` shows the workspaces".to_owned())
+            }
+            ApiError::Workspace(WorkspaceError::Volume(e)) => e.hint(),
+            ApiError::Workspace(_) => None,
             ApiError::BadRequest(_)
             | ApiError::NoRoute(_)
             | ApiError::Spawn(_)
@@ -112,6 +122,24 @@ impl ApiError {
             | ApiError::Create(
                 CreateError::Spec(_) | CreateError::Registry(_) | CreateError::Dir { .. },
             ) => None,
+        }
+    }
+}
+
+fn workspace_status(e: &WorkspaceError) -> StatusCode {
+    match e {
+        WorkspaceError::BadName { .. }
+        | WorkspaceError::RelativePath(_)
+        | WorkspaceError::HostDir { .. }
+        | WorkspaceError::Size { .. }
+        | WorkspaceError::SizeNotApplicable(_)
+        | WorkspaceError::Kind(_) => StatusCode::BAD_REQUEST,
+        WorkspaceError::NotFound(_) => StatusCode::NOT_FOUND,
+        WorkspaceError::Exists(_)
+        | WorkspaceError::InUse { .. }
+        | WorkspaceError::VolumeTaken { .. } => StatusCode::CONFLICT,
+        WorkspaceError::Io { .. } | WorkspaceError::Volume(_) | WorkspaceError::Corrupt { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
         }
     }
 }

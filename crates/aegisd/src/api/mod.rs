@@ -10,6 +10,7 @@ mod kits;
 mod logs;
 mod secrets;
 mod status;
+mod workspaces;
 
 use std::sync::Arc;
 
@@ -79,6 +80,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/secrets/:name",
             axum::routing::put(secrets::put).delete(secrets::delete),
+        )
+        .route(
+            "/v1/workspaces",
+            get(workspaces::list).post(workspaces::create),
+        )
+        .route(
+            "/v1/workspaces/:name",
+            get(workspaces::get).delete(workspaces::delete),
         )
         .fallback(error::not_found)
         .with_state(state)

@@ -8,6 +8,7 @@
 //! A graceful stop is awaited inline: it is bounded by [`STOP_DEADLINE`].
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,7 +117,7 @@ impl Actor {
         let saved = SnapshotFiles::new(&ctx.config.instance_dir(&row.id))
             .load()
             .map(|m| m.view());
-        let view = render(&row, &spec, None, saved.clone());
+        let view = render(&ctx, &row, &spec, None, saved.clone());
         let (snapshot, snapshot_rx) = watch::channel(view);
         let actor = Actor {
             ctx,
@@ -756,11 +757,20 @@ impl Actor {
     /// Stops by request or idleness: saves a snapshot when the instance wants one (pause,
     /// write, end the VM), else, or when saving fails, stops gracefully.
     async fn stop_saving(&mut self, reason: &str) -> Result<Instance, LifecycleError> {
-        let wanted = self.spec.snapshot && self.ctx.boot.vmm.capabilities().snapshot;
+        let wanted = self.spec.snapshot_possible() && self.ctx.boot.vmm.capabilities().snapshot;
         let (live, was_paused) = match std::mem::replace(&mut self.state, State::Stopped) {
             State::Running(live) if wanted && live.guest.spec.is_some() => (live, false),
             State::Paused(live) if wanted && live.guest.spec.is_some() => (live, true),
             other => {
+                let live = matches!(other, State::Running(_) | State::Paused(_));
+                if let Some(why) = self
+                    .spec
+                    .snapshot_obstacle()
+                    .filter(|_| live && self.spec.snapshot)
+                {
+                    self.log
+                        .system(format!("no snapshot: {why}; the next wake boots"));
+                }
                 self.state = other;
                 return self.stop(StopMode::Graceful, reason).await;
             }
@@ -805,9 +815,13 @@ impl Actor {
             .config
             .instance_dir(&self.row.id)
             .join("root.qcow2");
+        let disks: Vec<PathBuf> = spec
+            .as_ref()
+            .map(|s| s.extra_disks.iter().map(|d| d.path.clone()).collect())
+            .unwrap_or_default();
         let manifest = match fingerprint {
             Some(Ok(fp)) => files
-                .write_manifest(fp, &overlay, &info)
+                .write_manifest(fp, &overlay, &disks, &info)
                 .map_err(|e| e.to_string()),
             Some(Err(e)) => Err(format!("cannot examine the guest kernel: {e}")),
             None => Err("the VM's start parameters are unknown".to_owned()),
@@ -1101,7 +1115,7 @@ impl Actor {
         };
         let mut row = self.row.clone();
         row.status = self.state.status().as_str().to_owned();
-        render(&row, &self.spec, pid, self.saved.clone())
+        render(&self.ctx, &row, &self.spec, pid, self.saved.clone())
     }
 }
 
@@ -1111,6 +1125,7 @@ fn unreachable_state() {
 
 /// Builds the API view of an instance.
 pub fn render(
+    ctx: &Ctx,
     row: &InstanceRow,
     spec: &InstanceSpec,
     vmm_pid: Option<u32>,
@@ -1136,7 +1151,9 @@ pub fn render(
         kit: spec.kit.clone(),
         memory_mb: spec.memory_mib,
         vcpus: spec.vcpus,
-        workspace: spec.workspace.clone(),
+        workspace: ctx
+            .workspaces
+            .view(&spec.workspace(), &ctx.config.instance_dir(&row.id)),
         reason: row.reason.clone(),
         exit_code: row.exit_code,
         vmm_pid,
@@ -1198,6 +1215,10 @@ async fn boot_task(
         hostname,
         egress: spec.egress,
         forwards: Vec::new(),
+        workspace: ctx
+            .workspaces
+            .attachment(&spec.workspace(), &dir)
+            .map_err(|e| boot_err(BootError::Workspace(e)))?,
     };
     let prepared = boot::prepare(&ctx.boot, &plan).await.map_err(boot_err)?;
     let files = SnapshotFiles::new(&dir);
@@ -1243,7 +1264,7 @@ async fn try_restore(
     if !files.dir.exists() {
         return Ok(None);
     }
-    if !spec.snapshot || !ctx.boot.vmm.capabilities().snapshot {
+    if !spec.snapshot_possible() || !ctx.boot.vmm.capabilities().snapshot {
         files.discard();
         return Ok(None);
     }
@@ -1253,7 +1274,17 @@ async fn try_restore(
         ctx.boot.vmm.program_identity(),
     );
     let checked = match now {
-        Ok(now) => files.check(&now, &plan.overlay).map_err(|e| e.to_string()),
+        Ok(now) => {
+            let disks: Vec<PathBuf> = prepared
+                .spec
+                .extra_disks
+                .iter()
+                .map(|d| d.path.clone())
+                .collect();
+            files
+                .check(&now, &plan.overlay, &disks)
+                .map_err(|e| e.to_string())
+        }
         Err(e) => Err(format!("cannot examine the guest kernel: {e}")),
     };
     let manifest = match checked {

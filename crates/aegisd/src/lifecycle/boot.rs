@@ -11,13 +11,14 @@ use std::net::SocketAddr;
 use aegis_proto::control::{HealthResult, INGRESS_PORT};
 use aegis_vmm::boot::{GuestKernel, Initramfs, InitramfsError, KernelError};
 use aegis_vmm::{
-    Accelerator, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, Vm, VmExit, VmSpec, Vmm,
-    VmmError,
+    Accelerator, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, ShareSpec, Vm, VmExit,
+    VmSpec, Vmm, VmmError,
 };
 
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{ControlChannel, ControlError, NotificationSink};
+use crate::workspaces::{ensure_volume, Attachment, WorkspaceError, SHARE_TAG};
 
 /// How long a guest gets from VMM start to a harness answering `health`. A cold boot takes
 /// 4–10 s under TCG on an idle host; parallel boots on a loaded two-core machine take several
@@ -71,6 +72,8 @@ pub struct BootPlan {
     pub egress: bool,
     /// Host ports forwarded to the guest.
     pub forwards: Vec<PortForward>,
+    /// What is mounted at `/workspace`.
+    pub workspace: Option<Attachment>,
 }
 
 /// A guest whose harness answers.
@@ -134,6 +137,9 @@ pub enum BootError {
     /// The control channel failed.
     #[error("cannot talk to the guest harness")]
     Control(#[source] ControlError),
+    /// The workspace could not be attached.
+    #[error("cannot attach the workspace")]
+    Workspace(#[source] WorkspaceError),
     /// The boot was called off (stop or delete while starting).
     #[error("the boot was cancelled")]
     Cancelled,
@@ -144,7 +150,9 @@ impl BootError {
     pub fn hint(&self) -> Option<String> {
         match self {
             BootError::Kernel(e) => Some(e.hint()),
-            BootError::Initramfs(InitramfsError::ReadHarness { .. }) => Some(
+            BootError::Initramfs(
+                InitramfsError::ReadHarness { .. } | InitramfsError::NotStatic { .. },
+            ) => Some(
                 "build the guest harness with `scripts/build.sh` (or set AEGIS_HARNESS)".to_owned(),
             ),
             BootError::Initramfs(_) => {
@@ -156,6 +164,12 @@ impl BootError {
             BootError::Vmm(e) => e.hint(),
             BootError::DiedDuringBoot { .. } | BootError::HarnessTimeout { .. } => Some(
                 "the guest console above tells why; run `aegis doctor` to check the set-up"
+                    .to_owned(),
+            ),
+            BootError::Workspace(WorkspaceError::Volume(e)) => e.hint(),
+            BootError::Workspace(_) => Some(
+                "recreate the workspace or its directory, or start the instance again with another \
+                 --workspace"
                     .to_owned(),
             ),
             BootError::Control(_) | BootError::Cancelled => None,
@@ -208,6 +222,43 @@ pub async fn prepare(env: &BootEnv, plan: &BootPlan) -> Result<Prepared, BootErr
             .await
             .map_err(BootError::Vmm)?;
     }
+    let (mut extra_disks, mut shares, mut harness_options) = (Vec::new(), Vec::new(), Vec::new());
+    match &plan.workspace {
+        Some(Attachment::Volume { path, size_mib }) => {
+            let (path, size_mib) = (path.clone(), *size_mib);
+            let volume = path.clone();
+            tokio::task::spawn_blocking(move || ensure_volume(&volume, size_mib))
+                .await
+                .map_err(|e| {
+                    BootError::Workspace(WorkspaceError::Io {
+                        path: path.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                })?
+                .map_err(BootError::Workspace)?;
+            // The second disk: the root is /dev/vda.
+            extra_disks.push(DiskSpec {
+                path,
+                read_only: false,
+            });
+            harness_options.push("aegis.workspace=/dev/vdb".to_owned());
+        }
+        Some(Attachment::Directory { path }) => {
+            if !path.is_dir() {
+                return Err(BootError::Workspace(WorkspaceError::HostDir {
+                    path: path.clone(),
+                    why: "it no longer exists".to_owned(),
+                }));
+            }
+            shares.push(ShareSpec {
+                tag: SHARE_TAG.to_owned(),
+                host_dir: path.clone(),
+                read_only: false,
+            });
+            harness_options.push(format!("aegis.workspace=virtiofs:{SHARE_TAG}"));
+        }
+        None => {}
+    }
     let ingress_port = free_loopback_port().map_err(|source| {
         BootError::Vmm(VmmError::Io {
             path: plan.run_dir.clone(),
@@ -227,7 +278,9 @@ pub async fn prepare(env: &BootEnv, plan: &BootPlan) -> Result<Prepared, BootErr
             path: plan.overlay.clone(),
             read_only: false,
         },
-        extra_disks: Vec::new(),
+        extra_disks,
+        shares,
+        harness_options,
         memory_mib: plan.memory_mib,
         vcpus: plan.vcpus,
         hostname: plan.hostname.clone(),

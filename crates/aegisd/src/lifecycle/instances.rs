@@ -345,6 +345,20 @@ impl Instances {
             }
         }
         let mut spec = InstanceSpec::from_request(&req)?;
+        let users = self.list();
+        spec.workspace = Some(
+            self.ctx
+                .workspaces
+                .prepare(spec.workspace(), |name| {
+                    users
+                        .iter()
+                        .find(|i| {
+                            i.workspace.as_ref().and_then(|w| w.name.as_deref()) == Some(name)
+                        })
+                        .map(|i| i.handle.clone().unwrap_or_else(|| i.id.clone()))
+                })
+                .map_err(SpecError::Workspace)?,
+        );
         if req.snapshot.is_none() {
             spec.snapshot = self.ctx.config.snapshot_default;
         }

@@ -36,4 +36,6 @@ pub struct Ctx {
     pub kits: crate::kits::KitStore,
     /// Instance daemons of kit instances.
     pub daemons: crate::kits::Daemons,
+    /// Named workspaces.
+    pub workspaces: crate::workspaces::WorkspaceStore,
 }

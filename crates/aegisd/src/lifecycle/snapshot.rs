@@ -70,6 +70,7 @@ impl SnapshotFiles {
         &self,
         fingerprint: Fingerprint,
         overlay: &Path,
+        extra_disks: &[PathBuf],
         info: &SnapshotInfo,
     ) -> std::io::Result<Manifest> {
         let manifest = Manifest {
@@ -77,6 +78,10 @@ impl SnapshotFiles {
             created_at: crate::logs::now_ts(),
             fingerprint,
             overlay: FileStamp::of(overlay)?,
+            extra_disks: extra_disks
+                .iter()
+                .map(|d| FileStamp::of(d))
+                .collect::<std::io::Result<_>>()?,
             size_bytes: info.size_bytes,
             write_ms: u64::try_from(info.took.as_millis()).unwrap_or(u64::MAX),
         };
@@ -91,7 +96,12 @@ impl SnapshotFiles {
     ///
     /// # Errors
     /// [`Unusable`] saying why not.
-    pub fn check(&self, now: &Fingerprint, overlay: &Path) -> Result<Manifest, Unusable> {
+    pub fn check(
+        &self,
+        now: &Fingerprint,
+        overlay: &Path,
+        extra_disks: &[PathBuf],
+    ) -> Result<Manifest, Unusable> {
         let text = std::fs::read(&self.manifest).map_err(|_| Unusable::NoManifest)?;
         let manifest: Manifest =
             serde_json::from_slice(&text).map_err(|e| Unusable::BadManifest(e.to_string()))?;
@@ -113,10 +123,20 @@ impl SnapshotFiles {
         if let Some(what) = manifest.fingerprint.differs_from(now) {
             return Err(Unusable::Changed(what));
         }
-        match FileStamp::of(overlay) {
-            Ok(stamp) if stamp == manifest.overlay => Ok(manifest),
-            Ok(_) | Err(_) => Err(Unusable::Changed("the disk overlay")),
+        if !FileStamp::of(overlay).is_ok_and(|stamp| stamp == manifest.overlay) {
+            return Err(Unusable::Changed("the disk overlay"));
         }
+        let disks: Vec<Option<FileStamp>> =
+            extra_disks.iter().map(|d| FileStamp::of(d).ok()).collect();
+        if disks.len() != manifest.extra_disks.len()
+            || disks
+                .iter()
+                .zip(&manifest.extra_disks)
+                .any(|(now, then)| now.as_ref() != Some(then))
+        {
+            return Err(Unusable::Changed("the workspace volume"));
+        }
+        Ok(manifest)
     }
 }
 
@@ -248,6 +268,9 @@ pub struct Manifest {
     pub fingerprint: Fingerprint,
     /// The disk overlay right after the VM ended.
     pub overlay: FileStamp,
+    /// The VM's other writable disks (a workspace volume) right after it ended.
+    #[serde(default)]
+    pub extra_disks: Vec<FileStamp>,
     /// Size of the memory file.
     pub size_bytes: u64,
     /// How long writing it took.
@@ -299,7 +322,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let files = SnapshotFiles::new(tmp.path());
         assert_eq!(
-            files.check(&fingerprint(tmp.path()), tmp.path()),
+            files.check(&fingerprint(tmp.path()), tmp.path(), &[]),
             Err(Unusable::NoManifest)
         );
         std::fs::create_dir_all(&files.dir).unwrap();
@@ -312,8 +335,26 @@ mod tests {
             size_bytes: 100,
             took: std::time::Duration::from_millis(5),
         };
-        files.write_manifest(fp.clone(), &overlay, &info).unwrap();
-        assert!(files.check(&fp, &overlay).is_ok());
+        let volume = tmp.path().join("workspace.ext4");
+        std::fs::write(&volume, b"volume").unwrap();
+        let disks = [volume.clone()];
+        files
+            .write_manifest(fp.clone(), &overlay, &disks, &info)
+            .unwrap();
+        assert!(files.check(&fp, &overlay, &disks).is_ok());
+        assert_eq!(
+            files.check(&fp, &overlay, &[]),
+            Err(Unusable::Changed("the workspace volume"))
+        );
+        std::fs::write(&volume, b"volume written elsewhere").unwrap();
+        assert_eq!(
+            files.check(&fp, &overlay, &disks),
+            Err(Unusable::Changed("the workspace volume"))
+        );
+        files
+            .write_manifest(fp.clone(), &overlay, &[], &info)
+            .unwrap();
+        assert!(files.check(&fp, &overlay, &[]).is_ok());
         assert_eq!(files.load().unwrap().view().size_bytes, 100);
         assert!(total_bytes(tmp.path().parent().unwrap()) >= 100);
 
@@ -322,7 +363,7 @@ mod tests {
             ..fp.clone()
         };
         assert_eq!(
-            files.check(&changed, &overlay),
+            files.check(&changed, &overlay, &[]),
             Err(Unusable::Changed("the VMM program"))
         );
         let changed = Fingerprint {
@@ -330,17 +371,17 @@ mod tests {
             ..fp.clone()
         };
         assert_eq!(
-            files.check(&changed, &overlay),
+            files.check(&changed, &overlay, &[]),
             Err(Unusable::Changed("the image"))
         );
         std::fs::write(&overlay, b"disk changed").unwrap();
         assert_eq!(
-            files.check(&fp, &overlay),
+            files.check(&fp, &overlay, &[]),
             Err(Unusable::Changed("the disk overlay"))
         );
         std::fs::write(&files.memory, vec![1u8; 10]).unwrap();
         assert_eq!(
-            files.check(&fp, &overlay),
+            files.check(&fp, &overlay, &[]),
             Err(Unusable::Truncated {
                 expected: 100,
                 actual: 10
@@ -348,6 +389,6 @@ mod tests {
         );
         files.discard();
         assert!(files.load().is_none());
-        assert_eq!(files.check(&fp, &overlay), Err(Unusable::NoManifest));
+        assert_eq!(files.check(&fp, &overlay, &[]), Err(Unusable::NoManifest));
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     DEFAULT_IMAGE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_RANGE_MIB, VCPU_RANGE,
 };
+use crate::workspaces::{WorkspaceError, WorkspaceSpec};
 
 /// The configuration of one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,9 +34,10 @@ pub struct InstanceSpec {
     /// Secret names to inject.
     #[serde(default)]
     pub secrets: Vec<String>,
-    /// Workspace.
+    /// What is mounted at `/workspace`. `None` in configurations stored before workspaces
+    /// existed: they get the default, the instance's own volume.
     #[serde(default)]
-    pub workspace: Option<String>,
+    pub workspace: Option<WorkspaceSpec>,
     /// Kit.
     #[serde(default)]
     pub kit: Option<String>,
@@ -157,7 +159,7 @@ impl ExposeSpec {
 }
 
 /// A request that does not describe a valid instance.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// Bad handle.
     #[error("{0}")]
@@ -203,6 +205,9 @@ pub enum SpecError {
     /// Bad snapshot value.
     #[error("invalid snapshot {0:?}: expected on or off")]
     Snapshot(String),
+    /// A bad workspace.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
     /// A command element is empty or the command holds a NUL byte.
     #[error("command contains an empty program name or a NUL byte")]
     Command,
@@ -238,6 +243,34 @@ pub fn check_command(command: &[String]) -> Result<(), SpecError> {
 }
 
 impl InstanceSpec {
+    /// The workspace (the default for configurations stored before workspaces existed).
+    pub fn workspace(&self) -> WorkspaceSpec {
+        self.workspace.clone().unwrap_or_default()
+    }
+
+    /// Whether a stop may save a snapshot: asked for and [`InstanceSpec::snapshot_obstacle`]
+    /// finds nothing against it.
+    pub fn snapshot_possible(&self) -> bool {
+        self.snapshot && self.snapshot_obstacle().is_none()
+    }
+
+    /// Why this instance cannot be snapshotted although it may want to be, if it cannot.
+    pub fn snapshot_obstacle(&self) -> Option<&'static str> {
+        if !self.secrets.is_empty() {
+            // Guest memory holds the injected values; written to a file they would sit on the
+            // host's disk in clear, where secrets must never be.
+            return Some("the instance has secrets, which its memory file would hold in clear");
+        }
+        match self.workspace() {
+            WorkspaceSpec::Volume { .. } | WorkspaceSpec::None => None,
+            // The host side of a virtio-fs share is another process, whose state a snapshot
+            // of the VM cannot hold.
+            WorkspaceSpec::Named { .. } | WorkspaceSpec::Host { .. } => {
+                Some("the workspace is a shared directory, which a snapshot cannot hold")
+            }
+        }
+    }
+
     /// Validates a create request (the handle is checked separately by the caller).
     ///
     /// # Errors
@@ -300,7 +333,10 @@ impl InstanceSpec {
             memory_mib,
             vcpus,
             secrets: req.secrets.clone(),
-            workspace: req.workspace.clone(),
+            workspace: Some(WorkspaceSpec::parse(
+                req.workspace.as_deref(),
+                req.workspace_size_mb,
+            )?),
             kit: req.kit.clone(),
             kit_config: None,
         })

@@ -81,7 +81,17 @@ fn render(i: &Instance, now: OffsetDateTime) -> String {
                     .join(", ")
             }),
         ),
-        ("workspace", i.workspace.clone()),
+        (
+            "workspace",
+            i.workspace
+                .as_ref()
+                .map(|w| match (w.kind.as_str(), &w.name, w.size_mb) {
+                    ("named", Some(name), _) => format!("{name} (named: {})", w.path),
+                    ("volume", _, Some(mb)) => format!("own volume, {mb} MiB ({})", w.path),
+                    ("host", _, _) => format!("host directory {}", w.path),
+                    (kind, _, _) => format!("{kind} {}", w.path),
+                }),
+        ),
         ("kit", i.kit.clone()),
         ("vmm pid", i.vmm_pid.map(|p| p.to_string())),
         (
