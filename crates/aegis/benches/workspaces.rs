@@ -69,7 +69,7 @@ fn report_rate(name: &str, unit: &str, mut rates: Vec<f64>) {
     rates.sort_by(|a, b| b.total_cmp(a));
     let q = |permille: usize| rates[((rates.len() - 1) * permille + 500) / 1000];
     println!(
-        "{name:<44} n={:<3} p50={:>9.1} {unit}  p95={:>9.1} {unit}  p99={:>9.1} {unit}",
+        "{name:<52} n={:<3} p50={:>9.1} {unit}  p95={:>9.1} {unit}  p99={:>9.1} {unit}",
         rates.len(),
         q(500),
         q(950),

@@ -330,6 +330,17 @@ fn issue_4_pulled_image_boots_with_its_layers_and_config() {
          setuid-tool\nnew\n",
         "{out}"
     );
+    // The instance's fresh workspace volume was handed to the image's user, who can write it.
+    let out = d.aegis([
+        "exec",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        "stat -c '%U %G' /workspace && echo data > /workspace/mine && stat -c %U /workspace/mine",
+    ]);
+    out.expect_success();
+    assert_eq!(out.stdout, "app app\napp\n", "{out}");
     // An explicit --env wins over the image's Env.
     let out = d.aegis([
         "exec",

@@ -43,6 +43,46 @@ pub enum WorkspaceError {
     },
 }
 
+/// Gives a fresh workspace volume to the user a process runs as: a new ext4 volume's root is
+/// `root:root 0755`, which an image whose `User` is not root could not write to. Only a volume
+/// still empty (nothing but `lost+found`) and still owned by root is handed over, so the first
+/// non-root process decides and nothing a user arranged is ever changed; shared directories
+/// (virtio-fs) are the host's and are never touched.
+pub fn hand_over_if_fresh(uid: u32, gid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    const EXT4_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0xef53);
+    if uid == 0 {
+        return;
+    }
+    let root = Path::new(MOUNT_POINT);
+    let is_volume = nix::sys::statfs::statfs(root)
+        .is_ok_and(|fs| fs.filesystem_type() == EXT4_MAGIC)
+        && std::fs::metadata(root)
+            .ok()
+            .zip(std::fs::metadata("/").ok())
+            .is_some_and(|(ws, slash)| ws.dev() != slash.dev());
+    let fresh = std::fs::metadata(root).is_ok_and(|m| m.uid() == 0 && m.gid() == 0)
+        && std::fs::read_dir(root).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .all(|e| e.file_name() == "lost+found")
+        });
+    if is_volume && fresh {
+        let owner = (
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+        match nix::unistd::chown(root, owner.0, owner.1) {
+            Ok(()) => crate::console::line(format_args!(
+                "workspace handed to {uid}:{gid} (a fresh volume)"
+            )),
+            Err(e) => crate::console::line(format_args!(
+                "cannot hand the workspace to {uid}:{gid}: {e} (continuing)"
+            )),
+        }
+    }
+}
+
 /// Mounts `config` at [`MOUNT_POINT`]; returns a description for the console.
 ///
 /// # Errors

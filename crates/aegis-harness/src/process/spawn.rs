@@ -172,6 +172,9 @@ pub fn spawn(spec: &ProcessSpec, reaper: &Reaper) -> Result<Spawned, SpawnError>
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(id) = &identity {
+        crate::init::workspace::hand_over_if_fresh(id.uid, id.gid);
+    }
     let switch = identity.map(|id| (id.uid, id.gid, id.groups));
     let nofile = limits::child_nofile();
     // SAFETY: the closure runs in the forked child before exec and only makes
