@@ -95,7 +95,7 @@ fn render(i: &Instance, now: OffsetDateTime) -> String {
         ("kit", i.kit.clone()),
         ("vmm pid", i.vmm_pid.map(|p| p.to_string())),
         (
-            "egress hints",
+            "egress hint",
             (!i.egress_hints.is_empty()).then(|| i.egress_hints.join(", ")),
         ),
         (
