@@ -272,6 +272,60 @@ mod tests {
     use aegis_proto::api::InstanceStatus;
 
     #[test]
+    fn maps_every_kit_error_to_a_status() {
+        use crate::kits::{ManifestError, PresetError};
+        let missing = || KitError::NotFound { name: "k".into() };
+        let manifest = || ManifestError::Invalid {
+            field: "name".into(),
+            problem: "p".into(),
+        };
+        let rows: Vec<(ApiError, u16)> = vec![
+            (ApiError::Kit(missing()), 404),
+            (ApiError::Create(CreateError::Kit(missing())), 400),
+            (ApiError::Kit(KitError::Manifest(manifest())), 400),
+            (
+                ApiError::Kit(KitError::Installed {
+                    path: "/k.json".into(),
+                    source: manifest(),
+                }),
+                400,
+            ),
+            (ApiError::Kit(KitError::BaseDir("x".into())), 400),
+            (
+                ApiError::Kit(KitError::AlreadyInstalled {
+                    name: "k".into(),
+                    version: "1".into(),
+                }),
+                409,
+            ),
+            (ApiError::Kit(KitError::Task("t".into())), 500),
+            (
+                ApiError::Create(CreateError::Preset(PresetError::MemoryAboveMax {
+                    kit: "k".into(),
+                    value: 2,
+                    max: 1,
+                })),
+                400,
+            ),
+            (
+                ApiError::Lifecycle(LifecycleError::Kit {
+                    id: "i".into(),
+                    source: PresetError::MissingSecrets {
+                        kit: "k".into(),
+                        missing: Vec::new(),
+                    },
+                }),
+                409,
+            ),
+        ];
+        for (err, status) in rows {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+        }
+        let hint = ApiError::Kit(missing()).hint().unwrap_or_default();
+        assert!(hint.contains("aegis kit install PATH"), "{hint}");
+    }
+
+    #[test]
     fn maps_every_secret_error_to_a_status() {
         use crate::secrets::KeyError;
         let missing = || SecretError::NotFound {

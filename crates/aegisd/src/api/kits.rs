@@ -48,10 +48,9 @@ pub async fn install(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<InstallKit>,
 ) -> Result<(StatusCode, Json<KitInfo>), ApiError> {
-    let replacing = req.replace;
-    let kit = state.ctx.kits.install(req).await?;
+    let (kit, replaced) = state.ctx.kits.install(req).await?;
     tracing::info!(kit = %kit.manifest.name, version = %kit.manifest.version, "kit installed");
-    let status = if replacing {
+    let status = if replaced {
         StatusCode::OK
     } else {
         StatusCode::CREATED

@@ -130,11 +130,11 @@ impl KitStore {
     }
 
     /// Validates and installs a manifest as `NAME.json`, replacing any other file of that name
-    /// when `replace` is set.
+    /// when `replace` is set. Returns the kit and whether it replaced an installed one.
     ///
     /// # Errors
     /// [`KitError::Manifest`], [`KitError::AlreadyInstalled`], I/O failures.
-    pub async fn install(&self, req: InstallKit) -> Result<InstalledKit, KitError> {
+    pub async fn install(&self, req: InstallKit) -> Result<(InstalledKit, bool), KitError> {
         let this = self.clone();
         blocking(move || this.install_blocking(&req)).await
     }
@@ -243,7 +243,7 @@ impl KitStore {
         Ok(kits)
     }
 
-    fn install_blocking(&self, req: &InstallKit) -> Result<InstalledKit, KitError> {
+    fn install_blocking(&self, req: &InstallKit) -> Result<(InstalledKit, bool), KitError> {
         let base = match req.base_dir.as_deref() {
             Some(dir) if !Path::new(dir).is_absolute() => {
                 return Err(KitError::BaseDir(dir.to_owned()))
@@ -254,6 +254,7 @@ impl KitStore {
         let manifest =
             manifest::parse(&req.manifest, base.as_deref()).map_err(KitError::Manifest)?;
         let name = manifest.name.clone();
+        let replaced = !self.files_of(&name).is_empty();
         if !req.replace {
             match self.get_blocking(&name) {
                 Ok(existing) => {
@@ -288,7 +289,7 @@ impl KitStore {
                 std::fs::remove_file(&other).map_err(io(&other))?;
             }
         }
-        Ok(InstalledKit { manifest, path })
+        Ok((InstalledKit { manifest, path }, replaced))
     }
 
     fn remove_blocking(&self, name: &str) -> Result<(), KitError> {
@@ -333,11 +334,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KitStore::new(dir.path().join("kits"));
         assert!(store.list().await.unwrap().is_empty());
-        let kit = store
+        let (kit, replaced) = store
             .install(req("name: web\nversion: \"1\"\n"))
             .await
             .unwrap();
         assert_eq!(kit.path, dir.path().join("kits/web.json"));
+        assert!(!replaced);
         let err = store
             .install(req("name: web\nversion: \"2\"\n"))
             .await
@@ -348,7 +350,7 @@ mod tests {
         );
         let mut again = req("{\"name\": \"web\", \"version\": \"2\"}");
         again.replace = true;
-        store.install(again).await.unwrap();
+        assert!(store.install(again).await.unwrap().1);
         assert_eq!(store.get("web").await.unwrap().manifest.version, "2");
         // A hand-written YAML file and an invalid one beside it; a per-instance directory.
         std::fs::write(
