@@ -335,7 +335,9 @@ fn kits_are_managed_and_applied_as_presets() {
     // Stopped, it starts again by name without --kit: its configuration is stored. Without the
     // required secret it does not start, and says which secret with its description.
     d.aegis(["instance", "stop", "tk1"]).expect_success();
-    wait_state(&d, "tk1", InstanceStatus::Stopped);
+    let stopped = wait_state(&d, "tk1", InstanceStatus::Stopped);
+    // Its memory holds the kit's secrets: no snapshot is written.
+    assert!(stopped.saved_snapshot.is_none(), "{stopped:?}");
     d.aegis(["secret", "delete", "TK_KEY"]).expect_success();
     let out = d.aegis(["instance", "start", "tk1"]);
     out.expect_code(AEGIS_FAILURE);
