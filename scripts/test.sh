@@ -9,4 +9,4 @@ AEGIS_SKIP_HELLO=1 ./setup.sh
 export PATH="$repo/target/release:$PATH"
 # Release profile: the tests drive the release binaries setup.sh just built, and share their
 # compiled dependencies.
-cargo test --release --locked --workspace -- --test-threads="${AEGIS_TEST_THREADS:-2}"
+cargo test --release --locked --workspace --no-fail-fast -- --test-threads="${AEGIS_TEST_THREADS:-2}"

@@ -22,7 +22,8 @@ const INSTANCE: &str = r#"{"id":"inst-1","handle":"web","state":"running","enabl
 "image_ref":"aegis.local/default:latest","command":["sleep","9"],"env_keys":[],
 "created_at":"2024-05-01T10:00:00Z","stopped_at":null,"last_active_at":null,"endpoints":[],
 "secret_keys":[],"kit":null,"memory_mb":512,"vcpus":1,"workspace":null,"reason":null,
-"exit_code":null,"vmm_pid":42}"#;
+"exit_code":null,"vmm_pid":42,"idle_pause_secs":60,"idle_stop_secs":null,"egress":true,
+"snapshot":true}"#;
 
 type Seen = Arc<Mutex<Vec<String>>>;
 

@@ -173,14 +173,7 @@ pub fn build_ext4(tree: &RootfsTree, output: &Path, work_dir: &Path) -> Result<(
         .arg("-d")
         .arg(&tree.root)
         .arg(output);
-    let out = run(&mut mkfs, "mke2fs")?;
-    if !out.status.success() {
-        return Err(Ext4Error::Mke2fs {
-            image: output.to_owned(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
+    run_mke2fs(&mut mkfs, output)?;
 
     let mut dbg = Command::new(&debugfs);
     dbg.arg("-w").arg("-f").arg(&batch_path).arg(output);
@@ -229,15 +222,20 @@ pub fn make_volume(output: &Path, size_bytes: u64, label: &str) -> Result<(), Ex
             "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,discard",
         ])
         .arg(output);
-    let out = run(&mut mkfs, "mke2fs")?;
-    if !out.status.success() {
-        return Err(Ext4Error::Mke2fs {
-            image: output.to_owned(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
+    run_mke2fs(&mut mkfs, output)
+}
+
+/// Runs a prepared `mke2fs` command that formats `image`.
+fn run_mke2fs(mkfs: &mut Command, image: &Path) -> Result<(), Ext4Error> {
+    let out = run(mkfs, "mke2fs")?;
+    if out.status.success() {
+        return Ok(());
     }
-    Ok(())
+    Err(Ext4Error::Mke2fs {
+        image: image.to_owned(),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
 }
 
 fn run(command: &mut Command, tool: &'static str) -> Result<Output, Ext4Error> {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aegis_proto::api::Instance;
+use aegis_proto::api::{Instance, InstanceStatus};
 
 use crate::http::{self, ApiResponse};
 use crate::process::{self, Background, Output, DEFAULT_CLI_TIMEOUT};
@@ -231,6 +231,31 @@ impl Daemon {
             .env("AEGIS_DAEMON", self.release("aegisd"))
             .env("AEGIS_HARNESS", self.release("guest/aegis-harness"));
         command
+    }
+
+    /// Waits until instance `target` is in `state`, for at most `within`.
+    ///
+    /// # Panics
+    /// On timeout, and at once when a boot failed (with the reason and the daemon's log).
+    pub fn wait_state(&self, target: &str, state: InstanceStatus, within: Duration) -> Instance {
+        crate::wait::wait_until(within, &format!("{target} to be {state}"), || {
+            match self.instance(target) {
+                Ok(i) if i.state == state => Ok(i),
+                Ok(i)
+                    if i.reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("boot failed")) =>
+                {
+                    panic!(
+                        "{target}: {:?}\n--- aegisd.log ---\n{}",
+                        i.reason,
+                        self.log_tail()
+                    )
+                }
+                Ok(i) => Err(format!("{} ({:?})", i.state, i.reason)),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// One raw API request (`body` is sent as is, so it may be malformed on purpose).

@@ -16,24 +16,7 @@ use aegis_testkit::{wait_until, Daemon};
 const BOOT: Duration = Duration::from_secs(150);
 
 fn wait_state(d: &Daemon, target: &str, state: InstanceStatus) -> Instance {
-    wait_until(BOOT, &format!("{target} to be {state}"), || {
-        match d.instance(target) {
-            Ok(i) if i.state == state => Ok(i),
-            Ok(i)
-                if i.reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("boot failed")) =>
-            {
-                panic!(
-                    "{target}: {:?}\n--- aegisd.log ---\n{}",
-                    i.reason,
-                    d.log_tail()
-                )
-            }
-            Ok(i) => Err(format!("{} ({:?})", i.state, i.reason)),
-            Err(e) => Err(e),
-        }
-    })
+    d.wait_state(target, state, BOOT)
 }
 
 /// `aegis exec TARGET -- sh -c SCRIPT`, expected to succeed; its stdout.

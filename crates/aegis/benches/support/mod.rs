@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aegis_proto::api::{Instance, InstanceStatus};
-use aegis_testkit::{wait_until, Daemon};
+use aegis_testkit::Daemon;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -71,29 +71,12 @@ pub fn accelerator(d: &Daemon) -> String {
         .to_owned()
 }
 
-/// Waits until `target` is in `state`.
+/// Waits until `target` is in `state` (see [`Daemon::wait_state`]).
 ///
 /// # Panics
 /// On timeout, and at once when a boot failed.
 pub fn wait_state(d: &Daemon, target: &str, state: InstanceStatus, within: Duration) -> Instance {
-    wait_until(within, &format!("{target} to be {state}"), || {
-        match d.instance(target) {
-            Ok(i) if i.state == state => Ok(i),
-            Ok(i)
-                if i.reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("boot failed")) =>
-            {
-                panic!(
-                    "{target}: {:?}\n--- aegisd.log ---\n{}",
-                    i.reason,
-                    d.log_tail()
-                )
-            }
-            Ok(i) => Err(format!("{} ({:?})", i.state, i.reason)),
-            Err(e) => Err(e),
-        }
-    })
+    d.wait_state(target, state, within)
 }
 
 /// A port free on loopback right now.
