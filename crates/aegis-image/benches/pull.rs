@@ -14,75 +14,25 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aegis_image::{pull, BaseImagePolicy, CredentialSource, ImageRef, ImageStore, PullOptions};
-use serde_json::json;
-use support::image::{LayerBlob, TestImage};
-use support::layers::Layer;
+use aegis_testkit::{env_usize, report_ms};
+use support::image::bench_image;
 use support::registry::Registry;
 
 const LAYERS: usize = 4;
-const FILE_BYTES: usize = 1 << 20;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A file that gzip shrinks to about half: random bytes alternating with runs of text.
-fn file_contents(seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(FILE_BYTES);
-    while out.len() < FILE_BYTES {
-        for _ in 0..512 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.extend_from_slice(&state.to_le_bytes());
-        }
-        out.extend(std::iter::repeat_n(b'a' + (state % 26) as u8, 4096));
-    }
-    out.truncate(FILE_BYTES);
-    out
-}
-
-/// The nearest-rank percentile `p` (in percent) of sorted samples.
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    let rank = ((sorted.len() - 1) * p).div_ceil(100);
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>, megabytes: f64) {
-    samples.sort();
-    let p50 = percentile(&samples, 50);
-    println!(
-        "{name:<28} p50 {:>8.1?}  p95 {:>8.1?}  p99 {:>8.1?}  ({:.0} MB/s at p50, {} runs)",
-        p50,
-        percentile(&samples, 95),
-        percentile(&samples, 99),
-        megabytes / p50.as_secs_f64(),
-        samples.len()
-    );
+/// Prints p50/p95/p99 of `samples`, then the throughput at p50 of a run that moved `megabytes`.
+fn report(name: &str, samples: Vec<Duration>, megabytes: f64) {
+    let [p50_ms, ..] = report_ms(name, samples);
+    let rate = megabytes / (p50_ms / 1000.0);
+    println!("{:<52} {rate:.0} MB/s", format!("{name}, at p50"));
 }
 
 fn main() {
     support::require_tool("mke2fs", "e2fsprogs");
     let total_mb = env_usize("AEGIS_BENCH_MB", 100);
     let runs = env_usize("AEGIS_BENCH_RUNS", 5).max(1);
-    let files_per_layer = (total_mb / LAYERS).max(1);
 
-    let mut layers = Vec::new();
-    let mut uncompressed = 0usize;
-    for l in 0..LAYERS {
-        let mut layer = Layer::new();
-        for f in 0..files_per_layer {
-            let data = file_contents((l * 10_000 + f) as u64);
-            uncompressed += data.len();
-            layer.file(&format!("data/layer{l}/file{f:04}"), 0o644, 0, 0, &data);
-        }
-        layers.push(LayerBlob::gzip(layer));
-    }
-    let image = TestImage::new(layers, json!({"Cmd": ["/bin/true"]}));
+    let (image, uncompressed) = bench_image(LAYERS, total_mb);
     let compressed: usize = image.layers.iter().map(|l| l.bytes.len()).sum();
     let registry = Registry::start();
     registry.push_image("bench/image", "v1", &image);

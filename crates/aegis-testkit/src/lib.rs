@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests that drive the built binaries as a user would: a real `aegisd`
 //! in a temporary `AEGIS_HOME` ([`Daemon`]), the `aegis` CLI with a hard timeout
-//! ([`Daemon::aegis`]), and polling with a deadline instead of sleeping ([`wait_until`]).
+//! ([`Daemon::aegis`]), and polling with a deadline instead of sleeping ([`wait_until`]); and
+//! for benchmarks, p50/p95/p99 lines ([`report_ms`], [`report`], [`report_rate`]) and sample
+//! sizes from the environment ([`env_usize`]). [`free_port`] serves both.
 //!
 //! Prerequisites are never skipped: a missing binary, guest kernel or default image fails the
 //! test with the command that provides it.
@@ -11,11 +13,15 @@
 
 mod daemon;
 mod http;
+mod measure;
+mod net;
 mod process;
 mod wait;
 
 pub use daemon::{Daemon, SHARED_HOME_ENV};
 pub use http::ApiResponse;
+pub use measure::{env_usize, print_load, quantile, report, report_ms, report_rate};
+pub use net::free_port;
 pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
 pub use wait::{try_wait_until, wait_until};
 

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use aegis_client::{Client, InstanceAction};
 use aegis_proto::api::{CreateInstance, IdleTimeout, InstanceStatus};
-use aegis_testkit::Daemon;
+use aegis_testkit::{env_usize, print_load, report_ms, Daemon};
 
-use support::{env_usize, release_cli, report_ms, time_cli, wait_state, BOOT};
+use support::{release_cli, time_cli, wait_state, BOOT};
 
 /// Deadline of one CLI run that does not boot anything.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,7 +65,7 @@ fn main() {
 
     let (small, large) = (Daemon::start(), Daemon::start());
     println!("accelerator: {}", support::accelerator(&small));
-    support::print_load("at start");
+    print_load("at start");
     let t = Instant::now();
     for d in [&small, &large] {
         d.aegis([
@@ -195,5 +195,5 @@ fn main() {
             times,
         );
     }
-    support::print_load("at end");
+    print_load("at end");
 }

@@ -19,65 +19,17 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use aegis_image::{ImageRef, ImageStore};
-use aegis_testkit::{wait_until, Daemon};
-use support::image::{LayerBlob, TestImage};
-use support::layers::Layer;
+use aegis_testkit::{env_usize, report_ms, wait_until, Daemon};
+use support::image::bench_image;
 use support::registry::Registry;
 
 const LAYERS: usize = 4;
-const FILE_BYTES: usize = 1 << 20;
 const DEFAULT_IMAGE: &str = "aegis.local/default:latest";
 /// A pull of 100 MB plus its unpack, or a boot under TCG, with room to spare.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A file that gzip shrinks to about half: random bytes alternating with runs of one letter.
-fn file_contents(seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(FILE_BYTES);
-    while out.len() < FILE_BYTES {
-        for _ in 0..512 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.extend_from_slice(&state.to_le_bytes());
-        }
-        let letter = b'a' + u8::try_from(state % 26).unwrap();
-        out.extend(std::iter::repeat_n(letter, 4096));
-    }
-    out.truncate(FILE_BYTES);
-    out
-}
-
-/// The nearest-rank percentile `p` (in percent) of sorted samples.
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    let rank = ((sorted.len() - 1) * p).div_ceil(100);
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn report(name: &str, mut samples: Vec<Duration>, megabytes: Option<f64>) {
-    samples.sort();
-    let p50 = percentile(&samples, 50);
-    let rate = megabytes
-        .map(|mb| format!("  ({:.1} MB/s at p50)", mb / p50.as_secs_f64()))
-        .unwrap_or_default();
-    println!(
-        "{name:<34} p50 {:>8.2?}  p95 {:>8.2?}  p99 {:>8.2?}{rate}  [{} runs]",
-        p50,
-        percentile(&samples, 95),
-        percentile(&samples, 99),
-        samples.len()
-    );
-}
 
 fn main() {
     let pulls = env_usize("AEGIS_BENCH_PULLS", 5).max(1);
@@ -97,19 +49,7 @@ fn main() {
 }
 
 fn bench_pull(d: &Daemon, runs: usize, total_mb: usize) {
-    let files_per_layer = (total_mb / LAYERS).max(1);
-    let mut layers = Vec::new();
-    let mut uncompressed = 0usize;
-    for l in 0..LAYERS {
-        let mut layer = Layer::new();
-        for f in 0..files_per_layer {
-            let data = file_contents((l * 10_000 + f) as u64);
-            uncompressed += data.len();
-            layer.file(&format!("data/layer{l}/file{f:04}"), 0o644, 0, 0, &data);
-        }
-        layers.push(LayerBlob::gzip(layer));
-    }
-    let image = TestImage::new(layers, json!({"Cmd": ["/bin/true"]}));
+    let (image, uncompressed) = bench_image(LAYERS, total_mb);
     let compressed: usize = image.layers.iter().map(|l| l.bytes.len()).sum();
     let registry = Registry::start();
     registry.push_image("bench/image", "v1", &image);
@@ -129,15 +69,13 @@ fn bench_pull(d: &Daemon, runs: usize, total_mb: usize) {
         d.aegis(["image", "rm", &reference]).expect_success();
         d.aegis(["image", "prune"]).expect_success();
     }
-    report(
-        "aegis image pull (MB/s compressed)",
-        samples.clone(),
-        Some(compressed as f64 / 1e6),
-    );
-    report(
-        "aegis image pull (MB/s unpacked)",
-        samples,
-        Some(uncompressed as f64 / 1e6),
+    let [p50_ms, ..] = report_ms("aegis image pull", samples);
+    let seconds = p50_ms / 1000.0;
+    println!(
+        "{:<52} {:.1} MB/s compressed, {:.1} MB/s unpacked",
+        "aegis image pull, throughput at p50",
+        compressed as f64 / 1e6 / seconds,
+        uncompressed as f64 / 1e6 / seconds
     );
 }
 
@@ -194,5 +132,5 @@ fn bench_cached_start(d: &Daemon, runs: usize) {
         samples.push(started.elapsed());
         d.aegis(["instance", "delete", &name]).expect_success();
     }
-    report("instance start --image (cached)", samples, None);
+    report_ms("instance start --image (cached)", samples);
 }

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use aegis_proto::api::InstanceStatus;
 use aegis_proto::control::{IngressStatus, INGRESS_MAGIC};
-use aegis_testkit::{wait_until, Daemon};
+use aegis_testkit::{env_usize, free_port, print_load, report_ms, report_rate, wait_until, Daemon};
 
-use support::{env_usize, free_port, report_ms, wait_state, BOOT};
+use support::{wait_state, BOOT};
 
 /// Deadline of one socket read or write.
 const IO: Duration = Duration::from_secs(180);
@@ -240,20 +240,6 @@ fn ratio(router: [f64; 3], direct: [f64; 3]) -> String {
     )
 }
 
-/// Prints p50/p95/p99 of throughputs in MiB/s (p95 and p99 are of the slow end).
-fn report_rate(name: &str, mut rates: Vec<f64>) -> [f64; 3] {
-    rates.sort_by(|a, b| b.total_cmp(a));
-    let q = [500, 950, 990].map(|p| support::quantile(&rates, p));
-    println!(
-        "{name:<52} n={:<5} p50={:>9.1} MiB/s  p95={:>9.1} MiB/s  p99={:>9.1} MiB/s",
-        rates.len(),
-        q[0],
-        q[1],
-        q[2]
-    );
-    q
-}
-
 fn main() {
     let requests = env_usize("AEGIS_BENCH_REQUESTS", 200);
     let downloads = env_usize("AEGIS_BENCH_DOWNLOADS", 5);
@@ -271,7 +257,7 @@ fn main() {
         "accelerator: {}, {SNAPSHOT_ENV}={snapshot}",
         support::accelerator(&d)
     );
-    support::print_load("at start");
+    print_load("at start");
     let public = free_port();
     let t = Instant::now();
     d.aegis([
@@ -356,8 +342,16 @@ fn main() {
             rates.push(mib / elapsed.as_secs_f64());
         }
     }
-    let r = report_rate(&format!("{mib:.0} MiB download, router"), rate_router);
-    let dr = report_rate(&format!("{mib:.0} MiB download, direct"), rate_direct);
+    let r = report_rate(
+        &format!("{mib:.0} MiB download, router"),
+        rate_router,
+        "MiB/s",
+    );
+    let dr = report_rate(
+        &format!("{mib:.0} MiB download, direct"),
+        rate_direct,
+        "MiB/s",
+    );
     println!(
         "{:<52} router/direct: p50 {:.2}x  p95 {:.2}x  p99 {:.2}x",
         "",
@@ -393,5 +387,5 @@ fn main() {
         &format!("time to first byte, {how} a stopped instance"),
         booted,
     );
-    support::print_load("at end");
+    print_load("at end");
 }

@@ -22,9 +22,9 @@ mod support;
 use std::time::Duration;
 
 use aegis_proto::api::InstanceStatus;
-use aegis_testkit::Daemon;
+use aegis_testkit::{env_usize, print_load, report_rate, Daemon};
 
-use support::{accelerator, env_usize, print_load, wait_state, BOOT};
+use support::{accelerator, wait_state, BOOT};
 
 /// Times one round in the guest and prints `write_s read_s create_s`.
 const ROUND: &str = r#"
@@ -63,19 +63,6 @@ for i in range(files):
 os.rmdir(sd)
 print(w, r, c)
 "#;
-
-/// Prints p50/p95/p99 of rates, the slow end at p95/p99.
-fn report_rate(name: &str, unit: &str, mut rates: Vec<f64>) {
-    rates.sort_by(|a, b| b.total_cmp(a));
-    let q = |permille: usize| rates[((rates.len() - 1) * permille + 500) / 1000];
-    println!(
-        "{name:<52} n={:<3} p50={:>9.1} {unit}  p95={:>9.1} {unit}  p99={:>9.1} {unit}",
-        rates.len(),
-        q(500),
-        q(950),
-        q(990)
-    );
-}
 
 fn main() {
     let mb = env_usize("AEGIS_BENCH_MB", 64);
@@ -163,9 +150,9 @@ fn main() {
             read.push(mb as f64 / secs[1]);
             create.push(files as f64 / secs[2]);
         }
-        report_rate(&format!("{label}: sequential write"), "MiB/s", write);
-        report_rate(&format!("{label}: sequential read"), "MiB/s", read);
-        report_rate(&format!("{label}: create 1 KiB files"), "files/s", create);
+        report_rate(&format!("{label}: sequential write"), write, "MiB/s");
+        report_rate(&format!("{label}: sequential read"), read, "MiB/s");
+        report_rate(&format!("{label}: create 1 KiB files"), create, "files/s");
     }
     print_load("after");
     for (_, name, _, _) in &targets[1..] {

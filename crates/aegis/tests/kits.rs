@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use aegis_proto::api::{Instance, InstanceStatus};
 use aegis_proto::kit::{DaemonState, DaemonStatus, KitInfo};
-use aegis_testkit::{wait_until, Daemon, Output};
+use aegis_testkit::{free_port, wait_until, Daemon, Output};
 
 /// A boot under TCG on a loaded 2-core machine, with room to spare.
 const BOOT: Duration = Duration::from_secs(150);
@@ -468,12 +468,4 @@ fn aegis_runs_without_any_kit() {
     let out = d.aegis(["run", "--", "echo", "hello"]);
     out.expect_success();
     assert_eq!(out.stdout, "hello\n");
-}
-
-/// A free TCP port on loopback (bound and released: the daemon binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

@@ -14,7 +14,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
 use aegis_proto::api::{Instance, InstanceStatus};
-use aegis_testkit::{wait_until, Daemon};
+use aegis_testkit::{free_port, wait_until, Daemon};
 
 const BOOT: Duration = Duration::from_secs(150);
 const IO: Duration = Duration::from_secs(120);
@@ -70,14 +70,6 @@ threading.Event().wait()
 
 fn daemon() -> Daemon {
     Daemon::start().use_cli(env!("CARGO_BIN_EXE_aegis"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_state(d: &Daemon, target: &str, state: InstanceStatus, within: Duration) -> Instance {

@@ -10,12 +10,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use aegis_proto::api::{Instance, InstanceStatus};
-use aegis_testkit::{wait_until, Daemon};
+use aegis_testkit::{free_port, wait_until, Daemon};
 
 const BOOT: Duration = Duration::from_secs(150);
 
@@ -41,14 +41,6 @@ http.server.HTTPServer(("127.0.0.1", 8000), H).serve_forever()
 /// The primary process: the Python server in the background, a counter in the foreground.
 const PRIMARY: &str =
     r#"python3 -u -c "$0" & i=0; while true; do i=$((i+1)); echo $i > /dev/shm/n; sleep 0.2; done"#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_state(d: &Daemon, target: &str, state: InstanceStatus) -> Instance {
     wait_until(BOOT, &format!("{target} to be {state}"), || {

@@ -4,45 +4,17 @@
 //!
 //! `AEGIS_BENCH_BOOTS` (default 5) and `AEGIS_BENCH_ROUNDS` (default 50) set the sample sizes.
 
-// Percentile arithmetic on small sample counts; the casts cannot lose anything that matters.
-#![allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    clippy::cast_precision_loss
-)]
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aegis_proto::control::{ExecId, ExecParams, Method, Notification, ProcessSpec, SpawnResult};
+use aegis_testkit::{env_usize, report_ms};
 use aegis_vmm::qemu::QemuVmm;
 use aegis_vmm::{Accelerator, AcceleratorChoice};
 use aegisd::lifecycle::boot::{boot, BootEnv, BootPlan, HARNESS_READY_TIMEOUT};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-fn percentiles(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let pick = |p: f64| {
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i].as_secs_f64() * 1000.0
-    };
-    println!(
-        "{name:<34} n={:<4} p50={:>9.2} ms  p95={:>9.2} ms  p99={:>9.2} ms",
-        samples.len(),
-        pick(0.50),
-        pick(0.95),
-        pick(0.99)
-    );
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -102,7 +74,7 @@ async fn main() {
             old.vm.kill(Duration::from_secs(2)).await;
         }
     }
-    percentiles("cold boot to harness ready", boot_times);
+    report_ms("cold boot to harness ready", boot_times);
 
     let (guest, mut rx) = kept.expect("at least one boot");
     let mut round_trips = Vec::new();
@@ -128,7 +100,7 @@ async fn main() {
         }
         round_trips.push(t.elapsed());
     }
-    percentiles("run `true` round trip (ready VM)", round_trips);
+    report_ms("run `true` round trip (ready VM)", round_trips);
 
     let (mut pauses, mut resumes) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
@@ -139,7 +111,7 @@ async fn main() {
         guest.vm.resume().await.expect("resume");
         resumes.push(t.elapsed());
     }
-    percentiles("pause", pauses);
-    percentiles("resume", resumes);
+    report_ms("pause", pauses);
+    report_ms("resume", resumes);
     guest.vm.kill(Duration::from_secs(2)).await;
 }

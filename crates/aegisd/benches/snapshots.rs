@@ -15,41 +15,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use aegis_proto::api::InstanceStatus;
-use aegis_testkit::{wait_until, Daemon};
+use aegis_testkit::{env_usize, free_port, report, wait_until, Daemon};
 
 const BOOT: Duration = Duration::from_secs(180);
 const SERVER: &str = "python3 -m http.server 8000 --bind 127.0.0.1 --directory /";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn percentile(sorted: &[f64], p: usize) -> f64 {
-    let rank = (p * (sorted.len() - 1) + 50) / 100;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn report(name: &str, mut samples: Vec<f64>, unit: &str) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    let (p50, p95, p99) = (
-        percentile(&samples, 50),
-        percentile(&samples, 95),
-        percentile(&samples, 99),
-    );
-    println!(
-        "{name:<44} n={:<3} p50={p50:>9.1} {unit}  p95={p95:>9.1} {unit}  p99={p99:>9.1} {unit}",
-        samples.len()
-    );
-    p50
-}
 
 /// Connect, send `GET /`, read the first byte of the answer: the elapsed time.
 fn ttfb(port: u16) -> Result<Duration, String> {
@@ -125,10 +98,7 @@ fn rounds(d: &Daemon, name: &str, id: &str, port: u16, n: usize) -> [Vec<f64>; 3
 }
 
 fn main() {
-    let n: usize = std::env::var("AEGIS_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let n = env_usize("AEGIS_BENCH_ROUNDS", 5);
     let d = Daemon::start();
     println!(
         "snapshots: {n} stop/wake rounds per case, TCG guests, time to first byte via the router"
@@ -136,17 +106,17 @@ fn main() {
 
     let (id, port) = create(&d, "snap256", 256, "on");
     let [restore, writes, sizes] = rounds(&d, "snap256", &id, port, n);
-    let restore_p50 = report("wake from snapshot, 256 MiB: TTFB", restore, "ms");
+    let [restore_p50, ..] = report("wake from snapshot, 256 MiB: TTFB", restore, "ms");
     report("snapshot write, 256 MiB", writes, "ms");
     report("snapshot size, 256 MiB", sizes, "MiB");
     d.aegis(["instance", "delete", "snap256"]).expect_success();
 
     let (id, port) = create(&d, "cold256", 256, "off");
     let [cold, _, _] = rounds(&d, "cold256", &id, port, n);
-    let cold_p50 = report("cold boot, 256 MiB: TTFB", cold, "ms");
+    let [cold_p50, ..] = report("cold boot, 256 MiB: TTFB", cold, "ms");
     d.aegis(["instance", "delete", "cold256"]).expect_success();
     println!(
-        "{:<44} {:.1}x faster (p50 cold / p50 snapshot)",
+        "{:<52} {:.1}x faster (p50 cold / p50 snapshot)",
         "wake from snapshot vs cold boot",
         cold_p50 / restore_p50
     );

@@ -269,6 +269,45 @@ pub fn standard_image() -> TestImage {
     )
 }
 
+/// The benchmarks' image (`benches/pull.rs` here, `benches/images.rs` of the CLI): `layers` gzip
+/// layers holding about `total_mb` MiB in all, in files of 1 MiB that gzip shrinks to about half.
+/// Returns it with the size of its files, uncompressed.
+pub fn bench_image(layers: usize, total_mb: usize) -> (TestImage, usize) {
+    let files_per_layer = (total_mb / layers).max(1);
+    let mut blobs = Vec::new();
+    let mut uncompressed = 0;
+    for l in 0..layers {
+        let mut layer = Layer::new();
+        for f in 0..files_per_layer {
+            let data = half_compressible((l * 10_000 + f) as u64);
+            uncompressed += data.len();
+            layer.file(&format!("data/layer{l}/file{f:04}"), 0o644, 0, 0, &data);
+        }
+        blobs.push(LayerBlob::gzip(layer));
+    }
+    let image = TestImage::new(blobs, json!({"Cmd": ["/bin/true"]}));
+    (image, uncompressed)
+}
+
+/// 1 MiB that gzip shrinks to about half: random bytes alternating with runs of one letter.
+fn half_compressible(seed: u64) -> Vec<u8> {
+    const BYTES: usize = 1 << 20;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(BYTES);
+    while out.len() < BYTES {
+        for _ in 0..512 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.extend_from_slice(&state.to_le_bytes());
+        }
+        let letter = b'a' + u8::try_from(state % 26).unwrap();
+        out.extend(std::iter::repeat_n(letter, 4096));
+    }
+    out.truncate(BYTES);
+    out
+}
+
 /// Asserts the base image of [`standard_image`] is what its layers say.
 pub fn check_standard_rootfs(img: &Ext4Image) {
     assert!(

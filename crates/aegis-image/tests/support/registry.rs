@@ -2,11 +2,12 @@
 //! minimal HTTP/1.0 client implementing the distribution push flow.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aegis_testkit::free_port;
 use base64::Engine as _;
 
 use super::image::{sha256, TestImage, MEDIA_MANIFEST};
@@ -204,14 +205,6 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `http://127.0.0.1:5000/v2/x?y` → `/v2/x?y`.

@@ -1,12 +1,12 @@
-//! Helpers shared by the end-to-end benchmarks (`benches/api.rs`, `benches/router.rs`): sample
-//! sizes from the environment, percentiles, waiting for an instance state, timed CLI runs with a
-//! hard timeout.
+//! Helpers shared by the end-to-end benchmarks of the CLI (`benches/api.rs`, `benches/router.rs`,
+//! `benches/workspaces.rs`): the daemon's accelerator, waiting for an instance state, timed CLI
+//! runs with a hard timeout. Sample sizes, percentiles and the host's load come from
+//! `aegis_testkit`.
 //!
 //! Benchmarks print figures; they never assert on timings (STYLE §10).
 
 #![allow(dead_code)] // each benchmark uses a subset
 
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -19,47 +19,6 @@ use nix::unistd::Pid;
 
 /// Deadline of a cold boot under TCG (with a loaded machine).
 pub const BOOT: Duration = Duration::from_secs(180);
-
-/// `name` parsed from the environment, else `default`.
-pub fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-/// The quantile of sorted samples at `permille` (500 = median), nearest rank (as
-/// `crates/aegisd/benches/guest.rs` picks them).
-pub fn quantile<T: Copy>(sorted: &[T], permille: usize) -> T {
-    sorted[((sorted.len() - 1) * permille + 500) / 1000]
-}
-
-/// Prints p50/p95/p99 of durations in milliseconds; returns them.
-pub fn report_ms(name: &str, mut samples: Vec<Duration>) -> [f64; 3] {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let q = [500, 950, 990].map(|p| ms(quantile(&samples, p)));
-    println!(
-        "{name:<52} n={:<5} p50={:>9.2} ms  p95={:>9.2} ms  p99={:>9.2} ms",
-        samples.len(),
-        q[0],
-        q[1],
-        q[2]
-    );
-    q
-}
-
-/// Prints the host's load average (`/proc/loadavg`): the figures of a run on a busy machine are
-/// worth only as much as this line says.
-pub fn print_load(when: &str) {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let fields: Vec<&str> = load.split_whitespace().take(3).collect();
-    println!(
-        "host load average {when}: {} ({} CPUs)",
-        fields.join(" "),
-        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
-    );
-}
 
 /// The daemon's accelerator, from `GET /v1/status`.
 pub fn accelerator(d: &Daemon) -> String {
@@ -77,14 +36,6 @@ pub fn accelerator(d: &Daemon) -> String {
 /// On timeout, and at once when a boot failed.
 pub fn wait_state(d: &Daemon, target: &str, state: InstanceStatus, within: Duration) -> Instance {
     d.wait_state(target, state, within)
-}
-
-/// A port free on loopback right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Runs `aegis ARGS` (the release CLI the daemon was started with) against `d` and returns its
