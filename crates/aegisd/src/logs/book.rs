@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -13,6 +13,10 @@ use tokio::sync::broadcast;
 pub const RING_ENTRIES: usize = 10_000;
 /// Bytes of line text kept in memory per instance; the oldest entries go first.
 pub const RING_BYTES: usize = 16 * 1024 * 1024;
+/// Size at which the NDJSON file is rotated: it moves to `<name>.1` (replacing the previous one)
+/// and a new file starts, so an instance's logs take at most about twice this on disk and a
+/// daemon start reads at most that much per instance.
+pub const FILE_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 /// Entries a slow follower may lag behind before it misses some (it is told how many).
 const FOLLOW_BUFFER: usize = 4096;
 
@@ -46,6 +50,8 @@ struct Inner {
     ring_bytes: usize,
     next_seq: u64,
     file: Option<File>,
+    file_bytes: u64,
+    rotate_at: u64,
     write_failed: bool,
 }
 
@@ -101,37 +107,48 @@ impl LogSubscription {
 }
 
 impl InstanceLog {
-    /// Opens the log file of an instance, loading its most recent entries into memory.
+    /// Opens the log file of an instance, loading its most recent entries (from the rotated file
+    /// too) into memory.
     ///
     /// # Errors
-    /// When the file exists but cannot be read, or cannot be created.
+    /// When a file exists but cannot be read, or the file cannot be created.
     pub fn open(instance_id: &str, path: &Path) -> std::io::Result<InstanceLog> {
+        Self::open_rotating_at(instance_id, path, FILE_ROTATE_BYTES)
+    }
+
+    fn open_rotating_at(
+        instance_id: &str,
+        path: &Path,
+        rotate_at: u64,
+    ) -> std::io::Result<InstanceLog> {
         let mut inner = Inner {
             ring: VecDeque::new(),
             ring_bytes: 0,
             next_seq: 1,
             file: None,
+            file_bytes: 0,
+            rotate_at,
             write_failed: false,
         };
-        match File::open(path) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line = line?;
-                    // A torn last line after a crash is skipped, not fatal.
-                    if let Ok(entry) = serde_json::from_str::<LogEntry>(&line) {
-                        push_ring(&mut inner, entry);
-                    }
-                }
+        load(&mut inner, &rotated(path))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        load(&mut inner, path)?;
+        inner.file_bytes = file.metadata()?.len();
+        // A line torn by a crash must not swallow the next entry written after it.
+        if inner.file_bytes > 0 {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::End(-1))?;
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+                inner.file_bytes += 1;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
-        inner.file = Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        );
+        inner.file = Some(file);
         let (live, _) = broadcast::channel(FOLLOW_BUFFER);
         Ok(InstanceLog {
             instance_id: instance_id.to_owned(),
@@ -155,13 +172,19 @@ impl InstanceLog {
     /// done inline rather than on the blocking pool.
     pub fn append(&self, entry: LogEntry) {
         let mut inner = self.lock();
+        if inner.file.is_some() && inner.file_bytes >= inner.rotate_at {
+            self.rotate(&mut inner);
+        }
         if let Some(file) = inner.file.as_mut() {
             let mut text = serde_json::to_vec(&entry).unwrap_or_default();
             text.push(b'\n');
-            if let Err(e) = file.write_all(&text) {
-                if !inner.write_failed {
-                    tracing::error!(instance = %self.instance_id, path = %self.path.display(), error = %e, "cannot write instance log; keeping lines in memory only");
-                    inner.write_failed = true;
+            match file.write_all(&text) {
+                Ok(()) => inner.file_bytes += text.len() as u64,
+                Err(e) => {
+                    if !inner.write_failed {
+                        tracing::error!(instance = %self.instance_id, path = %self.path.display(), error = %e, "cannot write instance log; keeping lines in memory only");
+                        inner.write_failed = true;
+                    }
                 }
             }
         }
@@ -187,18 +210,39 @@ impl InstanceLog {
     /// Entries matching `filter`.
     pub fn query(&self, filter: &LogFilter) -> Vec<LogEntry> {
         let inner = self.lock();
-        select(&inner, filter).0
+        select(&inner, filter)
     }
 
     /// History matching `filter` plus a live feed of what follows.
     pub fn subscribe(&self, filter: &LogFilter) -> LogSubscription {
         let inner = self.lock();
         let rx = self.live.subscribe();
-        let (history, _) = select(&inner, filter);
+        let history = select(&inner, filter);
         LogSubscription {
             history,
             last_seq: inner.next_seq - 1,
             rx,
+        }
+    }
+
+    /// Moves the full file to `<name>.1` and starts a new one. On failure the current file
+    /// keeps growing (logged once): losing lines would be worse than a large file.
+    fn rotate(&self, inner: &mut Inner) {
+        let fresh = std::fs::rename(&self.path, rotated(&self.path)).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+        });
+        match fresh {
+            Ok(file) => {
+                inner.file = Some(file);
+                inner.file_bytes = 0;
+            }
+            Err(e) => {
+                tracing::error!(instance = %self.instance_id, path = %self.path.display(), error = %e, "cannot rotate instance log; it keeps growing");
+                inner.rotate_at = u64::MAX;
+            }
         }
     }
 
@@ -209,7 +253,30 @@ impl InstanceLog {
     }
 }
 
-fn select(inner: &Inner, filter: &LogFilter) -> (Vec<LogEntry>, ()) {
+/// Where a full log file moves: `logs.ndjson` → `logs.ndjson.1`.
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// Loads the entries of an NDJSON log file into the ring; a missing file is empty.
+fn load(inner: &mut Inner, path: &Path) -> std::io::Result<()> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for line in BufReader::new(f).split(b'\n') {
+        // A torn or garbled line (a crash mid-write) is skipped, not fatal.
+        if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line?) {
+            push_ring(inner, entry);
+        }
+    }
+    Ok(())
+}
+
+fn select(inner: &Inner, filter: &LogFilter) -> Vec<LogEntry> {
     let matching: Vec<&LogEntry> = inner
         .ring
         .iter()
@@ -217,7 +284,7 @@ fn select(inner: &Inner, filter: &LogFilter) -> (Vec<LogEntry>, ()) {
         .filter(|e| filter.matches(e))
         .collect();
     let skip = filter.tail.map_or(0, |t| matching.len().saturating_sub(t));
-    (matching.into_iter().skip(skip).cloned().collect(), ())
+    matching.into_iter().skip(skip).cloned().collect()
 }
 
 fn push_ring(inner: &mut Inner, entry: LogEntry) -> u64 {
@@ -289,5 +356,42 @@ mod tests {
             .unwrap();
         let reopened = InstanceLog::open("inst-1", &path).unwrap();
         assert_eq!(reopened.query(&LogFilter::default()).len(), 4);
+        // The entry after the torn line survives the next reload.
+        reopened.append(entry("d", None));
+        drop(reopened);
+        let again = InstanceLog::open("inst-1", &path).unwrap();
+        let lines: Vec<String> = again
+            .query(&LogFilter::default())
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        assert_eq!(lines.last().map(String::as_str), Some("d"));
+        assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn rotates_a_full_file_and_reloads_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.ndjson");
+        let log = InstanceLog::open_rotating_at("inst-1", &path, 1000).unwrap();
+        for i in 0..40 {
+            log.append(entry(&format!("line {i}"), None));
+        }
+        let current = std::fs::metadata(&path).unwrap().len();
+        let old = std::fs::metadata(rotated(&path)).unwrap().len();
+        assert!(current <= 1000 + 200, "current file {current} bytes");
+        assert!(old >= 1000, "rotated file {old} bytes");
+        drop(log);
+        // Entries from before the last rotation are gone from disk, the rest reload in order.
+        let reopened = InstanceLog::open_rotating_at("inst-1", &path, 1000).unwrap();
+        let lines: Vec<String> = reopened
+            .query(&LogFilter::default())
+            .into_iter()
+            .map(|e| e.line)
+            .collect();
+        assert_eq!(lines.last().map(String::as_str), Some("line 39"));
+        assert!(lines.len() < 40 && lines.len() > 5, "{} lines", lines.len());
+        let first: usize = lines[0].trim_start_matches("line ").parse().unwrap();
+        assert_eq!(lines.len(), 40 - first);
     }
 }
