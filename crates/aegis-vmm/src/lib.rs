@@ -14,5 +14,5 @@ mod vmm;
 pub use accel::{Accelerator, AcceleratorChoice};
 pub use vmm::{
     wait_for_exit, Capabilities, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, ShareSpec,
-    SnapshotInfo, Vm, VmExit, VmSpec, Vmm, VmmError,
+    SnapshotInfo, SnapshotSink, SnapshotSource, Vm, VmExit, VmSpec, Vmm, VmmError,
 };

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::accel::Accelerator;
@@ -104,13 +105,19 @@ pub struct Capabilities {
     pub runtime_port_forwarding: bool,
 }
 
+/// Where [`Vm::snapshot`] writes a VM's state. The backend only moves bytes: where they are
+/// stored, and sealed, is the caller's business. It is dropped (closed) when the state is
+/// written.
+pub type SnapshotSink = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where [`Vmm::restore`] reads a VM's state from, as [`Vm::snapshot`] wrote it.
+pub type SnapshotSource = Box<dyn AsyncRead + Send + Unpin>;
+
 /// A snapshot written by [`Vm::snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
-    /// The snapshot file.
-    pub path: PathBuf,
-    /// Its size on disk in bytes.
-    pub size_bytes: u64,
+    /// Bytes of state written.
+    pub bytes: u64,
     /// How long writing it took.
     pub took: Duration,
 }
@@ -201,11 +208,9 @@ pub enum VmmError {
         backend: &'static str,
     },
     /// Writing or loading a snapshot failed.
-    #[error("snapshot {} failed: {message}", path.display())]
+    #[error("snapshot failed: {message}")]
     Snapshot {
-        /// The snapshot file.
-        path: PathBuf,
-        /// What the VMM said.
+        /// What went wrong, with what the VMM said.
         message: String,
     },
     /// A disk image could not be created.
@@ -269,8 +274,12 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`VmmError::SnapshotUnsupported`] for backends without snapshots (the default); otherwise
     /// the start or load failure. The VMM process is gone when this fails.
-    async fn restore(&self, spec: &VmSpec, path: &Path) -> Result<Box<dyn Vm>, VmmError> {
-        let _ = (spec, path);
+    async fn restore(
+        &self,
+        spec: &VmSpec,
+        source: SnapshotSource,
+    ) -> Result<Box<dyn Vm>, VmmError> {
+        let _ = (spec, source);
         Err(VmmError::SnapshotUnsupported {
             backend: self.name(),
         })
@@ -302,15 +311,15 @@ pub trait Vm: Send + Sync + fmt::Debug {
     /// Ends the VM now (no guest cooperation): asks the VMM to quit, then kills it after
     /// `grace`. Returns how it ended.
     async fn kill(&self, grace: Duration) -> VmExit;
-    /// Writes the memory and device state of a *paused* VM to `path` (replaced if it exists).
+    /// Writes the memory and device state of a *paused* VM to `sink`.
     /// The VM stays paused and should be ended afterwards: its disk must not change any more
     /// for the snapshot to be restorable.
     ///
     /// # Errors
     /// [`VmmError::SnapshotUnsupported`] for backends without snapshots (the default), or the
     /// write failure.
-    async fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, VmmError> {
-        let _ = path;
+    async fn snapshot(&self, sink: SnapshotSink) -> Result<SnapshotInfo, VmmError> {
+        let _ = sink;
         Err(VmmError::SnapshotUnsupported { backend: "this" })
     }
     /// Forwards a host loopback port to a guest port while the VM runs.

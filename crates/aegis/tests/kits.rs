@@ -336,8 +336,8 @@ fn kits_are_managed_and_applied_as_presets() {
     // required secret it does not start, and says which secret with its description.
     d.aegis(["instance", "stop", "tk1"]).expect_success();
     let stopped = wait_state(&d, "tk1", InstanceStatus::Stopped);
-    // Its memory holds the kit's secrets: no snapshot is written.
-    assert!(stopped.saved_snapshot.is_none(), "{stopped:?}");
+    // Its memory holds the kit's secrets: the snapshot is sealed, and kept.
+    assert!(stopped.saved_snapshot.is_some(), "{stopped:?}");
     d.aegis(["secret", "delete", "TK_KEY"]).expect_success();
     let out = d.aegis(["instance", "start", "tk1"]);
     out.expect_code(AEGIS_FAILURE);

@@ -694,8 +694,13 @@ fn values_never_leave_the_control_channel() {
     let info = d.aegis(["instance", "info", "vault", "--json"]);
     assert!(!info.stdout.contains(&canary));
 
-    // After a stop the files are searched once more.
+    // After a stop, which saves the guest's memory (holding the value) sealed, the files are
+    // searched once more, the memory file included.
     d.aegis(["instance", "stop", "vault"]).expect_success();
+    let stopped = d.instance("vault").unwrap();
+    assert!(stopped.saved_snapshot.is_some(), "{stopped:?}");
+    let memory = instance_dir.join("snapshot/memory.sealed");
+    let mut searched = Vec::new();
     for file in files_under(d.home()) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         assert!(
@@ -703,7 +708,25 @@ fn values_never_leave_the_control_channel() {
             "the value is in {}",
             file.display()
         );
+        searched.push(file);
     }
+    assert!(searched.contains(&memory), "{searched:#?}");
+    // The wake restores that memory, the value with it.
+    assert_eq!(
+        exec(
+            &d,
+            "vault",
+            r#"printf %s "$LEAK_CANARY" | od -An -tx1 | tr -d ' \n'"#
+        ),
+        hex(&canary)
+    );
+    let restored = logs(&d, "vault");
+    assert!(
+        lines_of(&restored, "system")
+            .iter()
+            .any(|l| l.contains("restored from the snapshot")),
+        "{restored:?}"
+    );
 }
 
 #[test]

@@ -110,7 +110,13 @@ fn stop_with_snapshot(d: &Daemon, id: &str) -> Instance {
         .clone()
         .unwrap_or_else(|| panic!("no snapshot after a stop: {stopped:?}\n{}", d.log_tail()));
     assert!(saved.size_bytes > 1024 * 1024, "{saved:?}");
-    assert!(snapshot_dir(d, id).join("memory.bin").is_file());
+    // Sealed: guest memory is never on disk in clear (it holds the guest's secrets).
+    let memory = std::fs::read(snapshot_dir(d, id).join("memory.sealed")).unwrap();
+    assert!(memory.starts_with(b"AEGSTRM1"), "{:?}", &memory[..16]);
+    assert!(
+        !memory.windows(4).any(|w| w == b"QEVM"),
+        "QEMU's stream in clear"
+    );
     stopped
 }
 
@@ -185,7 +191,7 @@ fn memory_survives_stop_and_wake() {
 
     // A truncated snapshot is discarded with a log line, and the instance cold-boots.
     stop_with_snapshot(&d, &id);
-    let memory = snapshot_dir(&d, &id).join("memory.bin");
+    let memory = snapshot_dir(&d, &id).join("memory.sealed");
     let len = std::fs::metadata(&memory).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -202,6 +208,32 @@ fn memory_survives_stop_and_wake() {
     let discarded = system_lines(&d, "snapshot discarded, cold-booting instead");
     assert_eq!(discarded.len(), 1, "{discarded:?}");
     assert!(discarded[0].contains("bytes instead of"), "{discarded:?}");
+    assert!(!snapshot_dir(&d, &id).exists());
+
+    // One altered byte (same size, so the manifest check passes) fails the seal's
+    // authentication: discarded with the chunk named, and a cold boot.
+    let token_before = get(web).unwrap().0;
+    stop_with_snapshot(&d, &id);
+    let memory = snapshot_dir(&d, &id).join("memory.sealed");
+    let mut bytes = std::fs::read(&memory).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&memory, &bytes).unwrap();
+    d.aegis(["instance", "start", "mem"]).expect_success();
+    wait_state(&d, "mem", InstanceStatus::Running);
+    let (token4, _) = wait_until(BOOT, "the server after a cold boot", || get(web));
+    assert_ne!(
+        token4, token_before,
+        "a cold boot starts a new Python process"
+    );
+    assert_eq!(boots(&d), boots_before + 2);
+    let discarded = system_lines(&d, "snapshot discarded, cold-booting instead");
+    assert_eq!(discarded.len(), 2, "{discarded:?}");
+    assert!(
+        discarded[1].contains("the memory file does not open: chunk")
+            && discarded[1].contains("does not decrypt"),
+        "{discarded:?}"
+    );
     assert!(!snapshot_dir(&d, &id).exists());
 
     // Deleting the instance removes its snapshot.

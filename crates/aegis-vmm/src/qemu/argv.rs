@@ -33,6 +33,8 @@ pub struct RunFiles {
     pub qemu_log: PathBuf,
     /// QEMU's pid file.
     pub pid: PathBuf,
+    /// Socket a snapshot's state passes through (QEMU migration over a unix socket).
+    pub migration: PathBuf,
 }
 
 impl RunFiles {
@@ -44,6 +46,7 @@ impl RunFiles {
             console: run_dir.join("console.log"),
             qemu_log: run_dir.join("qemu.log"),
             pid: run_dir.join("qemu.pid"),
+            migration: run_dir.join("migration.sock"),
         }
     }
 }
@@ -186,10 +189,11 @@ pub fn build(spec: &VmSpec, files: &RunFiles) -> Vec<OsString> {
     args
 }
 
-/// The arguments that make QEMU load a snapshot file instead of booting.
-pub fn incoming(snapshot: &Path) -> [OsString; 2] {
-    let mut uri = OsString::from("file:");
-    uri.push(snapshot.as_os_str());
+/// The arguments that make QEMU wait for a snapshot's state on the unix socket `socket` (it
+/// listens there) instead of booting.
+pub fn incoming(socket: &Path) -> [OsString; 2] {
+    let mut uri = OsString::from("unix:");
+    uri.push(socket.as_os_str());
     [OsString::from("-incoming"), uri]
 }
 

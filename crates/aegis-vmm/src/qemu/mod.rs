@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use self::argv::RunFiles;
 use self::qmp::Qmp;
 use crate::vmm::{
-    Capabilities, ControlEndpoint, PortForward, SnapshotInfo, Vm, VmExit, VmSpec, Vmm, VmmError,
+    Capabilities, ControlEndpoint, PortForward, SnapshotInfo, SnapshotSink, SnapshotSource, Vm,
+    VmExit, VmSpec, Vmm, VmmError,
 };
 
 /// Environment variable overriding the QEMU program.
@@ -34,6 +36,10 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long QEMU may take to load a snapshot given with `-incoming`. Measured: ~0.2 s for a
 /// 256 MiB guest; the bound only catches a wedged host.
 pub const RESTORE_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long QEMU gets to connect to, or listen on, the migration socket. It does either within
+/// milliseconds; the bound only catches a wedged host.
+const MIGRATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often a running migration is polled.
 const MIGRATION_POLL: Duration = Duration::from_millis(10);
@@ -78,8 +84,9 @@ impl QemuVmm {
         }
     }
 
-    /// Spawns QEMU for `spec` (loading `incoming` when given) and connects to its QMP socket.
-    async fn spawn(&self, spec: &VmSpec, incoming: Option<&Path>) -> Result<QemuVm, VmmError> {
+    /// Spawns QEMU for `spec` (waiting for a snapshot on its migration socket when `incoming`)
+    /// and connects to its QMP socket.
+    async fn spawn(&self, spec: &VmSpec, incoming: bool) -> Result<QemuVm, VmmError> {
         let program = find_program(&self.program).ok_or_else(|| VmmError::VmmMissing {
             program: self.program.clone(),
         })?;
@@ -88,12 +95,12 @@ impl QemuVmm {
             path: spec.run_dir.clone(),
             source,
         })?;
-        for stale in [&files.qmp, &files.control, &files.pid] {
+        for stale in [&files.qmp, &files.control, &files.pid, &files.migration] {
             let _ = std::fs::remove_file(stale);
         }
         let mut args = argv::build(spec, &files);
-        if let Some(path) = incoming {
-            args.extend(argv::incoming(path));
+        if incoming {
+            args.extend(argv::incoming(&files.migration));
         }
         let mut shares = Vec::with_capacity(spec.shares.len());
         for (i, share) in spec.shares.iter().enumerate() {
@@ -162,12 +169,24 @@ impl QemuVmm {
     }
 }
 
-/// Waits until QEMU has loaded an incoming snapshot, then lets the vCPUs run.
-async fn finish_restore(vm: &QemuVm, path: &Path) -> Result<(), VmmError> {
-    let failed = |message: String| VmmError::Snapshot {
-        path: path.to_path_buf(),
-        message,
+/// Feeds `source` to QEMU's migration socket, which it listens on since its start.
+async fn feed_restore(socket: PathBuf, mut source: SnapshotSource) -> std::io::Result<u64> {
+    let deadline = tokio::time::Instant::now() + MIGRATION_CONNECT_TIMEOUT;
+    let mut conn = loop {
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(conn) => break conn,
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     };
+    let bytes = tokio::io::copy(&mut source, &mut conn).await?;
+    conn.shutdown().await?;
+    Ok(bytes)
+}
+
+/// Waits until QEMU has loaded an incoming snapshot, then lets the vCPUs run.
+async fn finish_restore(vm: &QemuVm) -> Result<(), VmmError> {
+    let failed = |message: String| VmmError::Snapshot { message };
     let deadline = tokio::time::Instant::now() + RESTORE_LOAD_TIMEOUT;
     loop {
         if let Some(exit) = vm.exit_rx.borrow().clone() {
@@ -251,21 +270,39 @@ impl Vmm for QemuVmm {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
-        Ok(Box::new(self.spawn(spec, None).await?))
+        Ok(Box::new(self.spawn(spec, false).await?))
     }
 
-    /// Starts QEMU with the same command line as a cold start plus `-incoming file:<path>`,
-    /// waits for the load to finish and continues the vCPUs (`cont` is done here, so the
-    /// returned VM runs like a freshly started one).
-    async fn restore(&self, spec: &VmSpec, path: &Path) -> Result<Box<dyn Vm>, VmmError> {
-        if !path.is_file() {
-            return Err(VmmError::Snapshot {
-                path: path.to_path_buf(),
-                message: "the file is missing".to_owned(),
-            });
-        }
-        let vm = self.spawn(spec, Some(path)).await?;
-        if let Err(e) = finish_restore(&vm, path).await {
+    /// Starts QEMU with the same command line as a cold start plus `-incoming unix:<socket>`,
+    /// streams `source` into the socket, waits for the load to finish and continues the vCPUs
+    /// (`cont` is done here, so the returned VM runs like a freshly started one).
+    async fn restore(
+        &self,
+        spec: &VmSpec,
+        source: SnapshotSource,
+    ) -> Result<Box<dyn Vm>, VmmError> {
+        let vm = self.spawn(spec, true).await?;
+        let feeding = tokio::spawn(feed_restore(vm.files.migration.clone(), source));
+        let loaded = finish_restore(&vm).await;
+        let _ = std::fs::remove_file(&vm.files.migration);
+        let fed = if loaded.is_ok() || feeding.is_finished() {
+            Some(feeding.await)
+        } else {
+            feeding.abort();
+            None
+        };
+        let failure = match (loaded, fed) {
+            (Ok(()), Some(Ok(Ok(_)))) => None,
+            // What stopped the feed says more than QEMU's "load failed".
+            (_, Some(Ok(Err(e)))) => Some(VmmError::Snapshot {
+                message: format!("cannot pass the state to QEMU: {e}"),
+            }),
+            (Ok(()), _) => Some(VmmError::Snapshot {
+                message: "the state feed ended abnormally".to_owned(),
+            }),
+            (Err(e), _) => Some(e),
+        };
+        if let Some(e) = failure {
             vm.kill(Duration::from_secs(2)).await;
             return Err(e);
         }
@@ -460,60 +497,76 @@ impl Vm for QemuVm {
         }
     }
 
-    /// `migrate` to `file:<path>` (QEMU ≥ 9.0), polled with `query-migrate` until it completed,
-    /// failed or ran past [`SNAPSHOT_TIMEOUT`] (then cancelled).
-    async fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, VmmError> {
+    /// `migrate` to a unix socket this side listens on, copying what arrives into `sink` while
+    /// `query-migrate` is polled until the migration completed, failed or ran past
+    /// [`SNAPSHOT_TIMEOUT`] (then cancelled).
+    async fn snapshot(&self, mut sink: SnapshotSink) -> Result<SnapshotInfo, VmmError> {
         let started = std::time::Instant::now();
-        let failed = |message: String| VmmError::Snapshot {
-            path: path.to_path_buf(),
-            message,
-        };
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(VmmError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        }
-        let mut uri = String::from("file:");
-        uri.push_str(&path.to_string_lossy());
-        self.qmp("migrate", serde_json::json!({ "uri": uri }))
-            .await?;
-        let deadline = tokio::time::Instant::now() + SNAPSHOT_TIMEOUT;
-        loop {
-            let info = self.qmp("query-migrate", Value::Null).await?;
-            match info.get("status").and_then(Value::as_str).unwrap_or("") {
-                "completed" => break,
-                "failed" | "cancelled" => {
-                    let desc = info
-                        .get("error-desc")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no reason given");
-                    return Err(failed(format!("migration failed: {desc}")));
+        let failed = |message: String| VmmError::Snapshot { message };
+        let socket = &self.files.migration;
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket).map_err(|source| VmmError::Io {
+            path: socket.clone(),
+            source,
+        })?;
+        let mut uri = String::from("unix:");
+        uri.push_str(&socket.to_string_lossy());
+        let accepted = async {
+            self.qmp("migrate", serde_json::json!({ "uri": uri }))
+                .await?;
+            match tokio::time::timeout(MIGRATION_CONNECT_TIMEOUT, listener.accept()).await {
+                Ok(Ok((conn, _))) => Ok(conn),
+                Ok(Err(e)) => Err(failed(format!("accepting QEMU's connection: {e}"))),
+                Err(_) => {
+                    let _ = self.qmp("migrate_cancel", Value::Null).await;
+                    Err(failed(format!(
+                        "QEMU did not connect within {}s",
+                        MIGRATION_CONNECT_TIMEOUT.as_secs()
+                    )))
                 }
-                _ => {}
             }
-            if tokio::time::Instant::now() > deadline {
-                let _ = self.qmp("migrate_cancel", Value::Null).await;
-                return Err(failed(format!(
-                    "not written within {}s",
-                    SNAPSHOT_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(MIGRATION_POLL).await;
         }
-        let size_bytes = std::fs::metadata(path)
-            .map_err(|source| VmmError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
+        .await;
+        drop(listener);
+        let _ = std::fs::remove_file(socket);
+        let mut conn = accepted?;
+        let copying = async {
+            let bytes = tokio::io::copy(&mut conn, &mut sink).await?;
+            sink.shutdown().await?;
+            Ok::<u64, std::io::Error>(bytes)
+        };
+        let polling = async {
+            let deadline = tokio::time::Instant::now() + SNAPSHOT_TIMEOUT;
+            loop {
+                let info = self.qmp("query-migrate", Value::Null).await?;
+                match info.get("status").and_then(Value::as_str).unwrap_or("") {
+                    "completed" => return Ok(()),
+                    "failed" | "cancelled" => {
+                        let desc = info
+                            .get("error-desc")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no reason given");
+                        return Err(failed(format!("migration failed: {desc}")));
+                    }
+                    _ => {}
+                }
+                if tokio::time::Instant::now() > deadline {
+                    let _ = self.qmp("migrate_cancel", Value::Null).await;
+                    return Err(failed(format!(
+                        "not written within {}s",
+                        SNAPSHOT_TIMEOUT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(MIGRATION_POLL).await;
+            }
+        };
+        // Neither side can hang the other: a failed copy breaks QEMU's write and fails the
+        // migration; a failed or cancelled migration closes the connection and ends the copy.
+        let (copied, polled) = tokio::join!(copying, polling);
+        polled?;
+        let bytes = copied.map_err(|e| failed(format!("cannot store the state: {e}")))?;
         Ok(SnapshotInfo {
-            path: path.to_path_buf(),
-            size_bytes,
+            bytes,
             took: started.elapsed(),
         })
     }

@@ -185,6 +185,7 @@ fn secret_status(e: &SecretError, used: SecretUse) -> StatusCode {
         },
         SecretError::Decrypt { .. }
         | SecretError::Encrypt { .. }
+        | SecretError::WrappedKey { .. }
         | SecretError::Key(_)
         | SecretError::Registry(_)
         | SecretError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -33,7 +33,7 @@ use crate::kits::preset::secret_selection;
 use crate::kits::{DaemonContext, SelectError};
 use crate::logs::{now_ts, InstanceLog};
 use crate::registry::InstanceRow;
-use crate::secrets::{scrub_env, SecretEnv, SecretSelection};
+use crate::secrets::{scrub_env, SecretEnv, SecretSelection, StreamError};
 
 /// Grace period the harness gives processes between SIGTERM and SIGKILL on a graceful stop.
 pub const GUEST_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -782,15 +782,13 @@ impl Actor {
             }
             std::fs::create_dir_all(&files.dir)
                 .map_err(|e| format!("cannot create {}: {e}", files.dir.display()))?;
-            live.guest
-                .vm
-                .snapshot(&files.memory)
+            files
+                .save(live.guest.vm.as_ref(), &self.ctx.secrets, &self.row.id)
                 .await
-                .map_err(|e| crate::images::error_chain(&e))
         }
         .await;
-        let info = match written {
-            Ok(info) => info,
+        let saved = match written {
+            Ok(saved) => saved,
             Err(why) => {
                 files.discard();
                 self.log.system(format!(
@@ -821,7 +819,7 @@ impl Actor {
             .unwrap_or_default();
         let manifest = match fingerprint {
             Some(Ok(fp)) => files
-                .write_manifest(fp, &overlay, &disks, &info)
+                .write_manifest(fp, &overlay, &disks, &saved)
                 .map_err(|e| e.to_string()),
             Some(Err(e)) => Err(format!("cannot examine the guest kernel: {e}")),
             None => Err("the VM's start parameters are unknown".to_owned()),
@@ -830,10 +828,10 @@ impl Actor {
             Ok(manifest) => {
                 self.log.system(format!(
                     "stopped: {reason}; snapshot saved ({} MiB in {} ms)",
-                    info.size_bytes / (1024 * 1024),
-                    info.took.as_millis()
+                    saved.size_bytes / (1024 * 1024),
+                    saved.info.took.as_millis()
                 ));
-                tracing::info!(%exit, reason, size = info.size_bytes, took_ms = manifest.write_ms, "stopped with a snapshot");
+                tracing::info!(%exit, reason, size = saved.size_bytes, took_ms = manifest.write_ms, "stopped with a snapshot");
                 self.saved = Some(manifest.view());
             }
             Err(why) => {
@@ -1302,9 +1300,35 @@ async fn try_restore(
         manifest.size_bytes / (1024 * 1024)
     ));
     let started = Instant::now();
-    let origin = boot::Origin::Snapshot(&files.memory);
-    match boot::launch(&ctx.boot, prepared.clone(), origin, sink.clone(), cancel).await {
-        Ok(guest) => {
+    let discard = |why: String| {
+        log.system(format!(
+            "snapshot discarded, cold-booting instead: the restore failed: {why}"
+        ));
+        tracing::warn!(%why, "restore failed");
+        files.discard();
+    };
+    let (state, opening) = match files
+        .open_state(&manifest, &ctx.secrets, log.instance_id())
+        .await
+    {
+        Ok(opened) => opened,
+        Err(why) => {
+            discard(why);
+            return Ok(None);
+        }
+    };
+    let origin = boot::Origin::Snapshot(state);
+    let launched = boot::launch(&ctx.boot, prepared.clone(), origin, sink.clone(), cancel).await;
+    // Done once QEMU has read everything or stopped reading (then it fails with a broken pipe,
+    // and the launch error says more).
+    let opened = match opening.await {
+        Ok(Ok(_)) | Ok(Err(StreamError::Io(_))) => None,
+        Ok(Err(e)) => Some(format!("the memory file does not open: {e}")),
+        Err(e) => Some(format!("opening the memory file failed: {e}")),
+    };
+    match (launched, opened) {
+        (Err(BootError::Cancelled), _) => Err(BootError::Cancelled),
+        (Ok(guest), None) => {
             // Used once: the disk moves on from here, so the snapshot would no longer match it.
             files.discard();
             tracing::info!(
@@ -1313,14 +1337,17 @@ async fn try_restore(
             );
             Ok(Some(guest))
         }
-        Err(BootError::Cancelled) => Err(BootError::Cancelled),
-        Err(e) => {
-            let why = crate::images::error_chain(&e);
-            log.system(format!(
-                "snapshot discarded, cold-booting instead: the restore failed: {why}"
-            ));
-            tracing::warn!(%why, "restore failed");
-            files.discard();
+        (Ok(guest), Some(why)) => {
+            guest.vm.kill(KILL_GRACE).await;
+            discard(why);
+            Ok(None)
+        }
+        (Err(_), Some(why)) => {
+            discard(why);
+            Ok(None)
+        }
+        (Err(e), None) => {
+            discard(crate::images::error_chain(&e));
             Ok(None)
         }
     }

@@ -294,12 +294,20 @@ pub async fn prepare(env: &BootEnv, plan: &BootPlan) -> Result<Prepared, BootErr
 }
 
 /// How a VM comes up.
-#[derive(Debug, Clone, Copy)]
-pub enum Origin<'a> {
+pub enum Origin {
     /// A cold boot.
     Boot,
-    /// A restore from this snapshot file.
-    Snapshot(&'a Path),
+    /// A restore from a snapshot's state, read from this source.
+    Snapshot(aegis_vmm::SnapshotSource),
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::Boot => "Boot",
+            Origin::Snapshot(_) => "Snapshot",
+        })
+    }
 }
 
 /// Starts a prepared guest (booted or restored) and waits for its harness.
@@ -309,7 +317,7 @@ pub enum Origin<'a> {
 pub async fn launch(
     env: &BootEnv,
     prepared: Prepared,
-    origin: Origin<'_>,
+    origin: Origin,
     sink: NotificationSink,
     cancel: &CancellationToken,
 ) -> Result<Guest, BootError> {
@@ -318,9 +326,10 @@ pub async fn launch(
         return Err(BootError::Cancelled);
     }
     let Prepared { spec, ingress_port } = prepared;
+    let restored = matches!(origin, Origin::Snapshot(_));
     let (vm, timeout) = match origin {
         Origin::Boot => (env.vmm.start(&spec).await, env.ready_timeout),
-        Origin::Snapshot(path) => (env.vmm.restore(&spec, path).await, RESTORE_READY_TIMEOUT),
+        Origin::Snapshot(source) => (env.vmm.restore(&spec, source).await, RESTORE_READY_TIMEOUT),
     };
     let vm = vm.map_err(BootError::Vmm)?;
     // Kept beside the VM so a re-attaching daemon finds the ingress forward again.
@@ -334,7 +343,7 @@ pub async fn launch(
         Ok((control, health)) => {
             tracing::info!(
                 pid = vm.pid(),
-                restored = matches!(origin, Origin::Snapshot(_)),
+                restored,
                 took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "guest ready"
             );

@@ -5,23 +5,47 @@
 //! image, VMM program, memory and vCPUs, and the disk overlay untouched since. The manifest
 //! records all of that; anything that differs, or a memory file of the wrong size, makes the
 //! snapshot unusable and the instance cold-boots. The actor decides when to save, restore and
-//! discard; the VMM writes and loads the memory file.
+//! discard; the VMM streams the state out and in, and this module seals it on its way to the
+//! memory file and opens it on its way back ([`crate::secrets::seal_stream`]): guest memory
+//! holds the instance's secrets and whatever else the guest was given, so it is never on disk in
+//! clear. Its one-time key is in the manifest, wrapped by the master key.
 
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use aegis_proto::api::SnapshotView;
-use aegis_vmm::{SnapshotInfo, VmSpec};
+use aegis_vmm::{SnapshotInfo, SnapshotSource, Vm, VmSpec};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::secrets::{open_stream, seal_stream, SecretStore, StreamError, WrappedKey};
 
 /// Directory of an instance's snapshot, inside its instance directory.
 const SNAPSHOT_DIR: &str = "snapshot";
-/// The VMM's memory and device state.
-const MEMORY_FILE: &str = "memory.bin";
+/// The VMM's memory and device state, sealed.
+const MEMORY_FILE: &str = "memory.sealed";
 /// The manifest; written last, so a snapshot without one is incomplete.
 const MANIFEST_FILE: &str = "manifest.json";
-/// Version of the manifest layout; another version is never restored.
-const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest layout; another version is never restored. 2: sealed memory file.
+const MANIFEST_FORMAT: u32 = 2;
+/// Pipe between the VMM's stream and the sealing, in bytes.
+const PIPE_BYTES: usize = 1 << 20;
+
+/// A memory file just written.
+#[derive(Debug)]
+pub struct Saved {
+    /// What the VMM wrote.
+    pub info: SnapshotInfo,
+    /// The sealed file's size.
+    pub size_bytes: u64,
+    /// Its key, wrapped by the master key.
+    pub key: WrappedKey,
+}
+
+/// What a key is bound to: the instance, so a snapshot cannot be moved to another one.
+fn purpose(instance_id: &str) -> String {
+    format!("snapshot:{instance_id}")
+}
 
 /// The files of one instance's snapshot.
 #[derive(Debug, Clone)]
@@ -62,6 +86,68 @@ impl SnapshotFiles {
         }
     }
 
+    /// Writes the memory file: the state of the paused `vm`, sealed under a fresh key.
+    ///
+    /// # Errors
+    /// Why not, for a log line (the caller discards what was written).
+    pub async fn save(
+        &self,
+        vm: &dyn Vm,
+        secrets: &SecretStore,
+        instance_id: &str,
+    ) -> Result<Saved, String> {
+        let (stream_key, key) = secrets
+            .new_stream_key(&purpose(instance_id))
+            .await
+            .map_err(|e| format!("no key to seal it with: {e}"))?;
+        let file = tokio::fs::File::create(&self.memory)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", self.memory.display()))?;
+        let (vm_end, sealing_end) = tokio::io::duplex(PIPE_BYTES);
+        let (written, sealed) = tokio::join!(
+            vm.snapshot(Box::new(vm_end)),
+            seal_stream(
+                &stream_key,
+                sealing_end,
+                tokio::io::BufWriter::with_capacity(PIPE_BYTES, file)
+            )
+        );
+        let info = written.map_err(|e| crate::images::error_chain(&e))?;
+        let size_bytes =
+            sealed.map_err(|e| format!("cannot write {}: {e}", self.memory.display()))?;
+        Ok(Saved {
+            info,
+            size_bytes,
+            key,
+        })
+    }
+
+    /// The plaintext state of the memory file described by `manifest`, as a source for the
+    /// VMM, and the task opening it: when a restore fails, its error (if any) says why.
+    ///
+    /// # Errors
+    /// When the key does not open or the file cannot be opened.
+    pub async fn open_state(
+        &self,
+        manifest: &Manifest,
+        secrets: &SecretStore,
+        instance_id: &str,
+    ) -> Result<(SnapshotSource, JoinHandle<Result<u64, StreamError>>), String> {
+        let stream_key = secrets
+            .open_stream_key(&purpose(instance_id), &manifest.key)
+            .await
+            .map_err(|e| e.to_string())?;
+        let file = tokio::fs::File::open(&self.memory)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", self.memory.display()))?;
+        let (opening_end, vm_end) = tokio::io::duplex(PIPE_BYTES);
+        let opening = tokio::spawn(async move {
+            let input = tokio::io::BufReader::with_capacity(PIPE_BYTES, file);
+            open_stream(&stream_key, input, opening_end).await
+        });
+        Ok((Box::new(vm_end), opening))
+    }
+
     /// Writes the manifest of a memory file just written.
     ///
     /// # Errors
@@ -71,7 +157,7 @@ impl SnapshotFiles {
         fingerprint: Fingerprint,
         overlay: &Path,
         extra_disks: &[PathBuf],
-        info: &SnapshotInfo,
+        saved: &Saved,
     ) -> std::io::Result<Manifest> {
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -82,8 +168,9 @@ impl SnapshotFiles {
                 .iter()
                 .map(|d| FileStamp::of(d))
                 .collect::<std::io::Result<_>>()?,
-            size_bytes: info.size_bytes,
-            write_ms: u64::try_from(info.took.as_millis()).unwrap_or(u64::MAX),
+            size_bytes: saved.size_bytes,
+            write_ms: u64::try_from(saved.info.took.as_millis()).unwrap_or(u64::MAX),
+            key: saved.key.clone(),
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
         let tmp = self.manifest.with_extension("json.tmp");
@@ -102,15 +189,19 @@ impl SnapshotFiles {
         overlay: &Path,
         extra_disks: &[PathBuf],
     ) -> Result<Manifest, Unusable> {
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
         let text = std::fs::read(&self.manifest).map_err(|_| Unusable::NoManifest)?;
-        let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|e| Unusable::BadManifest(e.to_string()))?;
-        if manifest.format != MANIFEST_FORMAT {
+        let bad = |e: serde_json::Error| Unusable::BadManifest(e.to_string());
+        let format = serde_json::from_slice::<Format>(&text).map_err(bad)?.format;
+        if format != MANIFEST_FORMAT {
             return Err(Unusable::BadManifest(format!(
-                "format {} (expected {MANIFEST_FORMAT})",
-                manifest.format
+                "format {format} (expected {MANIFEST_FORMAT}), from another version of Aegis"
             )));
         }
+        let manifest: Manifest = serde_json::from_slice(&text).map_err(bad)?;
         let size = std::fs::metadata(&self.memory)
             .map_err(|_| Unusable::MissingMemory)?
             .len();
@@ -275,6 +366,8 @@ pub struct Manifest {
     pub size_bytes: u64,
     /// How long writing it took.
     pub write_ms: u64,
+    /// The memory file's key, wrapped by the master key and bound to the instance.
+    pub key: WrappedKey,
 }
 
 impl Manifest {
@@ -330,10 +423,16 @@ mod tests {
         let overlay = tmp.path().join("root.qcow2");
         std::fs::write(&overlay, b"disk").unwrap();
         let fp = fingerprint(tmp.path());
-        let info = SnapshotInfo {
-            path: files.memory.clone(),
+        let info = Saved {
+            info: SnapshotInfo {
+                bytes: 80,
+                took: std::time::Duration::from_millis(5),
+            },
             size_bytes: 100,
-            took: std::time::Duration::from_millis(5),
+            key: WrappedKey {
+                nonce: "00".into(),
+                ciphertext: "11".into(),
+            },
         };
         let volume = tmp.path().join("workspace.ext4");
         std::fs::write(&volume, b"volume").unwrap();

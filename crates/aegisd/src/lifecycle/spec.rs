@@ -256,15 +256,7 @@ impl InstanceSpec {
 
     /// Why this instance cannot be snapshotted although it may want to be, if it cannot.
     pub fn snapshot_obstacle(&self) -> Option<&'static str> {
-        let kit_secrets = self
-            .kit_config
-            .as_ref()
-            .is_some_and(|k| !k.required_secrets.is_empty() || !k.optional_secrets.is_empty());
-        if !self.secrets.is_empty() || kit_secrets {
-            // Guest memory holds the injected values; written to a file they would sit on the
-            // host's disk in clear, where secrets must never be.
-            return Some("the instance has secrets, which its memory file would hold in clear");
-        }
+        // Secrets are no obstacle: the memory file is sealed (see `lifecycle::snapshot`).
         match self.workspace() {
             WorkspaceSpec::Volume { .. } | WorkspaceSpec::None => None,
             // The host side of a virtio-fs share is another process, whose state a snapshot

@@ -37,19 +37,7 @@ pub struct OpenError;
 /// # Errors
 /// [`SealError`].
 pub fn seal(key: &MasterKey, name: &SecretName, value: &SecretValue) -> Result<Sealed, SealError> {
-    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-    let payload = Payload {
-        msg: value.expose().as_bytes(),
-        aad: name.as_str().as_bytes(),
-    };
-    let ciphertext = key
-        .cipher()
-        .encrypt(&nonce, payload)
-        .map_err(|_| SealError)?;
-    Ok(Sealed {
-        nonce: nonce.to_vec(),
-        ciphertext,
-    })
+    seal_bytes(key, name.as_str().as_bytes(), value.expose().as_bytes())
 }
 
 /// Decrypts a stored value of `name`.
@@ -58,20 +46,48 @@ pub fn seal(key: &MasterKey, name: &SecretName, value: &SecretValue) -> Result<S
 /// [`OpenError`] when the key, the name, the nonce or the ciphertext is not the one it was
 /// sealed with, or the plaintext is not UTF-8.
 pub fn open(key: &MasterKey, name: &SecretName, sealed: &Sealed) -> Result<SecretValue, OpenError> {
+    let plain = open_bytes(key, name.as_str().as_bytes(), sealed)?;
+    let text = std::str::from_utf8(&plain).map_err(|_| OpenError)?;
+    Ok(SecretValue::new(text.to_owned()))
+}
+
+/// Encrypts `plain` under `key` with a fresh random nonce, bound to `aad`. Secrets use their
+/// name as `aad`; other uses pick one a secret name cannot be (it contains a ':').
+///
+/// # Errors
+/// [`SealError`].
+pub fn seal_bytes(key: &MasterKey, aad: &[u8], plain: &[u8]) -> Result<Sealed, SealError> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let ciphertext = key
+        .cipher()
+        .encrypt(&nonce, Payload { msg: plain, aad })
+        .map_err(|_| SealError)?;
+    Ok(Sealed {
+        nonce: nonce.to_vec(),
+        ciphertext,
+    })
+}
+
+/// Decrypts what [`seal_bytes`] sealed with the same `aad`.
+///
+/// # Errors
+/// [`OpenError`] for another key, `aad`, nonce or ciphertext.
+pub fn open_bytes(
+    key: &MasterKey,
+    aad: &[u8],
+    sealed: &Sealed,
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     if sealed.nonce.len() != NONCE_BYTES {
         return Err(OpenError);
     }
     let payload = Payload {
         msg: &sealed.ciphertext,
-        aad: name.as_str().as_bytes(),
+        aad,
     };
-    let plain = Zeroizing::new(
-        key.cipher()
-            .decrypt(Nonce::from_slice(&sealed.nonce), payload)
-            .map_err(|_| OpenError)?,
-    );
-    let text = std::str::from_utf8(&plain).map_err(|_| OpenError)?;
-    Ok(SecretValue::new(text.to_owned()))
+    key.cipher()
+        .decrypt(Nonce::from_slice(&sealed.nonce), payload)
+        .map(Zeroizing::new)
+        .map_err(|_| OpenError)
 }
 
 #[cfg(test)]

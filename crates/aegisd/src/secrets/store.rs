@@ -55,6 +55,13 @@ pub enum SecretError {
         /// The bound.
         max: usize,
     },
+    /// A wrapped data key does not open: altered, moved to another purpose, or sealed with
+    /// another master key.
+    #[error("the key of {purpose} cannot be decrypted: it was altered or sealed with another master key")]
+    WrappedKey {
+        /// What the key protects.
+        purpose: String,
+    },
     /// The master key cannot be used.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -89,6 +96,7 @@ impl SecretError {
             SecretError::InvalidName(_)
             | SecretError::InvalidValue { .. }
             | SecretError::Encrypt { .. }
+            | SecretError::WrappedKey { .. }
             | SecretError::TooLarge { .. }
             | SecretError::Registry(_)
             | SecretError::Task(_) => None,
@@ -107,6 +115,11 @@ impl SecretStore {
     /// A store keeping ciphertexts in `registry` under the key at `key_path`.
     pub fn new(registry: Registry, key_path: PathBuf) -> SecretStore {
         SecretStore { registry, key_path }
+    }
+
+    /// The master key file.
+    pub fn key_path(&self) -> &std::path::Path {
+        &self.key_path
     }
 
     /// Creates or replaces a secret (creating the master key on first use). Returns what may be
@@ -254,7 +267,7 @@ fn open_all(key_path: &std::path::Path, rows: Vec<SecretRow>) -> Result<SecretEn
     Ok(env)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SecretError> + Send + 'static,
 ) -> Result<T, SecretError> {
     tokio::task::spawn_blocking(f)
