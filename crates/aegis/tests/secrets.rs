@@ -178,6 +178,20 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Searches every file under `dir` for `value`; returns the files searched.
+fn assert_in_no_file(dir: &Path, value: &str) -> Vec<PathBuf> {
+    let files = files_under(dir);
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap_or_default();
+        assert!(
+            !contains(&bytes, value),
+            "the value is in {}",
+            file.display()
+        );
+    }
+    files
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -656,16 +670,7 @@ fn values_never_leave_the_control_channel() {
     }
     // Every file of the home: the daemon's log (at trace level), the instance's log file, its
     // console and QEMU log, the SQLite database with its WAL, and the rest.
-    let mut searched = Vec::new();
-    for file in files_under(d.home()) {
-        let bytes = std::fs::read(&file).unwrap_or_default();
-        assert!(
-            !contains(&bytes, &canary),
-            "the value is in {}",
-            file.display()
-        );
-        searched.push(file);
-    }
+    let searched = assert_in_no_file(d.home(), &canary);
     let instance_dir = d.home().join("instances").join(&running.id);
     for must in [
         d.home().join("aegisd.log"),
@@ -700,16 +705,7 @@ fn values_never_leave_the_control_channel() {
     let stopped = d.instance("vault").unwrap();
     assert!(stopped.saved_snapshot.is_some(), "{stopped:?}");
     let memory = instance_dir.join("snapshot/memory.sealed");
-    let mut searched = Vec::new();
-    for file in files_under(d.home()) {
-        let bytes = std::fs::read(&file).unwrap_or_default();
-        assert!(
-            !contains(&bytes, &canary),
-            "the value is in {}",
-            file.display()
-        );
-        searched.push(file);
-    }
+    let searched = assert_in_no_file(d.home(), &canary);
     assert!(searched.contains(&memory), "{searched:#?}");
     // The wake restores that memory, the value with it.
     assert_eq!(

@@ -41,6 +41,10 @@ pub const RESTORE_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// milliseconds; the bound only catches a wedged host.
 const MIGRATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Buffer of the copies between the migration socket and the snapshot's sink or source: large
+/// writes, few system calls (`tokio::io::copy` moves 8 KiB at a time).
+const STREAM_BUFFER: usize = 1 << 20;
+
 /// How often a running migration is polled.
 const MIGRATION_POLL: Duration = Duration::from_millis(10);
 
@@ -170,7 +174,7 @@ impl QemuVmm {
 }
 
 /// Feeds `source` to QEMU's migration socket, which it listens on since its start.
-async fn feed_restore(socket: PathBuf, mut source: SnapshotSource) -> std::io::Result<u64> {
+async fn feed_restore(socket: PathBuf, source: SnapshotSource) -> std::io::Result<u64> {
     let deadline = tokio::time::Instant::now() + MIGRATION_CONNECT_TIMEOUT;
     let mut conn = loop {
         match tokio::net::UnixStream::connect(&socket).await {
@@ -179,7 +183,8 @@ async fn feed_restore(socket: PathBuf, mut source: SnapshotSource) -> std::io::R
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     };
-    let bytes = tokio::io::copy(&mut source, &mut conn).await?;
+    let mut source = tokio::io::BufReader::with_capacity(STREAM_BUFFER, source);
+    let bytes = tokio::io::copy_buf(&mut source, &mut conn).await?;
     conn.shutdown().await?;
     Ok(bytes)
 }
@@ -531,7 +536,8 @@ impl Vm for QemuVm {
         let _ = std::fs::remove_file(socket);
         let mut conn = accepted?;
         let copying = async {
-            let bytes = tokio::io::copy(&mut conn, &mut sink).await?;
+            let mut conn = tokio::io::BufReader::with_capacity(STREAM_BUFFER, &mut conn);
+            let bytes = tokio::io::copy_buf(&mut conn, &mut sink).await?;
             sink.shutdown().await?;
             Ok::<u64, std::io::Error>(bytes)
         };
