@@ -9,13 +9,13 @@ use std::fs::OpenOptions;
 use std::path::Path;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Environment variable that forces an accelerator.
 pub const ACCEL_ENV: &str = "AEGIS_ACCEL";
 
 /// A hardware or software accelerator QEMU can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accelerator {
     /// Linux hardware virtualisation.

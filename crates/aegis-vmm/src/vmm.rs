@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -17,7 +17,7 @@ use crate::boot::GuestKernel;
 
 /// Everything needed to boot one VM. The caller owns `run_dir` (one per VM) and keeps it while
 /// the VM lives: sockets, pid file and the console log are created there.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmSpec {
     /// Directory for this VM's runtime files.
     pub run_dir: PathBuf,
@@ -47,7 +47,7 @@ pub struct VmSpec {
 }
 
 /// A disk image attached to the VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
     /// The image file.
     pub path: PathBuf,
@@ -56,7 +56,7 @@ pub struct DiskSpec {
 }
 
 /// A host directory shared live with the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareSpec {
     /// The guest mounts it by this tag (at most 36 bytes).
     pub tag: String,
@@ -67,7 +67,7 @@ pub struct ShareSpec {
 }
 
 /// Guest networking.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
     /// Whether the guest may open connections to the outside (NAT). Inbound forwards work either
     /// way.
@@ -77,7 +77,7 @@ pub struct NetworkSpec {
 }
 
 /// A host port forwarded to a guest TCP port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortForward {
     /// Port on the host's loopback interface.
     pub host_port: u16,

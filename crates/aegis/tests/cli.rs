@@ -438,11 +438,27 @@ fn daemon_kill9_and_restart_keep_instances_and_logs() {
     let out = d.aegis(["exec", "keep", "--", "echo", "after-restart"]);
     out.expect_success();
     assert_eq!(out.stdout, "after-restart\n", "{out}");
+    // The re-attached VM's start parameters were kept beside it: a stop still saves a snapshot,
+    // and the next exec wakes from it.
+    d.aegis(["instance", "stop", "keep"]).expect_success();
+    let stopped = d.instance("keep").unwrap();
+    assert!(
+        stopped.saved_snapshot.is_some(),
+        "{stopped:?}\n{}",
+        d.log_tail()
+    );
+    let out = d.aegis(["exec", "keep", "--", "echo", "after-wake"]);
+    out.expect_success();
+    assert_eq!(out.stdout, "after-wake\n", "{out}");
     let entries = logs(&d, "keep", &[]);
     for (source, line) in [
         ("server", "before-restart"),
         ("exec", "first-exec"),
         ("exec", "after-restart"),
+        (
+            "system",
+            "restored from the snapshot: the processes carry on",
+        ),
     ] {
         assert!(has_line(&entries, source, line), "{line}: {entries:#?}");
     }

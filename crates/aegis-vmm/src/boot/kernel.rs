@@ -10,7 +10,7 @@ pub const KERNEL_ENV: &str = "AEGIS_KERNEL";
 pub const KERNEL_MODULES_ENV: &str = "AEGIS_KERNEL_MODULES";
 
 /// The kernel a VM boots, and its loadable modules if it has any.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestKernel {
     /// The bzImage passed to `-kernel`.
     pub image: PathBuf,

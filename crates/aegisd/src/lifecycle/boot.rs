@@ -87,7 +87,8 @@ pub struct Guest {
     pub control: ControlChannel,
     /// The harness's first health answer.
     pub health: HealthResult,
-    /// What the VM was started with; `None` for a VM re-attached after a daemon restart.
+    /// What the VM was started with (kept in the run directory, so a re-attached VM has it
+    /// too); `None` when that record is missing.
     pub spec: Option<Box<VmSpec>>,
 }
 
@@ -334,6 +335,10 @@ pub async fn launch(
     let vm = vm.map_err(BootError::Vmm)?;
     // Kept beside the VM so a re-attaching daemon finds the ingress forward again.
     let _ = std::fs::write(spec.run_dir.join(INGRESS_FILE), ingress_port.to_string());
+    // And what it was started with, so a re-attached VM can still be snapshotted.
+    if let Ok(text) = serde_json::to_vec(&spec) {
+        let _ = std::fs::write(spec.run_dir.join(SPEC_FILE), text);
+    }
     let ingress = Some(SocketAddr::from(([127, 0, 0, 1], ingress_port)));
     let ready = tokio::select! {
         r = connect_ready(vm.as_ref(), sink, timeout, true) => r,
@@ -379,12 +384,19 @@ pub async fn attach(
         .ok()
         .and_then(|s| s.trim().parse::<u16>().ok())
         .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    // Missing (a VM started by an older daemon) or unreadable: the VM runs on, and stops
+    // without a snapshot.
+    let spec = std::fs::read(run_dir.join(SPEC_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<VmSpec>(&text).ok())
+        .filter(|spec| spec.run_dir == run_dir)
+        .map(Box::new);
     Ok(Guest {
         vm,
         ingress,
         control,
         health,
-        spec: None,
+        spec,
     })
 }
 
@@ -438,6 +450,8 @@ async fn connect_ready(
 
 /// File in the run directory holding the ingress forward's host port.
 const INGRESS_FILE: &str = "ingress.port";
+/// The VM's [`VmSpec`] as JSON, beside the VM.
+const SPEC_FILE: &str = "vm-spec.json";
 
 /// A loopback port that is free now (the VMM binds it right after).
 fn free_loopback_port() -> std::io::Result<u16> {
