@@ -267,6 +267,12 @@ pub trait Vmm: Send + Sync + fmt::Debug {
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError>;
     /// Re-attaches to a VM started earlier (by this or a previous daemon) in `run_dir`.
     async fn attach(&self, run_dir: &Path) -> Result<Box<dyn Vm>, VmmError>;
+    /// The pid of the VMM process running in `run_dir`, if one does: what [`Vmm::attach`] would
+    /// attach to, known without connecting (a daemon shows it while re-attaching).
+    fn running_pid(&self, run_dir: &Path) -> Option<u32> {
+        let _ = run_dir;
+        None
+    }
     /// Starts a VM from a snapshot written by [`Vm::snapshot`] of a VM with the same `spec`
     /// (only the network forwards and the run directory may differ). Returns once the state is
     /// loaded and the vCPUs run again: the guest carries on where it was paused.

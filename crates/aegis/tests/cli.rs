@@ -429,10 +429,9 @@ fn daemon_kill9_and_restart_keep_instances_and_logs() {
         std::path::Path::new(&format!("/proc/{vmm}")).exists(),
         "the restarted daemon must re-attach to the running VM, not replace it"
     );
-    // TODO(aegisd): a re-attached instance reports `vmm_pid: null`; assert equality once it
-    // reports the pid of the VMM it re-attached to.
-    assert!(
-        after.vmm_pid.is_none_or(|pid| pid == vmm),
+    assert_eq!(
+        after.vmm_pid,
+        Some(vmm),
         "the daemon re-attaches to the same VM: {after:?}"
     );
     let out = d.aegis(["exec", "keep", "--", "echo", "after-restart"]);

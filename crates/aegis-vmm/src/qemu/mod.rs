@@ -323,19 +323,20 @@ impl Vmm for QemuVmm {
             .clone()
     }
 
+    fn running_pid(&self, run_dir: &Path) -> Option<u32> {
+        let pid = std::fs::read_to_string(RunFiles::new(run_dir).pid)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())?;
+        // A recycled pid must not be mistaken for our VM: its command line names our run dir.
+        process::is_vmm_of(pid, run_dir).then_some(pid)
+    }
+
     async fn attach(&self, run_dir: &Path) -> Result<Box<dyn Vm>, VmmError> {
         let files = RunFiles::new(run_dir);
         let nothing = || VmmError::NothingToAttach {
             run_dir: run_dir.to_path_buf(),
         };
-        let pid = std::fs::read_to_string(&files.pid)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .ok_or_else(nothing)?;
-        // A recycled pid must not be mistaken for our VM: its command line names our run dir.
-        if !process::is_vmm_of(pid, run_dir) {
-            return Err(nothing());
-        }
+        let pid = self.running_pid(run_dir).ok_or_else(nothing)?;
         let qmp = Qmp::connect(&files.qmp).await.map_err(|_| nothing())?;
         let (exit_tx, exit_rx) = watch::channel(None);
         Ok(Box::new(QemuVm::new(

@@ -117,7 +117,18 @@ impl Actor {
         let saved = SnapshotFiles::new(&ctx.config.instance_dir(&row.id))
             .load()
             .map(|m| m.view());
-        let view = render(&ctx, &row, &spec, None, saved.clone());
+        // Until `recover` has re-attached (or not), a VM left running by a previous daemon is
+        // shown with the pid it runs under.
+        let recovering =
+            InstanceStatus::parse(&row.status).is_some_and(|s| s != InstanceStatus::Stopped);
+        let pid = recovering
+            .then(|| {
+                ctx.boot
+                    .vmm
+                    .running_pid(&ctx.config.instance_dir(&row.id).join("run"))
+            })
+            .flatten();
+        let view = render(&ctx, &row, &spec, pid, saved.clone());
         let (snapshot, snapshot_rx) = watch::channel(view);
         let actor = Actor {
             ctx,
