@@ -594,6 +594,9 @@ fn injection_on_request_env_override_rotation_and_stopped_instance() {
     );
 }
 
+/// Prints `$LEAK_CANARY` in hex: proves the value is there without printing it.
+const CANARY_AS_HEX: &str = r#"printf %s "$LEAK_CANARY" | od -An -tx1 | tr -d ' \n'"#;
+
 #[test]
 fn values_never_leave_the_control_channel() {
     let d = daemon();
@@ -627,14 +630,7 @@ fn values_never_leave_the_control_channel() {
     let running = wait_state(&d, "vault", InstanceStatus::Running);
     // Injected into the primary process and into execs (so the search below is not vacuous).
     wait_server_line(&d, "vault", &hex(&canary));
-    assert_eq!(
-        exec(
-            &d,
-            "vault",
-            r#"printf %s "$LEAK_CANARY" | od -An -tx1 | tr -d ' \n'"#
-        ),
-        hex(&canary)
-    );
+    assert_eq!(exec(&d, "vault", CANARY_AS_HEX), hex(&canary));
     assert_eq!(
         exec(&d, "vault", r#"echo ${#LEAK_CANARY}"#),
         format!("{}\n", canary.len())
@@ -708,14 +704,7 @@ fn values_never_leave_the_control_channel() {
     let searched = assert_in_no_file(d.home(), &canary);
     assert!(searched.contains(&memory), "{searched:#?}");
     // The wake restores that memory, the value with it.
-    assert_eq!(
-        exec(
-            &d,
-            "vault",
-            r#"printf %s "$LEAK_CANARY" | od -An -tx1 | tr -d ' \n'"#
-        ),
-        hex(&canary)
-    );
+    assert_eq!(exec(&d, "vault", CANARY_AS_HEX), hex(&canary));
     let restored = logs(&d, "vault");
     assert!(
         lines_of(&restored, "system")
