@@ -411,6 +411,11 @@ fn daemon_kill9_and_restart_keep_instances_and_logs() {
         }
     });
 
+    // More lines than the daemon keeps in memory (10,000): all stay visible, across a restart.
+    let out = d.aegis(["exec", "keep", "--", "seq", "1", "12000"]);
+    out.expect_success();
+    assert_eq!(out.stdout.lines().count(), 12000);
+
     d.kill9();
     let vmm = before.vmm_pid.expect("a running instance has a VMM pid");
     assert!(
@@ -453,6 +458,8 @@ fn daemon_kill9_and_restart_keep_instances_and_logs() {
     for (source, line) in [
         ("server", "before-restart"),
         ("exec", "first-exec"),
+        ("exec", "1"),
+        ("exec", "12000"),
         ("exec", "after-restart"),
         (
             "system",

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// A workspace route failed.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// The daemon failed in a way the request could not cause.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::Secret(e) => secret_status(e, SecretUse::Direct),
             ApiError::InstanceSecrets(e) => secret_status(e, SecretUse::Referenced),
             ApiError::Workspace(e) => workspace_status(e),
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -118,6 +122,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::NoRoute(_)
             | ApiError::Spawn(_)
+            | ApiError::Internal(_)
             | ApiError::Expose(ExposeError::Spec(_))
             | ApiError::Create(
                 CreateError::Spec(_) | CreateError::Registry(_) | CreateError::Dir { .. },

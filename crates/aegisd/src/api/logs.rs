@@ -62,8 +62,13 @@ pub async fn logs(
         exec_id: q.exec_id.filter(|s| !s.is_empty()),
     };
     let handle = find(&state, &id)?;
+    // Past the ring, history comes from the files: read them on the blocking pool.
+    let log = std::sync::Arc::clone(&handle.log);
+    let blocking_err = |e: tokio::task::JoinError| ApiError::Internal(format!("log query: {e}"));
     if !follow {
-        let entries = handle.log.query(&filter);
+        let entries = tokio::task::spawn_blocking(move || log.query(&filter))
+            .await
+            .map_err(blocking_err)?;
         let body = entries
             .into_iter()
             .flat_map(|e| line(&e))
@@ -71,7 +76,10 @@ pub async fn logs(
         return Ok(ndjson(Body::from(body)));
     }
     let watch = handle.watch();
-    let mut sub = handle.log.subscribe(&filter);
+    let wanted = filter.clone();
+    let mut sub = tokio::task::spawn_blocking(move || log.subscribe(&wanted))
+        .await
+        .map_err(blocking_err)?;
     let history = futures::stream::iter(std::mem::take(&mut sub.history));
     let live = follow_stream(sub, watch, filter);
     let stream = history

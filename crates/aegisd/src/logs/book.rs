@@ -1,4 +1,8 @@
 //! One instance's log: ring buffer + NDJSON file + broadcast to followers.
+//!
+//! Queries answer from the ring while it holds everything; once older entries have left it,
+//! from the files (the rotated one and the current one, up to what was written when the query
+//! began), so `aegis logs` shows an instance's whole history, as `docker logs` does.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -9,7 +13,7 @@ use std::sync::Mutex;
 use aegis_proto::api::{LogEntry, LogSource, LogStream};
 use tokio::sync::broadcast;
 
-/// Entries kept in memory per instance; older ones are only in the file.
+/// Entries kept in memory per instance; older ones are only in the files.
 pub const RING_ENTRIES: usize = 10_000;
 /// Bytes of line text kept in memory per instance; the oldest entries go first.
 pub const RING_BYTES: usize = 16 * 1024 * 1024;
@@ -53,6 +57,18 @@ struct Inner {
     file_bytes: u64,
     rotate_at: u64,
     write_failed: bool,
+    /// Whether entries have left the ring (queries must then read the files).
+    ring_dropped: bool,
+}
+
+/// The log files as they were at one moment: opened while the log was locked (a later rotation
+/// renames them, which does not move what is open) with the length they had then.
+struct FileCut(Vec<(File, u64)>);
+
+/// Where a query's history comes from.
+enum Source {
+    Ring(Vec<LogEntry>),
+    Files(FileCut),
 }
 
 /// The log of one instance.
@@ -129,6 +145,7 @@ impl InstanceLog {
             file_bytes: 0,
             rotate_at,
             write_failed: false,
+            ring_dropped: false,
         };
         load(&mut inner, &rotated(path))?;
         let mut file = std::fs::OpenOptions::new()
@@ -207,21 +224,78 @@ impl InstanceLog {
         });
     }
 
-    /// Entries matching `filter`.
+    /// Entries matching `filter`. Reads the files when the ring no longer holds everything: call
+    /// it off the async workers.
     pub fn query(&self, filter: &LogFilter) -> Vec<LogEntry> {
-        let inner = self.lock();
-        select(&inner, filter)
+        let (source, last_seq) = {
+            let inner = self.lock();
+            (self.source(&inner, filter), inner.next_seq - 1)
+        };
+        self.history(source, filter, last_seq)
     }
 
-    /// History matching `filter` plus a live feed of what follows.
+    /// History matching `filter` plus a live feed of what follows. Reads the files when the ring
+    /// no longer holds everything: call it off the async workers.
     pub fn subscribe(&self, filter: &LogFilter) -> LogSubscription {
-        let inner = self.lock();
-        let rx = self.live.subscribe();
-        let history = select(&inner, filter);
+        let (source, last_seq, rx) = {
+            let inner = self.lock();
+            (
+                self.source(&inner, filter),
+                inner.next_seq - 1,
+                self.live.subscribe(),
+            )
+        };
         LogSubscription {
-            history,
-            last_seq: inner.next_seq - 1,
+            history: self.history(source, filter, last_seq),
+            last_seq,
             rx,
+        }
+    }
+
+    /// The ring's answer, or the files to read when entries have left the ring (and the files
+    /// hold everything).
+    fn source(&self, inner: &Inner, filter: &LogFilter) -> Source {
+        let from_ring = select(inner, filter, u64::MAX);
+        let covered = !inner.ring_dropped
+            || inner.write_failed
+            // `tail` entries found in the ring are the last ones;
+            || filter.tail.is_some_and(|t| from_ring.len() >= t)
+            // and so is all that follows `since` when the ring starts before it.
+            || filter.since.as_ref().is_some_and(|since| {
+                inner
+                    .ring
+                    .front()
+                    .is_some_and(|(_, e)| e.ts.as_str() < since.as_str())
+            });
+        if covered {
+            return Source::Ring(from_ring);
+        }
+        let mut parts = Vec::with_capacity(2);
+        let rotated = rotated(&self.path);
+        let opened = (|| {
+            if let Ok(f) = File::open(&rotated) {
+                let len = f.metadata()?.len();
+                parts.push((f, len));
+            }
+            parts.push((File::open(&self.path)?, inner.file_bytes));
+            Ok::<(), std::io::Error>(())
+        })();
+        match opened {
+            Ok(()) => Source::Files(FileCut(parts)),
+            Err(e) => {
+                tracing::warn!(instance = %self.instance_id, error = %e, "cannot open the log files; answering from memory");
+                Source::Ring(from_ring)
+            }
+        }
+    }
+
+    fn history(&self, source: Source, filter: &LogFilter, last_seq: u64) -> Vec<LogEntry> {
+        match source {
+            Source::Ring(entries) => entries,
+            Source::Files(cut) => read_cut(cut, filter).unwrap_or_else(|e| {
+                tracing::warn!(instance = %self.instance_id, error = %e, "cannot read the log files; answering from memory");
+                select(&self.lock(), filter, last_seq)
+            }),
         }
     }
 
@@ -260,6 +334,25 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Entries of the files matching `filter`, the last `tail` of them when asked.
+fn read_cut(cut: FileCut, filter: &LogFilter) -> std::io::Result<Vec<LogEntry>> {
+    let mut out = VecDeque::new();
+    for (file, len) in cut.0 {
+        for line in BufReader::new(file.take(len)).split(b'\n') {
+            let Ok(entry) = serde_json::from_slice::<LogEntry>(&line?) else {
+                continue;
+            };
+            if filter.matches(&entry) {
+                out.push_back(entry);
+                if filter.tail.is_some_and(|t| out.len() > t) {
+                    out.pop_front();
+                }
+            }
+        }
+    }
+    Ok(out.into())
+}
+
 /// Loads the entries of an NDJSON log file into the ring; a missing file is empty.
 fn load(inner: &mut Inner, path: &Path) -> std::io::Result<()> {
     let f = match File::open(path) {
@@ -276,12 +369,13 @@ fn load(inner: &mut Inner, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn select(inner: &Inner, filter: &LogFilter) -> Vec<LogEntry> {
+/// Entries of the ring up to `last_seq` matching `filter`.
+fn select(inner: &Inner, filter: &LogFilter, last_seq: u64) -> Vec<LogEntry> {
     let matching: Vec<&LogEntry> = inner
         .ring
         .iter()
+        .filter(|(seq, e)| *seq <= last_seq && filter.matches(e))
         .map(|(_, e)| e)
-        .filter(|e| filter.matches(e))
         .collect();
     let skip = filter.tail.map_or(0, |t| matching.len().saturating_sub(t));
     matching.into_iter().skip(skip).cloned().collect()
@@ -296,6 +390,7 @@ fn push_ring(inner: &mut Inner, entry: LogEntry) -> u64 {
     {
         if let Some((_, old)) = inner.ring.pop_front() {
             inner.ring_bytes -= old.line.len();
+            inner.ring_dropped = true;
         }
     }
     seq
@@ -367,6 +462,53 @@ mod tests {
             .collect();
         assert_eq!(lines.last().map(String::as_str), Some("d"));
         assert_eq!(lines.len(), 5);
+    }
+
+    #[test]
+    fn history_past_the_ring_comes_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.ndjson");
+        let log = InstanceLog::open("inst-1", &path).unwrap();
+        let total = RING_ENTRIES + 500;
+        for i in 0..total {
+            let exec = (i % 100 == 0).then_some("e1");
+            log.append(entry(&format!("line {i}"), exec));
+        }
+        let lines = |entries: Vec<LogEntry>| -> Vec<String> {
+            entries.into_iter().map(|e| e.line).collect()
+        };
+        let all = lines(log.query(&LogFilter::default()));
+        assert_eq!(all.len(), total);
+        assert_eq!(all[0], "line 0");
+        assert_eq!(all[total - 1], format!("line {}", total - 1));
+        let execs = log.query(&LogFilter {
+            exec_id: Some("e1".into()),
+            ..Default::default()
+        });
+        assert_eq!(execs.len(), total.div_ceil(100));
+        assert_eq!(execs[0].line, "line 0");
+        let tail = lines(log.query(&LogFilter {
+            tail: Some(RING_ENTRIES + 10),
+            ..Default::default()
+        }));
+        assert_eq!(tail.len(), RING_ENTRIES + 10);
+        assert_eq!(tail[0], "line 490");
+        let short_tail = lines(log.query(&LogFilter {
+            tail: Some(3),
+            ..Default::default()
+        }));
+        assert_eq!(
+            short_tail,
+            [total - 3, total - 2, total - 1].map(|i| format!("line {i}"))
+        );
+        let mut sub = log.subscribe(&LogFilter::default());
+        assert_eq!(sub.history.len(), total);
+        log.append(entry("after", None));
+        assert_eq!(sub.try_next().unwrap().line, "after");
+        drop((sub, log));
+        // A new daemon sees the whole history too.
+        let reopened = InstanceLog::open("inst-1", &path).unwrap();
+        assert_eq!(reopened.query(&LogFilter::default()).len(), total + 1);
     }
 
     #[test]
