@@ -21,6 +21,9 @@ pub const RING_BYTES: usize = 16 * 1024 * 1024;
 /// and a new file starts, so an instance's logs take at most about twice this on disk and a
 /// daemon start reads at most that much per instance.
 pub const FILE_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+/// How much of the files' end a daemon start reads to refill the ring: twice the ring's text,
+/// so the ring fills, without reading up to two full files per instance.
+pub const LOAD_BYTES: u64 = 2 * RING_BYTES as u64;
 /// Entries a slow follower may lag behind before it misses some (it is told how many).
 const FOLLOW_BUFFER: usize = 4096;
 
@@ -129,13 +132,14 @@ impl InstanceLog {
     /// # Errors
     /// When a file exists but cannot be read, or the file cannot be created.
     pub fn open(instance_id: &str, path: &Path) -> std::io::Result<InstanceLog> {
-        Self::open_rotating_at(instance_id, path, FILE_ROTATE_BYTES)
+        Self::open_with(instance_id, path, FILE_ROTATE_BYTES, LOAD_BYTES)
     }
 
-    fn open_rotating_at(
+    fn open_with(
         instance_id: &str,
         path: &Path,
         rotate_at: u64,
+        load_bytes: u64,
     ) -> std::io::Result<InstanceLog> {
         let mut inner = Inner {
             ring: VecDeque::new(),
@@ -147,13 +151,18 @@ impl InstanceLog {
             write_failed: false,
             ring_dropped: false,
         };
-        load(&mut inner, &rotated(path))?;
+        let current = std::fs::metadata(path).map_or(0, |m| m.len());
+        load(
+            &mut inner,
+            &rotated(path),
+            load_bytes.saturating_sub(current),
+        )?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)?;
-        load(&mut inner, path)?;
+        load(&mut inner, path, load_bytes)?;
         inner.file_bytes = file.metadata()?.len();
         // A line torn by a crash must not swallow the next entry written after it.
         if inner.file_bytes > 0 {
@@ -353,14 +362,26 @@ fn read_cut(cut: FileCut, filter: &LogFilter) -> std::io::Result<Vec<LogEntry>> 
     Ok(out.into())
 }
 
-/// Loads the entries of an NDJSON log file into the ring; a missing file is empty.
-fn load(inner: &mut Inner, path: &Path) -> std::io::Result<()> {
-    let f = match File::open(path) {
+/// Loads the entries of the last `budget` bytes of an NDJSON log file into the ring; a missing
+/// file is empty. What is left out stays readable by queries (see [`InstanceLog::query`]).
+fn load(inner: &mut Inner, path: &Path, budget: u64) -> std::io::Result<()> {
+    let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    for line in BufReader::new(f).split(b'\n') {
+    let len = f.metadata()?.len();
+    let mut reader = BufReader::new(&mut f);
+    if len > budget {
+        inner.ring_dropped = true;
+        if budget == 0 {
+            return Ok(());
+        }
+        reader.seek(SeekFrom::Start(len - budget))?;
+        // The rest of a line cut by the seek.
+        reader.read_until(b'\n', &mut Vec::new())?;
+    }
+    for line in reader.split(b'\n') {
         // A torn or garbled line (a crash mid-write) is skipped, not fatal.
         if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line?) {
             push_ring(inner, entry);
@@ -506,16 +527,28 @@ mod tests {
         log.append(entry("after", None));
         assert_eq!(sub.try_next().unwrap().line, "after");
         drop((sub, log));
-        // A new daemon sees the whole history too.
+        // A new daemon sees the whole history too, though it loads only the files' end.
         let reopened = InstanceLog::open("inst-1", &path).unwrap();
         assert_eq!(reopened.query(&LogFilter::default()).len(), total + 1);
+        let partly = InstanceLog::open_with("inst-1", &path, FILE_ROTATE_BYTES, 5000).unwrap();
+        let ring = partly.lock().ring.len();
+        assert!(
+            ring > 5 && ring < 100,
+            "{ring} entries loaded from 5000 bytes"
+        );
+        assert_eq!(partly.query(&LogFilter::default()).len(), total + 1);
+        let tail = partly.query(&LogFilter {
+            tail: Some(2),
+            ..Default::default()
+        });
+        assert_eq!(tail[1].line, "after");
     }
 
     #[test]
     fn rotates_a_full_file_and_reloads_both() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs.ndjson");
-        let log = InstanceLog::open_rotating_at("inst-1", &path, 1000).unwrap();
+        let log = InstanceLog::open_with("inst-1", &path, 1000, LOAD_BYTES).unwrap();
         for i in 0..40 {
             log.append(entry(&format!("line {i}"), None));
         }
@@ -525,7 +558,7 @@ mod tests {
         assert!(old >= 1000, "rotated file {old} bytes");
         drop(log);
         // Entries from before the last rotation are gone from disk, the rest reload in order.
-        let reopened = InstanceLog::open_rotating_at("inst-1", &path, 1000).unwrap();
+        let reopened = InstanceLog::open_with("inst-1", &path, 1000, LOAD_BYTES).unwrap();
         let lines: Vec<String> = reopened
             .query(&LogFilter::default())
             .into_iter()
