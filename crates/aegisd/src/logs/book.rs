@@ -151,19 +151,22 @@ impl InstanceLog {
             write_failed: false,
             ring_dropped: false,
         };
-        let current = std::fs::metadata(path).map_or(0, |m| m.len());
-        load(
-            &mut inner,
-            &rotated(path),
-            load_bytes.saturating_sub(current),
-        )?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)?;
-        load(&mut inner, path, load_bytes)?;
         inner.file_bytes = file.metadata()?.len();
+        // Oldest first: the rotated file's end, then the current file's.
+        match File::open(rotated(path)) {
+            Ok(old) => {
+                let budget = load_bytes.saturating_sub(inner.file_bytes);
+                load(&mut inner, &old, budget)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        load(&mut inner, &file, load_bytes)?;
         // A line torn by a crash must not swallow the next entry written after it.
         if inner.file_bytes > 0 {
             let mut last = [0u8; 1];
@@ -264,11 +267,12 @@ impl InstanceLog {
     /// The ring's answer, or the files to read when entries have left the ring (and the files
     /// hold everything).
     fn source(&self, inner: &Inner, filter: &LogFilter) -> Source {
-        let from_ring = select(inner, filter, u64::MAX);
         let covered = !inner.ring_dropped
             || inner.write_failed
             // `tail` entries found in the ring are the last ones;
-            || filter.tail.is_some_and(|t| from_ring.len() >= t)
+            || filter.tail.is_some_and(|t| {
+                inner.ring.iter().filter(|(_, e)| filter.matches(e)).count() >= t
+            })
             // and so is all that follows `since` when the ring starts before it.
             || filter.since.as_ref().is_some_and(|since| {
                 inner
@@ -277,7 +281,7 @@ impl InstanceLog {
                     .is_some_and(|(_, e)| e.ts.as_str() < since.as_str())
             });
         if covered {
-            return Source::Ring(from_ring);
+            return Source::Ring(select(inner, filter, u64::MAX));
         }
         let mut parts = Vec::with_capacity(2);
         let rotated = rotated(&self.path);
@@ -293,7 +297,7 @@ impl InstanceLog {
             Ok(()) => Source::Files(FileCut(parts)),
             Err(e) => {
                 tracing::warn!(instance = %self.instance_id, error = %e, "cannot open the log files; answering from memory");
-                Source::Ring(from_ring)
+                Source::Ring(select(inner, filter, u64::MAX))
             }
         }
     }
@@ -343,51 +347,48 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Calls `each` with every entry of an NDJSON log. A torn or garbled line (a crash mid-write)
+/// is skipped, not fatal.
+fn for_each_entry(reader: impl BufRead, mut each: impl FnMut(LogEntry)) -> std::io::Result<()> {
+    for line in reader.split(b'\n') {
+        if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line?) {
+            each(entry);
+        }
+    }
+    Ok(())
+}
+
 /// Entries of the files matching `filter`, the last `tail` of them when asked.
 fn read_cut(cut: FileCut, filter: &LogFilter) -> std::io::Result<Vec<LogEntry>> {
     let mut out = VecDeque::new();
     for (file, len) in cut.0 {
-        for line in BufReader::new(file.take(len)).split(b'\n') {
-            let Ok(entry) = serde_json::from_slice::<LogEntry>(&line?) else {
-                continue;
-            };
+        for_each_entry(BufReader::new(file.take(len)), |entry| {
             if filter.matches(&entry) {
                 out.push_back(entry);
                 if filter.tail.is_some_and(|t| out.len() > t) {
                     out.pop_front();
                 }
             }
-        }
+        })?;
     }
     Ok(out.into())
 }
 
-/// Loads the entries of the last `budget` bytes of an NDJSON log file into the ring; a missing
-/// file is empty. What is left out stays readable by queries (see [`InstanceLog::query`]).
-fn load(inner: &mut Inner, path: &Path, budget: u64) -> std::io::Result<()> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let mut reader = BufReader::new(&mut f);
-    if len > budget {
+/// Loads the entries of the last `budget` bytes of a log file into the ring. What is left out
+/// stays readable by queries (see [`InstanceLog::query`]).
+fn load(inner: &mut Inner, file: &File, budget: u64) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut reader = BufReader::new(file);
+    let start = len.saturating_sub(budget);
+    reader.seek(SeekFrom::Start(start))?;
+    if start > 0 {
         inner.ring_dropped = true;
-        if budget == 0 {
-            return Ok(());
-        }
-        reader.seek(SeekFrom::Start(len - budget))?;
         // The rest of a line cut by the seek.
         reader.read_until(b'\n', &mut Vec::new())?;
     }
-    for line in reader.split(b'\n') {
-        // A torn or garbled line (a crash mid-write) is skipped, not fatal.
-        if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line?) {
-            push_ring(inner, entry);
-        }
-    }
-    Ok(())
+    for_each_entry(reader, |entry| {
+        push_ring(inner, entry);
+    })
 }
 
 /// Entries of the ring up to `last_seq` matching `filter`.
@@ -420,6 +421,11 @@ fn push_ring(inner: &mut Inner, entry: LogEntry) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text of each entry.
+    fn lines(entries: Vec<LogEntry>) -> Vec<String> {
+        entries.into_iter().map(|e| e.line).collect()
+    }
 
     fn entry(line: &str, exec: Option<&str>) -> LogEntry {
         LogEntry {
@@ -476,11 +482,7 @@ mod tests {
         reopened.append(entry("d", None));
         drop(reopened);
         let again = InstanceLog::open("inst-1", &path).unwrap();
-        let lines: Vec<String> = again
-            .query(&LogFilter::default())
-            .into_iter()
-            .map(|e| e.line)
-            .collect();
+        let lines = lines(again.query(&LogFilter::default()));
         assert_eq!(lines.last().map(String::as_str), Some("d"));
         assert_eq!(lines.len(), 5);
     }
@@ -495,9 +497,6 @@ mod tests {
             let exec = (i % 100 == 0).then_some("e1");
             log.append(entry(&format!("line {i}"), exec));
         }
-        let lines = |entries: Vec<LogEntry>| -> Vec<String> {
-            entries.into_iter().map(|e| e.line).collect()
-        };
         let all = lines(log.query(&LogFilter::default()));
         assert_eq!(all.len(), total);
         assert_eq!(all[0], "line 0");
@@ -559,11 +558,7 @@ mod tests {
         drop(log);
         // Entries from before the last rotation are gone from disk, the rest reload in order.
         let reopened = InstanceLog::open_with("inst-1", &path, 1000, LOAD_BYTES).unwrap();
-        let lines: Vec<String> = reopened
-            .query(&LogFilter::default())
-            .into_iter()
-            .map(|e| e.line)
-            .collect();
+        let lines = lines(reopened.query(&LogFilter::default()));
         assert_eq!(lines.last().map(String::as_str), Some("line 39"));
         assert!(lines.len() < 40 && lines.len() > 5, "{} lines", lines.len());
         let first: usize = lines[0].trim_start_matches("line ").parse().unwrap();

@@ -93,6 +93,11 @@ impl KeyError {
     }
 }
 
+/// AES-256-GCM under a raw key (the master key, or a stream's data key).
+pub(super) fn cipher_of(key: &[u8; KEY_BYTES]) -> Aes256Gcm {
+    Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&key[..]))
+}
+
 /// The master key, zeroised on drop; `Debug` prints `[redacted]`.
 pub struct MasterKey(Zeroizing<[u8; KEY_BYTES]>);
 
@@ -199,7 +204,7 @@ impl MasterKey {
 
     /// The cipher for this key.
     pub(super) fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&self.0[..]))
+        cipher_of(&self.0)
     }
 
     /// A key from raw bytes (tests).

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use super::cipher::{self, Sealed};
-use super::key::{KeyError, MasterKey, KEY_BYTES};
+use super::key::{cipher_of, KeyError, MasterKey, KEY_BYTES};
 use super::store::{blocking, SecretError, SecretStore};
 
 /// Plaintext bytes per chunk.
@@ -39,7 +39,7 @@ impl std::fmt::Debug for StreamKey {
 
 impl StreamKey {
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&self.0[..]))
+        cipher_of(&self.0)
     }
 
     /// A random key (tests; the daemon gets its keys from [`SecretStore::new_stream_key`]).
