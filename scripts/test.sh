@@ -6,6 +6,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 AEGIS_SKIP_HELLO=1 ./setup.sh
+# Proves the install steps: every program the tests run (scripts/requirements; the testkit runs
+# no other) must come from the package setup.sh installs, and `aegis doctor` must pass.
+./setup.sh --check
 export PATH="$repo/target/release:$PATH"
 # Release profile: the tests drive the release binaries setup.sh just built, and share their
 # compiled dependencies.

@@ -28,7 +28,7 @@ fn report(name: &str, samples: Vec<Duration>, megabytes: f64) {
 }
 
 fn main() {
-    support::require_tool("mke2fs", "e2fsprogs");
+    aegis_testkit::tool("mke2fs");
     let total_mb = env_usize("AEGIS_BENCH_MB", 100);
     let runs = env_usize("AEGIS_BENCH_RUNS", 5).max(1);
 

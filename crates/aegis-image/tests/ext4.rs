@@ -29,7 +29,7 @@ fn build(layers: Vec<(Vec<u8>, &str)>, dir: &Path) -> Ext4Image {
 
 #[test]
 fn metadata_from_the_layers_is_applied_exactly() {
-    support::require_tool("mke2fs", "e2fsprogs");
+    aegis_testkit::tool("mke2fs");
     let dir = tempfile::tempdir().unwrap();
     let mut l1 = Layer::new();
     l1.dir("etc", 0o755, 0, 0)
@@ -113,7 +113,7 @@ fn metadata_from_the_layers_is_applied_exactly() {
 
 #[test]
 fn path_escapes_are_contained_in_the_image() {
-    support::require_tool("mke2fs", "e2fsprogs");
+    aegis_testkit::tool("mke2fs");
     let dir = tempfile::tempdir().unwrap();
     let victim = tempfile::tempdir().unwrap();
     let mut l1 = Layer::new();
@@ -164,7 +164,7 @@ fn the_build_works_without_root() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    let setpriv = support::require_tool("setpriv", "util-linux");
+    let setpriv = aegis_testkit::tool("setpriv");
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         tmp.path(),

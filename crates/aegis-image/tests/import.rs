@@ -20,7 +20,7 @@ use support::image::{
 use support::layers::Layer;
 
 fn store() -> (tempfile::TempDir, ImageStore) {
-    support::require_tool("mke2fs", "e2fsprogs");
+    aegis_testkit::tool("mke2fs");
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path().join("images")).unwrap();
     (dir, store)
@@ -129,7 +129,7 @@ fn an_oci_layout_directory_and_archive_import_with_their_names() {
     check_standard_config(&record.config);
     check_standard_rootfs(&Ext4Image::new(&store.base_image(record).unwrap()));
 
-    // The same layout as a tar archive, named only by a tag: the repository comes from --name.
+    // The same layout as a tar archive, named only by a tag: the repository comes from --tag.
     let tagged = dir.path().join("tagged");
     image.write_oci_layout(&tagged, json!({"org.opencontainers.image.ref.name": "2.0"}));
     let archive = dir.path().join("layout.tar");
@@ -147,7 +147,7 @@ fn an_oci_layout_directory_and_archive_import_with_their_names() {
     // Without a name the tag alone is not enough.
     let err = import_archive(&store, &archive, &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, ImportError::Unnamed { .. }), "{err}");
-    assert!(err.hint().unwrap().contains("--name"));
+    assert!(err.hint().unwrap().contains("--tag"));
 }
 
 #[test]

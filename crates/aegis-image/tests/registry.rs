@@ -21,7 +21,7 @@ use support::layers::Layer;
 use support::registry::{docker_config, Registry};
 
 fn store() -> (tempfile::TempDir, ImageStore) {
-    support::require_tool("mke2fs", "e2fsprogs");
+    aegis_testkit::tool("mke2fs");
     let dir = tempfile::tempdir().unwrap();
     let store = ImageStore::open(dir.path().join("images")).unwrap();
     (dir, store)

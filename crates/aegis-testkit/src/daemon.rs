@@ -52,6 +52,8 @@ pub struct Daemon {
     home: PathBuf,
     workspace: PathBuf,
     cli: PathBuf,
+    /// Extra environment of the daemon process.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// Removed (with everything in it) after the daemon and its VMs are gone.
     dir: Option<tempfile::TempDir>,
@@ -65,7 +67,16 @@ impl Daemon {
     /// When a binary, the guest kernel or the default image is missing (the message names the
     /// command that provides it), or the daemon does not come up.
     pub fn start() -> Daemon {
-        Daemon::start_with(Images::Shared)
+        Daemon::start_with(Images::Shared, &[])
+    }
+
+    /// [`Daemon::start`] with these variables in the daemon's environment (e.g. `AEGIS_QEMU`
+    /// pointing at a program that fails, to make every boot fail).
+    ///
+    /// # Panics
+    /// As [`Daemon::start`].
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(Images::Shared, env)
     }
 
     /// [`Daemon::start`] with an empty image store of the daemon's own instead of a link to the
@@ -76,7 +87,7 @@ impl Daemon {
     /// # Panics
     /// As [`Daemon::start`].
     pub fn start_with_own_images() -> Daemon {
-        Daemon::start_with(Images::Own)
+        Daemon::start_with(Images::Own, &[])
     }
 
     /// The image store of the set-up home (`$AEGIS_TEST_SHARED_HOME/images`, default
@@ -85,7 +96,7 @@ impl Daemon {
         shared_home().join("images")
     }
 
-    fn start_with(images: Images) -> Daemon {
+    fn start_with(images: Images, env: &[(&str, &str)]) -> Daemon {
         remove_leftovers();
         let workspace = workspace_root();
         let release = workspace.join("target/release");
@@ -130,6 +141,10 @@ impl Daemon {
         let mut daemon = Daemon {
             home,
             cli: release.join("aegis"),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             workspace,
             child: None,
             dir: Some(dir),
@@ -333,6 +348,7 @@ impl Daemon {
         let child = Command::new(self.release("aegisd"))
             .env("AEGIS_HOME", &self.home)
             .env("AEGIS_HARNESS", self.release("guest/aegis-harness"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

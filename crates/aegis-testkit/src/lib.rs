@@ -2,7 +2,8 @@
 //! in a temporary `AEGIS_HOME` ([`Daemon`]), the `aegis` CLI with a hard timeout
 //! ([`Daemon::aegis`]), and polling with a deadline instead of sleeping ([`wait_until`]); and
 //! for benchmarks, p50/p95/p99 lines ([`report_ms`], [`report`], [`report_rate`]) and sample
-//! sizes from the environment ([`env_usize`]). [`free_port`] serves both.
+//! sizes from the environment ([`env_usize`]). [`free_port`] serves both, and [`tool`] finds
+//! the host programs a test may run (those `scripts/requirements` lists).
 //!
 //! Prerequisites are never skipped: a missing binary, guest kernel or default image fails the
 //! test with the command that provides it.
@@ -16,6 +17,7 @@ mod http;
 mod measure;
 mod net;
 mod process;
+mod tools;
 mod wait;
 
 pub use daemon::{Daemon, SHARED_HOME_ENV};
@@ -23,6 +25,7 @@ pub use http::ApiResponse;
 pub use measure::{env_usize, print_load, quantile, report, report_ms, report_rate};
 pub use net::free_port;
 pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
+pub use tools::{provider, tool};
 pub use wait::{try_wait_until, wait_until};
 
 /// Signals for [`Background::signal`].

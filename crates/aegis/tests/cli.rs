@@ -556,6 +556,26 @@ fn doctor_checks_and_names_fixes() {
         "{out}"
     );
 
+    // Without qemu-img or virtiofsd in PATH the set-up is incomplete: exit 1 (issue 20).
+    let no_tools = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_aegis"));
+    command
+        .arg("doctor")
+        .env("AEGIS_HOME", empty.path())
+        .env("PATH", no_tools.path())
+        .env("NO_COLOR", "1")
+        .env_remove("AEGIS_VIRTIOFSD")
+        .env_remove("AEGIS_QEMU");
+    let out = Background::spawn(command).wait(Duration::from_secs(60));
+    out.expect_code(1);
+    for expected in [
+        "FAIL qemu-img: not found; fix: apt-get install qemu-utils",
+        "FAIL virtiofsd: not found (host-directory and named workspaces need it); fix: run \
+         `./setup.sh`",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected:?} missing: {out}");
+    }
+
     // Against a set-up home with a daemon: the daemon line passes, and exit 1 iff a line fails.
     let d = daemon();
     let out = d.aegis(["doctor"]);

@@ -489,12 +489,12 @@ async fn a_harness_that_never_answers_times_out() {
     )
     .unwrap();
     let sleeper = dir.path().join("sleeper");
-    let status = std::process::Command::new("gcc")
+    let status = std::process::Command::new(aegis_testkit::tool("gcc"))
         .args(["-static", "-O2", "-o"])
         .arg(&sleeper)
         .arg(&src)
         .status()
-        .expect("gcc is needed for this test (Debian package gcc; setup.sh installs it)");
+        .expect("cannot run gcc");
     assert!(
         status.success(),
         "gcc -static failed (Debian package libc6-dev)"

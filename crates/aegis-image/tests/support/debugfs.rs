@@ -33,7 +33,7 @@ impl Ext4Image {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
-            debugfs: super::require_tool("debugfs", "e2fsprogs"),
+            debugfs: aegis_testkit::tool("debugfs"),
         }
     }
 

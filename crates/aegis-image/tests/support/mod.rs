@@ -7,17 +7,3 @@ pub mod debugfs;
 pub mod image;
 pub mod layers;
 pub mod registry;
-
-use std::path::PathBuf;
-
-/// Fails (never skips) when `tool` is missing, naming the Debian package that provides it.
-pub fn require_tool(tool: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("this test needs `{tool}`: install it with `sudo apt-get install {package}`")
-        })
-}

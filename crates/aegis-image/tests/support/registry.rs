@@ -37,7 +37,7 @@ impl Registry {
     }
 
     fn spawn(credentials: Option<(String, String)>) -> Self {
-        let binary = super::require_tool("docker-registry", "docker-registry");
+        let binary = aegis_testkit::tool("docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut config = format!(

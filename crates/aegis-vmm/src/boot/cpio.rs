@@ -114,14 +114,14 @@ mod tests {
         w.dir("d", 0o755).unwrap();
         w.file("d/hello", 0o644, b"hello world").unwrap();
         let bytes = w.finish().unwrap();
-        let mut child = std::process::Command::new("cpio")
+        let mut child = std::process::Command::new(aegis_testkit::tool("cpio"))
             .args(["-t"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .current_dir(dir.path())
             .spawn()
-            .expect("cpio is needed by this test: apt-get install cpio (setup.sh does)");
+            .expect("cannot run cpio");
         child.stdin.take().unwrap().write_all(&bytes).unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "d\nd/hello\n");

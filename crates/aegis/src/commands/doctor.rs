@@ -86,6 +86,7 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         tool("qemu-img", "apt-get install qemu-utils"),
         tool("mke2fs", "apt-get install e2fsprogs"),
         tool("debugfs", "apt-get install e2fsprogs"),
+        virtiofsd(),
         kernel(&ctx.home),
         daemon_binary(),
         harness(),
@@ -191,6 +192,23 @@ fn tool(name: &'static str, fix: &str) -> Check {
     match found {
         Some(path) => Check::ok(name, path.display().to_string()),
         None => Check::bad(name, Verdict::Fail, "not found", fix),
+    }
+}
+
+/// Host-directory and named directory workspaces cannot start without it, so its absence
+/// fails like QEMU's: a set-up that lacks it is incomplete.
+fn virtiofsd() -> Check {
+    match aegis_vmm::qemu::virtiofs::find() {
+        Some(path) => Check::ok("virtiofsd", path.display().to_string()),
+        None => Check::bad(
+            "virtiofsd",
+            Verdict::Fail,
+            "not found (host-directory and named workspaces need it)",
+            format!(
+                "run `./setup.sh` (it builds virtiofsd from crates.io), or point {} at it",
+                aegis_vmm::qemu::virtiofs::VIRTIOFSD_ENV
+            ),
+        ),
     }
 }
 
