@@ -151,7 +151,7 @@ impl ImportError {
     pub fn hint(&self) -> Option<String> {
         match self {
             Self::Unnamed { archive, .. } => Some(format!(
-                "give it a name: `aegis image import {} --name NAME:TAG`",
+                "give it a name: `aegis image import {} --tag NAME:TAG`",
                 archive.display()
             )),
             Self::NotAnImage { .. } => Some(

@@ -349,12 +349,24 @@ impl ImageConfig {
     /// The argv to run for a user `command`, the way `docker run` does: the entrypoint followed
     /// by `command`, or by the image's `Cmd` when `command` is empty.
     pub fn argv(&self, command: &[String]) -> Vec<String> {
-        let tail = if command.is_empty() {
-            &self.cmd
-        } else {
-            command
-        };
-        self.entrypoint.iter().chain(tail).cloned().collect()
+        self.argv_with(None, command)
+    }
+
+    /// [`ImageConfig::argv`] with the entrypoint replaced by `entrypoint` when given, as
+    /// `docker run --entrypoint` does: the image's `Cmd` is then not used (an empty
+    /// `entrypoint` clears it, so `command` runs alone).
+    pub fn argv_with(&self, entrypoint: Option<&[String]>, command: &[String]) -> Vec<String> {
+        match entrypoint {
+            Some(entrypoint) => entrypoint.iter().chain(command).cloned().collect(),
+            None => {
+                let tail = if command.is_empty() {
+                    &self.cmd
+                } else {
+                    command
+                };
+                self.entrypoint.iter().chain(tail).cloned().collect()
+            }
+        }
     }
 
     /// The environment for a process: the image's `Env` with `overrides` (`KEY=value`) applied

@@ -64,6 +64,16 @@ pub struct CreateInstance {
     /// The primary process; the image's entrypoint + cmd when empty.
     #[serde(default)]
     pub command: Vec<String>,
+    /// Replaces the image's entrypoint, as `docker run --entrypoint` does: the primary process
+    /// is `entrypoint` followed by `command`, and the image's cmd is not used. `[]` clears the
+    /// entrypoint, so `command` alone runs. Absent: the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Delete the instance by itself once it has stayed stopped for a short grace period
+    /// (`aegis run` sets it, as `docker run --rm`): nothing is left behind when the client that
+    /// created it goes away before it could delete it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
     /// Image reference; the default image when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_ref: Option<String>,
@@ -196,6 +206,12 @@ pub struct Instance {
     pub image_ref: String,
     /// Primary process.
     pub command: Vec<String>,
+    /// The entrypoint that replaces the image's (`[]`: cleared); absent: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Deleted by the daemon once stopped for a short grace period (`aegis run`).
+    #[serde(default)]
+    pub auto_remove: bool,
     /// Environment names (values are not shown: they may be credentials).
     pub env_keys: Vec<String>,
     /// RFC 3339 creation time.

@@ -23,6 +23,10 @@ pub struct InstanceOptions {
     /// Image reference for the root filesystem [default: the image built by setup]
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
+    /// Program to run instead of the image's entrypoint, as `docker run --entrypoint`: CMD
+    /// becomes its arguments and the image's cmd is not used; "" clears the entrypoint
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
     /// Environment variable for the command; `--env KEY` alone copies KEY from this shell
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<EnvVar>,
@@ -74,6 +78,10 @@ impl InstanceOptions {
             handle: self.name,
             kit: self.kit,
             command,
+            entrypoint: self
+                .entrypoint
+                .map(|e| if e.is_empty() { Vec::new() } else { vec![e] }),
+            auto_remove: false,
             image_ref: self.image,
             env: env_map(self.env),
             memory_mb: self.memory,

@@ -182,6 +182,11 @@ mod tests {
             &["kit", "remove"],
             &["instance", "start", "web", "--kit", "k"],
             &["frobnicate"],
+            // An unknown flag is a usage error, never the command (issue 20).
+            &["run", "--imge", "x", "--", "true"],
+            &["run", "--imge", "x"],
+            &["exec", "web", "--entrypoint", "/bin/echo"],
+            &["instance", "start", "web", "--entrypoint", "/bin/sh"],
         ];
         for argv in bad {
             let err = parse(argv).expect_err(&format!("{argv:?} should be refused"));
@@ -204,6 +209,29 @@ mod tests {
         };
         assert_eq!(args.command, ["ls", "-l"]);
         assert_eq!(args.options.env.len(), 2);
+
+        // After the first word of the command, hyphens belong to it.
+        let cli = parse(&["run", "echo", "-n", "--env", "x"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.command, ["echo", "-n", "--env", "x"]);
+        assert!(args.options.env.is_empty());
+        let cli = parse(&["run", "--entrypoint", "/bin/echo", "--", "hi"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let request = args.options.into_request(args.command);
+        assert_eq!(request.entrypoint, Some(vec!["/bin/echo".to_owned()]));
+        assert_eq!(request.command, ["hi"]);
+        let cli = parse(&["run", "--image", "x", "--entrypoint", ""]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(
+            args.options.into_request(args.command).entrypoint,
+            Some(vec![])
+        );
 
         let cli = parse(&["instance", "start", "--name", "web", "--", "sleep", "9"]).unwrap();
         let Command::Instance(commands::instance::Command::Start(args)) = cli.command else {
@@ -236,5 +264,107 @@ mod tests {
         };
         assert_eq!(args.target.as_deref(), Some("web"));
         assert!(args.command.is_empty());
+    }
+
+    /// Every `aegis …` command and every `--flag` quoted in the code of the crates whose
+    /// messages reach the user must exist: a hint that names a flag the CLI lacks is a bug
+    /// (issue 20: `image import` suggested `--name`).
+    #[test]
+    fn hints_name_only_real_flags() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        for krate in [
+            "aegis",
+            "aegisd",
+            "aegis-client",
+            "aegis-image",
+            "aegis-vmm",
+            "aegis-proto",
+        ] {
+            collect_rs(&root.join(krate).join("src"), &mut files);
+        }
+        assert!(files.len() > 20, "found only {} source files", files.len());
+        let cli = Cli::command();
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            // String continuations: "…`aegis exec {name} \\\n   -- …`" is one snippet.
+            let joined = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .map(|l| l.trim_start())
+                .collect::<Vec<_>>()
+                .join("\n")
+                .replace("\\\n", "");
+            for line in joined.split("\n") {
+                for (i, snippet) in line.split('`').enumerate() {
+                    if i % 2 == 1 {
+                        if let Some(problem) = check_snippet(&cli, snippet) {
+                            problems.push(format!("{}: `{snippet}`: {problem}", file.display()));
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} snippets seen");
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    fn collect_rs(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                collect_rs(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    fn has_long(cmd: &clap::Command, flag: &str) -> bool {
+        cmd.get_arguments().any(|a| {
+            a.get_long() == Some(flag) || a.get_all_aliases().is_some_and(|al| al.contains(&flag))
+        }) || flag == "help"
+    }
+
+    /// What is wrong with a quoted snippet, if it is an `aegis` command line or a flag.
+    fn check_snippet(cli: &clap::Command, snippet: &str) -> Option<String> {
+        let words: Vec<&str> = snippet.split_whitespace().collect();
+        if words.first() == Some(&"aegis") {
+            let mut cmd = cli.clone();
+            let mut rest = &words[1..];
+            while let Some(word) = rest.first() {
+                match cmd.find_subcommand(word) {
+                    Some(sub) => {
+                        cmd = sub.clone();
+                        rest = &rest[1..];
+                    }
+                    None => break,
+                }
+            }
+            for word in rest {
+                if *word == "--" {
+                    break; // the guest command follows
+                }
+                if let Some(flag) = word.strip_prefix("--") {
+                    let flag = flag.split('=').next().unwrap_or(flag);
+                    if !has_long(&cmd, flag) {
+                        return Some(format!("`{}` has no --{flag}", cmd.get_name()));
+                    }
+                }
+            }
+            return None;
+        }
+        // A lone flag such as `--tag NAME:TAG`: some command must have it.
+        let flag = words.first()?.strip_prefix("--")?.split('=').next()?;
+        if flag.is_empty() || !flag.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+            return None;
+        }
+        fn anywhere(cmd: &clap::Command, flag: &str) -> bool {
+            has_long(cmd, flag) || cmd.get_subcommands().any(|s| anywhere(s, flag))
+        }
+        (!anywhere(cli, flag)).then(|| format!("no aegis command has --{flag}"))
     }
 }

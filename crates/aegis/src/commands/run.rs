@@ -1,6 +1,8 @@
 //! `aegis run -- CMD...`: create an instance, print its primary process's output while it runs,
 //! exit with its exit code and delete the instance. Ctrl-C (or SIGTERM) deletes the instance,
-//! which stops its VM, and exits 130.
+//! which stops its VM, and exits 130. A failed boot prints the instance's system log lines and
+//! deletes it too. The instance is created with `auto_remove`, so that the daemon deletes it
+//! by itself when this process cannot (killed, or the daemon went away and came back).
 //!
 //! It never hangs on a broken stream: when the log stream ends or breaks, the instance's state
 //! decides: stopped means done; otherwise the stream is reopened where it left off, and after
@@ -14,7 +16,7 @@ use time::OffsetDateTime;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use aegis_client::{ClientError, LogsQuery, StatusCode};
-use aegis_proto::api::{Instance, InstanceStatus, LogSource};
+use aegis_proto::api::{CreateInstance, Instance, InstanceStatus, LogSource};
 
 use crate::args::InstanceOptions;
 use crate::exit::Exit;
@@ -43,10 +45,9 @@ pub struct Args {
     /// image's Entrypoint + Cmd]
     #[arg(
         value_name = "CMD",
-        required_unless_present_any = ["image", "kit"],
+        required_unless_present_any = ["image", "kit", "entrypoint"],
         num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
+        trailing_var_arg = true
     )]
     pub command: Vec<String>,
 }
@@ -57,7 +58,10 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
     if let Some(name) = &args.options.name {
         refuse_existing(ctx, name).await?;
     }
-    let request = args.options.into_request(args.command);
+    let request = CreateInstance {
+        auto_remove: true,
+        ..args.options.into_request(args.command)
+    };
 
     let create = ctx.client.create_instance(&request);
     tokio::pin!(create);
@@ -89,21 +93,25 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
             delete(ctx, &id).await;
             Ok(Exit::from_guest(code))
         }
-        // Aegis failed (boot failure, crashed VM): keep the instance so that its system log
-        // lines, which say why, can still be read.
-        Ok(instance) => Err(Hinted {
-            message: format!(
-                "instance {id} stopped without an exit code: {}",
-                instance
-                    .reason
-                    .as_deref()
-                    .unwrap_or("the daemon gave no reason")
-            ),
-            hint: format!(
-                "run `aegis logs {id}` to see why, then `aegis instance delete {id}` to remove it"
-            ),
+        // Aegis failed (boot failure, crashed VM): the instance goes too, so its system log
+        // lines, which say why, are printed first.
+        Ok(instance) => {
+            print_system_lines(ctx, &id).await;
+            delete(ctx, &id).await;
+            Err(Hinted {
+                message: format!(
+                    "instance {id} stopped without an exit code: {}",
+                    instance
+                        .reason
+                        .as_deref()
+                        .unwrap_or("the daemon gave no reason")
+                ),
+                hint: "run `aegis doctor` to check the set-up; `aegis instance start` keeps a \
+                       failed instance and its logs for a closer look"
+                    .to_owned(),
+            }
+            .into())
         }
-        .into()),
         Err(e) => {
             delete(ctx, &id).await;
             Err(e)
@@ -198,14 +206,43 @@ async fn instance_patiently(ctx: &Ctx, id: &str) -> anyhow::Result<Instance> {
     }
 }
 
-/// Deletes the instance (stopping its VM); says so when that fails, since it stays behind.
+/// How many of a failed instance's last system log lines are printed before it is deleted.
+const SYSTEM_LINES_SHOWN: usize = 20;
+
+/// Prints the instance's last system log lines (why it stopped) to stderr, from its last 200
+/// entries.
+async fn print_system_lines(ctx: &Ctx, id: &str) {
+    let query = LogsQuery {
+        tail: Some(200),
+        ..LogsQuery::default()
+    };
+    let Ok(mut entries) = ctx.client.logs(id, &query).await else {
+        return;
+    };
+    let mut lines = Vec::new();
+    while let Some(Ok(entry)) = entries.next().await {
+        if entry.source == LogSource::System {
+            lines.push(entry.line);
+        }
+    }
+    let skip = lines.len().saturating_sub(SYSTEM_LINES_SHOWN);
+    for line in &lines[skip..] {
+        eprintln!("{} {line}", ctx.term.err(Paint::Yellow, "system:"));
+    }
+}
+
+/// Deletes the instance (stopping its VM). When that fails the daemon still removes it once it
+/// has stopped (the request asked for `auto_remove`).
 async fn delete(ctx: &Ctx, id: &str) {
     let client = ctx.client.clone().with_timeout(DELETE_TIMEOUT);
-    if let Err(e) = client.delete_instance(id).await {
-        eprintln!(
-            "{} cannot delete instance {id}: {e}; remove it with `aegis instance delete {id}`",
+    match client.delete_instance(id).await {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {}
+        Err(e) => eprintln!(
+            "{} cannot delete instance {id}: {e}; aegisd removes it by itself once it has \
+             stopped",
             ctx.term.err(Paint::Yellow, "warning:")
-        );
+        ),
     }
 }
 

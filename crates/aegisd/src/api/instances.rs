@@ -10,8 +10,7 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::AppState;
 use crate::lifecycle::command::{Command, StopMode};
-use crate::lifecycle::instances::{ExposeError, InstanceHandle};
-use crate::lifecycle::spec::ExposeSpec;
+use crate::lifecycle::instances::{Exposed, InstanceHandle};
 
 /// The view with the current status of its instance daemons (they change without the actor).
 fn with_daemons(state: &AppState, mut view: Instance) -> Instance {
@@ -115,12 +114,13 @@ pub async fn expose(
     ApiJson(req): ApiJson<ExposeRequest>,
 ) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
     let handle = find(&state, &id)?;
-    let spec = ExposeSpec::from_request(&req).map_err(ExposeError::Spec)?;
-    let exposed = state.instances.expose(&handle, spec).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(crate::router::endpoint_view(&exposed)),
-    ))
+    Ok(match state.instances.expose(&handle, &req).await? {
+        Exposed::New(exposed) => (
+            StatusCode::CREATED,
+            Json(crate::router::endpoint_view(&exposed)),
+        ),
+        Exposed::Existing(endpoint) => (StatusCode::OK, Json(endpoint)),
+    })
 }
 
 pub async fn unexpose(

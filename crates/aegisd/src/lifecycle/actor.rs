@@ -623,7 +623,7 @@ impl Actor {
             .collect();
         env.extend(self.spec.env.clone());
         ProcessSpec {
-            argv: image.argv(&self.spec.command),
+            argv: self.spec.argv(image),
             env,
             workdir: self
                 .spec
@@ -1147,6 +1147,8 @@ pub fn render(
         enabled: row.enabled,
         image_ref: spec.image_ref.clone(),
         command: spec.command.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        auto_remove: spec.auto_remove,
         env_keys: spec.env.keys().cloned().collect(),
         created_at: row.created_at.clone(),
         stopped_at: row.stopped_at.clone(),

@@ -172,6 +172,15 @@ pub enum ExposeError {
     Lifecycle(LifecycleError),
 }
 
+/// The answer to an expose request.
+#[derive(Debug)]
+pub enum Exposed {
+    /// The port is exposed now.
+    New(ExposeSpec),
+    /// The port was exposed already, like this.
+    Existing(aegis_proto::api::Endpoint),
+}
+
 fn target(handle: &InstanceHandle, e: &ExposeSpec) -> RouteTarget {
     RouteTarget {
         instance: handle.clone(),
@@ -189,6 +198,8 @@ struct Maps {
 /// All instances of the daemon.
 #[derive(Debug)]
 pub struct Instances {
+    /// This map itself, for the tasks it starts that must not keep it alive.
+    me: std::sync::Weak<Instances>,
     ctx: Arc<Ctx>,
     maps: Mutex<Maps>,
     actors: Mutex<JoinSet<()>>,
@@ -201,7 +212,8 @@ impl Instances {
     /// # Errors
     /// When the registry cannot be read.
     pub async fn load(ctx: Arc<Ctx>) -> Result<Arc<Instances>, RegistryError> {
-        let this = Arc::new(Instances {
+        let this = Arc::new_cyclic(|me| Instances {
+            me: me.clone(),
             ctx: Arc::clone(&ctx),
             maps: Mutex::new(Maps::default()),
             actors: Mutex::new(JoinSet::new()),
@@ -258,6 +270,7 @@ impl Instances {
         let id = row.id.clone();
         let handle_name = row.handle.clone();
         let image_digest = spec.image_digest.clone();
+        let auto_remove = spec.auto_remove;
         let connections = Arc::new(AtomicUsize::new(0));
         let (actor, tx, snapshot) = Actor::new(
             Arc::clone(&self.ctx),
@@ -281,10 +294,15 @@ impl Instances {
                 maps.by_handle.insert(h, id);
             }
         }
-        self.actors
+        let mut actors = self
+            .actors
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .spawn(actor.run(recover));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        actors.spawn(actor.run(recover));
+        if auto_remove {
+            actors.spawn(super::auto_remove::watch(self.me.clone(), handle.clone()));
+        }
+        drop(actors);
         handle
     }
 
@@ -340,6 +358,7 @@ impl Instances {
                         state: view.state,
                     });
                 }
+                self.add_secrets(&existing, &view, &req.secrets).await?;
                 let view = existing.request(|reply| Command::Start { reply }).await?;
                 return Ok((view, false));
             }
@@ -387,7 +406,7 @@ impl Instances {
         }
         let resolved = self.ctx.images.ensure(&spec.image_ref).await?;
         spec.image_digest = Some(resolved.digest.clone());
-        if resolved.config.argv(&spec.command).is_empty() {
+        if spec.argv(&resolved.config).is_empty() {
             return Err(CreateError::NoCommand {
                 image: spec.image_ref,
             });
@@ -436,6 +455,31 @@ impl Instances {
         Ok((view, true))
     }
 
+    /// Starting a stopped instance by its handle keeps its stored configuration, except that
+    /// secrets the request names are added to those it already injects (`aegis instance start
+    /// --name X --secret B`), checked like a create's before anything changes.
+    async fn add_secrets(
+        &self,
+        existing: &InstanceHandle,
+        view: &Instance,
+        requested: &[String],
+    ) -> Result<(), CreateError> {
+        let mut secrets = view.secret_keys.clone();
+        for name in requested {
+            if !secrets.contains(name) {
+                secrets.push(name.clone());
+            }
+        }
+        if secrets.len() == view.secret_keys.len() {
+            return Ok(());
+        }
+        let secrets = self.ctx.secrets.check(&secrets).await?;
+        existing
+            .request(|reply| Command::SetSecrets { secrets, reply })
+            .await?;
+        Ok(())
+    }
+
     /// Applies the kit a create request names (`kit`), unless the request starts an existing
     /// instance by its handle, which keeps the configuration it was created with.
     async fn apply_kit(
@@ -466,21 +510,33 @@ impl Instances {
         }
     }
 
-    /// Exposes a guest port on a public port (chosen when 0).
+    /// Exposes a guest port on a public port (chosen when 0). Exposing a guest port that is
+    /// already exposed answers with the existing mapping (`Exposed::Existing`) when the request
+    /// names no other public port or protocol, so a client may repeat the call.
     ///
     /// # Errors
-    /// [`ExposeError`].
+    /// [`ExposeError`]; [`LifecycleError::AlreadyExposed`] when the port is exposed on another
+    /// public port or with another protocol than the one asked for.
     pub async fn expose(
         &self,
         handle: &InstanceHandle,
-        mut expose: ExposeSpec,
-    ) -> Result<ExposeSpec, ExposeError> {
-        if handle
+        req: &aegis_proto::api::ExposeRequest,
+    ) -> Result<Exposed, ExposeError> {
+        let mut expose = ExposeSpec::from_request(req)?;
+        let current = handle
             .view()
             .endpoints
-            .iter()
-            .any(|e| e.guest_port == expose.guest_port)
-        {
+            .into_iter()
+            .find(|e| e.guest_port == expose.guest_port);
+        if let Some(current) = current {
+            let same_port = req.public_port.is_none_or(|p| p == current.public_port);
+            let same_protocol = req
+                .protocol
+                .as_deref()
+                .is_none_or(|p| p == current.protocol);
+            if same_port && same_protocol {
+                return Ok(Exposed::Existing(current));
+            }
             return Err(ExposeError::Lifecycle(LifecycleError::AlreadyExposed {
                 id: handle.id.clone(),
                 port: expose.guest_port,
@@ -503,7 +559,7 @@ impl Instances {
                     expose.public_port,
                     expose.protocol.as_str()
                 ));
-                Ok(expose)
+                Ok(Exposed::New(expose))
             }
             Err(e) => Err(ExposeError::Lifecycle(e)),
         }

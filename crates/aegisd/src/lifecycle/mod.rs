@@ -2,6 +2,7 @@
 //! routing their output, and the id/handle map that finds an actor.
 
 pub mod actor;
+pub mod auto_remove;
 pub mod boot;
 pub mod command;
 pub mod idle;

@@ -22,6 +22,13 @@ pub struct InstanceSpec {
     pub image_digest: Option<String>,
     /// Primary process; empty means the image's entrypoint + cmd.
     pub command: Vec<String>,
+    /// Replaces the image's entrypoint (`Some([])` clears it); the image's cmd is then unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Deleted by the daemon once it has stayed stopped for
+    /// [`crate::lifecycle::auto_remove::GRACE`] (`aegis run`).
+    #[serde(default)]
+    pub auto_remove: bool,
     /// Environment given explicitly (wins over the image's).
     pub env: BTreeMap<String, String>,
     /// Working directory of the primary process.
@@ -243,6 +250,11 @@ pub fn check_command(command: &[String]) -> Result<(), SpecError> {
 }
 
 impl InstanceSpec {
+    /// The primary process's argv for an image with `image`'s configuration.
+    pub fn argv(&self, image: &aegis_image::ImageConfig) -> Vec<String> {
+        image.argv_with(self.entrypoint.as_deref(), &self.command)
+    }
+
     /// The workspace (the default for configurations stored before workspaces existed).
     pub fn workspace(&self) -> WorkspaceSpec {
         self.workspace.clone().unwrap_or_default()
@@ -274,6 +286,9 @@ impl InstanceSpec {
     pub fn from_request(req: &CreateInstance) -> Result<InstanceSpec, SpecError> {
         check_env(&req.env)?;
         check_command(&req.command)?;
+        if let Some(entrypoint) = &req.entrypoint {
+            check_command(entrypoint)?;
+        }
         let memory_mib = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MIB);
         if !(MEMORY_RANGE_MIB.0..=MEMORY_RANGE_MIB.1).contains(&memory_mib) {
             return Err(SpecError::Memory {
@@ -324,6 +339,8 @@ impl InstanceSpec {
                 .unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
             image_digest: None,
             command: req.command.clone(),
+            entrypoint: req.entrypoint.clone(),
+            auto_remove: req.auto_remove,
             env: req.env.clone(),
             workdir: req.workdir.clone(),
             memory_mib,

@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(
         value_name = "ID|HANDLE",
         conflicts_with_all = [
-            "command", "name", "image", "kit", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
+            "command", "name", "image", "entrypoint", "kit", "env", "memory", "vcpus", "workdir", "expose", "idle_pause",
             "idle_stop", "egress", "snapshot"
         ]
     )]
