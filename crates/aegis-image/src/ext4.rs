@@ -40,6 +40,16 @@ const MAX_DEVICE_NUMBER: u32 = 65535;
 const SBIN_DIRS: [&str; 3] = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
 /// How many debugfs complaints an error quotes.
 const MAX_REPORTED_ERRORS: usize = 5;
+/// Longest line the debugfs batch may hold, newline included. debugfs reads its command file
+/// with `fgets` into a `BUFSIZ` (8,192-byte) buffer and runs each piece of a longer line as a
+/// command of its own, and a piece that starts with `!` is handed to the shell: a line that
+/// could be cut in two would let an image's file names run commands on the host. Every line is
+/// checked against this bound before it is written (a path of PATH_MAX bytes, an xattr name of
+/// 255 and the value file's path fit with room to spare).
+pub const MAX_BATCH_LINE_BYTES: usize = 6144;
+/// debugfs's read buffer (`BUFSIZ` in glibc), for the check below.
+const DEBUGFS_LINE_BUFFER: usize = 8192;
+const _: () = assert!(MAX_BATCH_LINE_BYTES < DEBUGFS_LINE_BUFFER);
 
 /// Why an ext4 image could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +89,21 @@ pub enum Ext4Error {
         /// Its first complaints.
         errors: Vec<String>,
     },
-    /// A file name contains a newline, which a debugfs batch cannot express.
-    #[error("cannot represent file name {path:?} in the ext4 image (it contains a line break)")]
+    /// A file name contains a line break or a NUL byte, which a debugfs batch cannot express.
+    #[error("cannot represent file name {path:?} in the ext4 image (it contains a line break or a NUL byte)")]
     UnrepresentableName {
         /// The path in the image.
         path: String,
+    },
+    /// A command for one entry would be longer than a debugfs batch line may be.
+    #[error("entry {path:?} needs a {bytes}-byte metadata command, above the limit of {limit} bytes (its path or an xattr name is too long)")]
+    CommandTooLong {
+        /// The path in the image (shortened).
+        path: String,
+        /// The command's length.
+        bytes: usize,
+        /// [`MAX_BATCH_LINE_BYTES`].
+        limit: usize,
     },
     /// A device number is larger than debugfs accepts.
     #[error("device node {path:?} has numbers {major}:{minor}, above debugfs's limit of 65535")]
@@ -117,6 +137,7 @@ impl Ext4Error {
             | Self::Mke2fs { .. }
             | Self::Debugfs { .. }
             | Self::UnrepresentableName { .. }
+            | Self::CommandTooLong { .. }
             | Self::DeviceNumberTooLarge { .. }
             | Self::Io { .. } => None,
         }
@@ -282,7 +303,10 @@ impl MetadataBatch {
             move |source| Ext4Error::Io { path, source }
         };
         let file = File::create(path).map_err(io_err(path))?;
-        let mut out = BufWriter::new(file);
+        let mut out = BatchFile {
+            out: BufWriter::new(file),
+            path: path.to_owned(),
+        };
         let mut content_bytes = 0u64;
         let mut seen_inodes = HashSet::new();
         let mut xattr_files = 0usize;
@@ -317,18 +341,16 @@ impl MetadataBatch {
                 ("mode", format!("0{mode:o}")),
                 ("mtime", format!("@{}", meta.mtime)),
             ] {
-                command(
-                    &mut out,
+                out.line(
                     &[b"sif", &quoted, field.as_bytes(), value.as_bytes()],
-                )
-                .map_err(io_err(path))?;
+                    &image_path,
+                )?;
             }
             for (name, value) in &meta.xattrs {
                 let value_path = work_dir.join(format!("xattr-{xattr_files}"));
                 xattr_files += 1;
                 fs::write(&value_path, value).map_err(io_err(&value_path))?;
-                command(
-                    &mut out,
+                out.line(
                     &[
                         b"ea_set",
                         b"-f",
@@ -336,11 +358,11 @@ impl MetadataBatch {
                         &quoted,
                         &quote(OsStr::new(name))?,
                     ],
-                )
-                .map_err(io_err(path))?;
+                    &image_path,
+                )?;
             }
         }
-        out.flush().map_err(io_err(path))?;
+        out.out.flush().map_err(io_err(path))?;
         Ok(Self {
             entries: tree.entries.len() as u64,
             content_bytes,
@@ -348,15 +370,57 @@ impl MetadataBatch {
     }
 }
 
-/// Writes one debugfs command line.
-fn command(out: &mut impl Write, words: &[&[u8]]) -> io::Result<()> {
-    out.write_all(&words.join(&b' '))?;
-    out.write_all(b"\n")
+/// The debugfs command file being written. Every line goes through [`BatchFile::line`], the
+/// one place that keeps bytes from an image from becoming a command of their own.
+struct BatchFile {
+    out: BufWriter<File>,
+    path: PathBuf,
+}
+
+impl BatchFile {
+    /// Writes one command for the image entry `entry`; its words are quoted already.
+    fn line(&mut self, words: &[&[u8]], entry: &Path) -> Result<(), Ext4Error> {
+        let line = checked_line(words, entry)?;
+        self.out.write_all(&line).map_err(|source| Ext4Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// One batch line, newline included, or why it cannot be written safely: a line break or NUL
+/// inside it, or a length debugfs would cut into pieces.
+fn checked_line(words: &[&[u8]], entry: &Path) -> Result<Vec<u8>, Ext4Error> {
+    let mut line = words.join(&b' ');
+    if line.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+        return Err(Ext4Error::UnrepresentableName {
+            path: shorten(entry),
+        });
+    }
+    line.push(b'\n');
+    if line.len() > MAX_BATCH_LINE_BYTES {
+        return Err(Ext4Error::CommandTooLong {
+            path: shorten(entry),
+            bytes: line.len(),
+            limit: MAX_BATCH_LINE_BYTES,
+        });
+    }
+    Ok(line)
+}
+
+/// An image path for an error message, cut to a readable length.
+fn shorten(path: &Path) -> String {
+    const SHOWN: usize = 200;
+    let text = path.to_string_lossy();
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.into_owned(),
+    }
 }
 
 /// debugfs's `mknod` links the new node into the current directory under the name given, so it
 /// runs from the parent directory.
-fn write_mknod(out: &mut impl Write, image_path: &Path, meta: &EntryMeta) -> Result<(), Ext4Error> {
+fn write_mknod(out: &mut BatchFile, image_path: &Path, meta: &EntryMeta) -> Result<(), Ext4Error> {
     let display = image_path.display().to_string();
     let parent = image_path.parent().unwrap_or(Path::new("/"));
     let name = image_path.file_name().unwrap_or_default();
@@ -381,21 +445,18 @@ fn write_mknod(out: &mut impl Write, image_path: &Path, meta: &EntryMeta) -> Res
             unreachable!("only table-only entries are created with mknod")
         }
     };
-    let io_err = |source| Ext4Error::Io {
-        path: PathBuf::from(&display),
-        source,
-    };
-    command(out, &[b"cd", &quote(parent.as_os_str())?]).map_err(io_err)?;
-    command(out, &[b"mknod", &quote(name)?, spec.as_bytes()]).map_err(io_err)?;
-    command(out, &[b"cd", b"/"]).map_err(io_err)
+    out.line(&[b"cd", &quote(parent.as_os_str())?], image_path)?;
+    out.line(&[b"mknod", &quote(name)?, spec.as_bytes()], image_path)?;
+    out.line(&[b"cd", b"/"], image_path)
 }
 
 /// Quotes `arg` for debugfs's command parser (`ss_parse`): wrapped in double quotes, with each
-/// `"` doubled; other bytes (spaces, non-UTF-8) pass through untouched. Line breaks cannot be
-/// expressed: debugfs reads its batch line by line.
+/// `"` doubled; other bytes (spaces, `!`, `#`, non-UTF-8) pass through untouched, which inside
+/// quotes is safe only because no line is ever cut ([`checked_line`]). Line breaks and NUL
+/// cannot be expressed: debugfs reads its batch line by line, as C strings.
 fn quote(arg: &OsStr) -> Result<Vec<u8>, Ext4Error> {
     let bytes = arg.as_bytes();
-    if bytes.iter().any(|b| *b == b'\n' || *b == b'\r') {
+    if bytes.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
         return Err(Ext4Error::UnrepresentableName {
             path: arg.to_string_lossy().into_owned(),
         });
@@ -424,6 +485,37 @@ mod tests {
             quote(OsStr::new("/a\nb")),
             Err(Ext4Error::UnrepresentableName { .. })
         ));
+    }
+
+    /// Issue 19: a name debugfs would read in two pieces must never be written, since the
+    /// second piece could start with `!` and run on the host.
+    #[test]
+    fn batch_lines_are_bounded() {
+        let entry = Path::new("/etc/passwd");
+        let ok = checked_line(&[b"sif", b"\"/etc/passwd\"", b"uid", b"0"], entry).unwrap();
+        assert_eq!(ok, b"sif \"/etc/passwd\" uid 0\n");
+        let mut crafted = vec![b' '; 16 * 1024];
+        crafted.extend_from_slice(b"!touch /tmp/pwned #");
+        let name = quote(OsStr::from_bytes(&crafted)).unwrap();
+        let err = checked_line(&[b"ea_set", b"-f", b"\"/v\"", b"\"/f\"", &name], entry);
+        match err {
+            Err(Ext4Error::CommandTooLong { bytes, limit, path }) => {
+                assert!(bytes > limit && limit == MAX_BATCH_LINE_BYTES);
+                assert_eq!(path, "/etc/passwd");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Exactly at the limit is fine, one byte above is not.
+        let fill = vec![b'a'; MAX_BATCH_LINE_BYTES - 1];
+        assert!(checked_line(&[&fill], entry).is_ok());
+        let fill = vec![b'a'; MAX_BATCH_LINE_BYTES];
+        assert!(checked_line(&[&fill], entry).is_err());
+        assert!(matches!(
+            checked_line(&[b"sif", b"\"/a\0b\""], entry),
+            Err(Ext4Error::UnrepresentableName { .. })
+        ));
+        let long = "x".repeat(500);
+        assert_eq!(shorten(Path::new(&long)).chars().count(), 201);
     }
 
     #[test]

@@ -360,8 +360,14 @@ pub async fn pull(
     .await?
     .map_err(store_err)?;
     if let Some(record) = cached {
-        return finish(store, record, options, &emit, PullOutcome::Cached).await;
+        return finish(store, record, None, options, &emit, PullOutcome::Cached).await;
     }
+    // What the reference pointed at before this pull changes it: restored when the pulled
+    // image cannot be used, so a failed pull keeps nothing.
+    let (prev_store, prev_ref) = (store.clone(), reference.clone());
+    let previous = blocking(reference, move || prev_store.reference_target(&prev_ref))
+        .await?
+        .map_err(store_err)?;
 
     emit(PullEvent::Resolving {
         reference: reference.clone(),
@@ -380,7 +386,8 @@ pub async fn pull(
     .await?
     .map_err(store_err)?;
     if let Some(record) = cached {
-        return finish(store, record, options, &emit, PullOutcome::Cached).await;
+        let previous = Some(previous);
+        return finish(store, record, previous, options, &emit, PullOutcome::Cached).await;
     }
 
     let (manifest_bytes, manifest) = match resolved.manifest {
@@ -441,7 +448,15 @@ pub async fn pull(
             manifest: resolved.digest.clone(),
         })
     })?;
-    finish(store, record, options, &emit, PullOutcome::Downloaded).await
+    finish(
+        store,
+        record,
+        Some(previous),
+        options,
+        &emit,
+        PullOutcome::Downloaded,
+    )
+    .await
 }
 
 /// Runs store work (file I/O with fsync) on the blocking pool.
@@ -480,10 +495,12 @@ fn cached_without_network(
     Ok(Some(record))
 }
 
-/// Builds the base image when asked to, then reports `Done`.
+/// Builds the base image when asked to, then reports `Done`. When the build fails and this pull
+/// changed the reference (`previous` is what it pointed at before), the reference is restored.
 async fn finish(
     store: &ImageStore,
     record: ImageRecord,
+    previous: Option<Option<Digest>>,
     options: &PullOptions,
     emit: &(impl Fn(PullEvent) + Sync),
     outcome: PullOutcome,
@@ -496,16 +513,28 @@ async fn finish(
         });
         let build_store = store.clone();
         let build_record = record.clone();
-        tokio::task::spawn_blocking(move || build_store.base_image(&build_record))
+        let built = tokio::task::spawn_blocking(move || build_store.base_image(&build_record))
             .await
             .map_err(|source| PullError::Interrupted {
                 reference: record.reference.clone(),
                 source,
-            })?
-            .map_err(|source| PullError::Build {
+            })?;
+        if let Err(source) = built {
+            if let Some(previous) = previous {
+                let (undo_store, undo_ref) = (store.clone(), record.reference.clone());
+                let undone = blocking(&record.reference, move || {
+                    undo_store.restore_reference(&undo_ref, previous.as_ref())
+                })
+                .await?;
+                if let Err(e) = undone {
+                    tracing::warn!(reference = %record.reference, error = %e, "cannot restore the reference after a failed build");
+                }
+            }
+            return Err(PullError::Build {
                 reference: record.reference.clone(),
                 source,
-            })?;
+            });
+        }
     }
     emit(PullEvent::Done {
         manifest: record.manifest_digest.clone(),

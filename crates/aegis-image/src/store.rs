@@ -697,6 +697,34 @@ impl ImageStore {
         self.write_refs(&refs)
     }
 
+    /// Where `reference` points now, if anywhere (reads the reference table only).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the reference table cannot be read.
+    pub fn reference_target(&self, reference: &ImageRef) -> Result<Option<Digest>, StoreError> {
+        Ok(self.read_refs()?.refs.get(reference).cloned())
+    }
+
+    /// Points `reference` back at `previous`, or removes it when it pointed nowhere: how a pull
+    /// or import whose image turned out unusable (its base image could not be built) leaves the
+    /// reference table as it found it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the reference table cannot be read or written.
+    pub fn restore_reference(
+        &self,
+        reference: &ImageRef,
+        previous: Option<&Digest>,
+    ) -> Result<(), StoreError> {
+        let _guard = self.lock_refs()?;
+        let mut refs = self.read_refs()?;
+        match previous {
+            Some(manifest) => refs.refs.insert(reference.clone(), manifest.clone()),
+            None => refs.refs.remove(reference),
+        };
+        self.write_refs(&refs)
+    }
+
     fn read_record(&self, manifest: &Digest) -> Result<Option<StoredImage>, StoreError> {
         let path = self.record_path(manifest);
         match fs::read(&path) {

@@ -43,6 +43,15 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const AUFS_META_PREFIX: &str = ".wh..wh.";
 /// PAX record prefix for extended attributes (GNU tar, bsdtar, docker, buildkit).
 const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+/// Longest xattr name Linux accepts (`XATTR_NAME_MAX`).
+pub const MAX_XATTR_NAME_BYTES: usize = 255;
+/// Largest xattr value Linux accepts (`XATTR_SIZE_MAX`).
+pub const MAX_XATTR_VALUE_BYTES: usize = 65536;
+/// Most xattrs one entry may carry; ext4 keeps them in the inode and one block, so real images
+/// have a handful.
+pub const MAX_XATTRS_PER_ENTRY: usize = 64;
+/// The xattr namespaces the kernel knows; a name in any other is refused, as the kernel would.
+const XATTR_NAMESPACES: [&str; 4] = ["user.", "trusted.", "security.", "system."];
 
 /// Why a layer could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +149,26 @@ pub enum UnpackError {
         /// The field.
         field: &'static str,
     },
+    /// A whiteout that names no entry of its directory (`.wh.`, `.wh..`, `.wh...`).
+    #[error("layer {layer} has whiteout {path:?}, which names no entry ('.wh.' followed by nothing, '.' or '..')")]
+    BadWhiteout {
+        /// The layer.
+        layer: Digest,
+        /// The whiteout's path.
+        path: String,
+    },
+    /// An extended attribute that Linux would not accept either.
+    #[error("layer {layer} entry {path:?} has xattr {name:?}, which is refused: {problem}")]
+    BadXattr {
+        /// The layer.
+        layer: Digest,
+        /// The entry path.
+        path: String,
+        /// The name, shortened to 80 characters.
+        name: String,
+        /// What is wrong with it.
+        problem: XattrProblem,
+    },
     /// Writing into the staging directory failed.
     #[error("cannot write {path} while unpacking layer {layer}")]
     Write {
@@ -151,6 +180,44 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Why an xattr is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum XattrProblem {
+    /// The name is longer than [`MAX_XATTR_NAME_BYTES`].
+    #[error("its name is longer than {MAX_XATTR_NAME_BYTES} bytes")]
+    NameTooLong,
+    /// The name is not in `user.`, `trusted.`, `security.` or `system.`, or has nothing after
+    /// the namespace, or holds a NUL byte or a control character.
+    #[error("its name is not in a namespace the kernel knows (user., trusted., security., system.) or holds control characters")]
+    BadName,
+    /// The value is larger than [`MAX_XATTR_VALUE_BYTES`].
+    #[error("its value is larger than {MAX_XATTR_VALUE_BYTES} bytes")]
+    ValueTooLarge,
+    /// The entry has more than [`MAX_XATTRS_PER_ENTRY`] xattrs.
+    #[error("the entry has more than {MAX_XATTRS_PER_ENTRY} xattrs")]
+    TooMany,
+}
+
+/// Checks one xattr as the kernel's `setxattr` would, before its name goes anywhere.
+fn check_xattr(name: &str, value: &[u8], count: usize) -> Result<(), XattrProblem> {
+    if count >= MAX_XATTRS_PER_ENTRY {
+        return Err(XattrProblem::TooMany);
+    }
+    if name.len() > MAX_XATTR_NAME_BYTES {
+        return Err(XattrProblem::NameTooLong);
+    }
+    let known = XATTR_NAMESPACES
+        .iter()
+        .any(|ns| name.strip_prefix(ns).is_some_and(|rest| !rest.is_empty()));
+    if !known || name.chars().any(char::is_control) {
+        return Err(XattrProblem::BadName);
+    }
+    if value.len() > MAX_XATTR_VALUE_BYTES {
+        return Err(XattrProblem::ValueTooLarge);
+    }
+    Ok(())
 }
 
 /// The type of a file system entry, with what only that type has.
@@ -413,7 +480,16 @@ impl Unpacker {
             if name_str.starts_with(AUFS_META_PREFIX) {
                 return Ok(());
             }
-            let target = parent.join(OsStr::from_bytes(&name.as_bytes()[WHITEOUT_PREFIX.len()..]));
+            let hidden = &name.as_bytes()[WHITEOUT_PREFIX.len()..];
+            if matches!(hidden, b"" | b"." | b"..") {
+                // `.wh.`, `.wh..` and `.wh...` would remove the directory itself or its parent,
+                // above the root for a top-level entry.
+                return Err(UnpackError::BadWhiteout {
+                    layer: ctx.layer.clone(),
+                    path: display_path,
+                });
+            }
+            let target = parent.join(OsStr::from_bytes(hidden));
             return self.remove_path(&target, ctx);
         }
 
@@ -614,7 +690,16 @@ impl Unpacker {
                     .ok()
                     .and_then(|k| k.strip_prefix(PAX_XATTR_PREFIX))
                 {
-                    xattrs.insert(name.to_owned(), extension.value_bytes().to_vec());
+                    let value = extension.value_bytes();
+                    check_xattr(name, value, xattrs.len()).map_err(|problem| {
+                        UnpackError::BadXattr {
+                            layer: ctx.layer.clone(),
+                            path: display_path.to_owned(),
+                            name: name.chars().take(80).collect(),
+                            problem,
+                        }
+                    })?;
+                    xattrs.insert(name.to_owned(), value.to_vec());
                 }
             }
         }
@@ -1011,6 +1096,28 @@ mod tests {
         assert_eq!(fs::read(tree.root.join("opq/new")).unwrap(), b"new");
     }
 
+    /// Issue 19: `.wh...` at a layer's top removed everything around the staging root, and
+    /// `dir/.wh..` emptied `dir`.
+    #[test]
+    fn whiteouts_that_name_no_entry_are_refused() {
+        for whiteout in [".wh...", ".wh..", ".wh.", "d/.wh..", "d/.wh...", "d/.wh."] {
+            let mut lower = TarBuilder::new();
+            lower.file("d/keep", b"k");
+            let mut upper = TarBuilder::new();
+            upper.file(whiteout, b"");
+            let (dir, tree) = unpack(&[lower.bytes(), upper.bytes()]);
+            match tree {
+                Err(UnpackError::BadWhiteout { path, .. }) => assert_eq!(path, whiteout),
+                other => panic!("{whiteout}: {other:?}"),
+            }
+            let beside = fs::read_dir(dir.path()).unwrap().count();
+            assert!(
+                beside > 0,
+                "{whiteout}: the staging area's surroundings are intact"
+            );
+        }
+    }
+
     #[test]
     fn later_layers_override_and_hard_links_keep_their_content() {
         let mut l1 = TarBuilder::new();
@@ -1182,6 +1289,56 @@ mod tests {
         let xattrs = &tree.entries[Path::new("bin/ping")].xattrs;
         assert_eq!(xattrs["security.capability"], b"\x01\x00\x00\x02");
         assert_eq!(xattrs["user.note"], b"hi");
+    }
+
+    /// Issue 19: xattr names reach the ext4 builder's debugfs batch, so anything the kernel
+    /// would refuse is refused here, naming the limit.
+    #[test]
+    fn xattrs_the_kernel_refuses_are_refused() {
+        let layer = |key: &str, value: &[u8]| {
+            let mut builder = tar::Builder::new(Vec::new());
+            builder.append_pax_extensions([(key, value)]).unwrap();
+            let mut header = tar::Header::new_ustar();
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_size(1);
+            builder.append_data(&mut header, "f", &b"x"[..]).unwrap();
+            builder.into_inner().unwrap()
+        };
+        let crafted = format!("SCHILY.xattr.user.{}!touch /tmp/pwned #", " ".repeat(16384));
+        let too_big = vec![0u8; MAX_XATTR_VALUE_BYTES + 1];
+        let rows: [(&str, &[u8], XattrProblem); 6] = [
+            (&crafted, b"v", XattrProblem::NameTooLong),
+            ("SCHILY.xattr.evil.name", b"v", XattrProblem::BadName),
+            ("SCHILY.xattr.user.", b"v", XattrProblem::BadName),
+            ("SCHILY.xattr.user.a\u{1}b", b"v", XattrProblem::BadName),
+            ("SCHILY.xattr.userX", b"v", XattrProblem::BadName),
+            (
+                "SCHILY.xattr.user.big",
+                &too_big,
+                XattrProblem::ValueTooLarge,
+            ),
+        ];
+        for (key, value, want) in rows {
+            let (_dir, tree) = unpack(&[layer(key, value)]);
+            match tree {
+                Err(UnpackError::BadXattr { problem, name, .. }) => {
+                    assert_eq!(problem, want, "{key:.40}");
+                    assert!(name.chars().count() <= 80);
+                }
+                other => panic!("{key:.40}: {other:?}"),
+            }
+        }
+        let err = unpack(&[layer(&crafted, b"v")]).1.unwrap_err().to_string();
+        assert!(err.contains("its name is longer than 255 bytes"), "{err}");
+        assert_eq!(check_xattr("trusted.overlay.opaque", b"y", 0), Ok(()));
+        assert_eq!(check_xattr("system.posix_acl_access", b"", 0), Ok(()));
+        assert_eq!(
+            check_xattr("user.a", b"", MAX_XATTRS_PER_ENTRY),
+            Err(XattrProblem::TooMany)
+        );
     }
 
     #[test]

@@ -282,6 +282,44 @@ async fn a_missing_image_is_not_found_and_names_the_reference() {
     assert_no_leftovers(&store);
 }
 
+/// Issue 19: an image whose layer is refused (here a whiteout naming `..`) keeps nothing: the
+/// tag that pointed at a good image still does, and a new tag is not created.
+#[tokio::test(flavor = "multi_thread")]
+async fn issue_19_a_refused_layer_leaves_the_references_as_they_were() {
+    let registry = Registry::start();
+    let good = standard_image();
+    registry.push_image("aegis/app", "v1", &good);
+    let mut layer = Layer::new();
+    layer.file("etc/keep", 0o644, 0, 0, b"k");
+    layer.raw_file(".wh...", b"");
+    let bad = TestImage::new(vec![LayerBlob::plain(layer)], json!({}));
+    let (_dir, store) = store();
+    let v1 = format!("{}/aegis/app:v1", registry.host());
+    pull_collect(&store, &v1, &anonymous()).await.0.unwrap();
+
+    registry.push_image("aegis/app", "v1", &bad);
+    registry.push_image("aegis/app", "v2", &bad);
+    for reference in [&v1, &format!("{}/aegis/app:v2", registry.host())] {
+        let (result, _) = pull_collect(&store, reference, &anonymous()).await;
+        let err = result.unwrap_err();
+        let mut chain = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            chain.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        assert!(chain.contains("names no entry"), "{chain}");
+    }
+    let refs: Vec<(String, String)> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.reference.to_string(), r.manifest_digest.to_string()))
+        .collect();
+    assert_eq!(refs, [(v1, good.manifest_digest())]);
+    assert_no_leftovers(&store);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_auth_registry_needs_credentials_from_the_docker_config() {
     let registry = Registry::start_with_htpasswd("aegis", "s3cret");

@@ -22,15 +22,16 @@ pub fn aegisd() -> Option<PathBuf> {
     sibling.or_else(|| in_path("aegisd"))
 }
 
-/// The guest harness the daemon will use: `$AEGIS_HARNESS`, else next to `aegisd` (the daemon's
-/// own default).
+/// The guest harness the daemon will use: `$AEGIS_HARNESS`, else `guest/aegis-harness` beside
+/// `aegisd` (the daemon's own default; the `aegis-harness` right beside it is cargo's
+/// dynamically linked build, which cannot boot).
 pub fn harness() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(HARNESS_ENV).filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(path));
     }
     let daemon = aegisd()?;
     let daemon = std::fs::canonicalize(&daemon).unwrap_or(daemon);
-    Some(daemon.parent()?.join("aegis-harness"))
+    Some(daemon.parent()?.join("guest/aegis-harness"))
 }
 
 /// `name` in one of the directories of `PATH`.

@@ -581,6 +581,10 @@ fn doctor_checks_and_names_fixes() {
     let out = d.aegis(["doctor"]);
     assert!(out.stdout.contains("ok   daemon: aegisd "), "{out}");
     assert!(out.stdout.contains("ok   guest kernel: "), "{out}");
+    assert!(
+        out.stdout.contains("ok   guest harness: ") && out.stdout.contains("guest/aegis-harness"),
+        "doctor checks the static harness the daemon boots: {out}"
+    );
     let failed = out.stdout.lines().any(|l| l.starts_with("FAIL"));
     assert_eq!(out.code, Some(i32::from(failed)), "{out}");
 }

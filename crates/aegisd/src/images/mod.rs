@@ -215,6 +215,15 @@ impl Images {
         mut progress: impl FnMut(ImageEvent),
     ) -> Result<Vec<ImageSummary>, ImageError> {
         let tag = tag.map(parse_ref).transpose()?;
+        // Where each reference pointed before: an image whose base disk cannot be built is
+        // unusable, and a failed import must leave the references as it found them.
+        let before: std::collections::BTreeMap<_, _> = self
+            .store
+            .list()
+            .map_err(ImageError::Store)?
+            .into_iter()
+            .map(|r| (r.reference, r.manifest_digest))
+            .collect();
         let records = if rootfs {
             let Some(tag) = tag else {
                 return Err(ImageError::TagRequired);
@@ -228,21 +237,28 @@ impl Images {
         } else {
             aegis_image::import_archive(&self.store, path, &ImportOptions { name: tag })?
         };
-        records
-            .iter()
-            .map(|r| {
-                if !self.store.base_image_path(&r.manifest_digest).is_file() {
-                    progress(ImageEvent::Unpacking {
-                        digest: r.manifest_digest.to_string(),
-                    });
+        let mut summaries = Vec::new();
+        for r in &records {
+            if !self.store.base_image_path(&r.manifest_digest).is_file() {
+                progress(ImageEvent::Unpacking {
+                    digest: r.manifest_digest.to_string(),
+                });
+            }
+            if let Err(e) = self.store.base_image(r) {
+                for undo in &records {
+                    let previous = before.get(&undo.reference);
+                    if let Err(err) = self.store.restore_reference(&undo.reference, previous) {
+                        tracing::warn!(reference = %undo.reference, error = %err, "cannot restore the reference after a failed import");
+                    }
                 }
-                self.store.base_image(r).map_err(|e| ImageError::Build {
+                return Err(ImageError::Build {
                     reference: r.reference.to_string(),
                     message: error_chain(&e),
-                })?;
-                Ok(self.summary(r))
-            })
-            .collect()
+                });
+            }
+            summaries.push(self.summary(r));
+        }
+        Ok(summaries)
     }
 
     /// Every stored reference. Blocking.
