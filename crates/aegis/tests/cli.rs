@@ -556,7 +556,9 @@ fn doctor_checks_and_names_fixes() {
         "{out}"
     );
 
-    // Without qemu-img or virtiofsd in PATH the set-up is incomplete: exit 1 (issue 20).
+    // Without qemu-img or virtiofsd the set-up is incomplete: exit 1 (issue 20). virtiofsd is
+    // named by a path that does not exist, since Debian 12's QEMU ships an old one in
+    // /usr/lib/qemu that no PATH hides.
     let no_tools = tempfile::tempdir().unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_aegis"));
     command
@@ -564,7 +566,7 @@ fn doctor_checks_and_names_fixes() {
         .env("AEGIS_HOME", empty.path())
         .env("PATH", no_tools.path())
         .env("NO_COLOR", "1")
-        .env_remove("AEGIS_VIRTIOFSD")
+        .env("AEGIS_VIRTIOFSD", no_tools.path().join("virtiofsd"))
         .env_remove("AEGIS_QEMU");
     let out = Background::spawn(command).wait(Duration::from_secs(60));
     out.expect_code(1);
