@@ -22,6 +22,18 @@ fn instance_ids(d: &Daemon) -> Vec<String> {
     list.into_iter().map(|i| i.id).collect()
 }
 
+/// Waits until `target`'s log has an entry whose line is `line`.
+fn wait_for_line(d: &Daemon, target: &str, line: &str) {
+    wait_until(BOOT, &format!("{target} to log {line:?}"), || {
+        let response = d.api("GET", &format!("/v1/instances/{target}/logs"), None);
+        if response.ndjson().iter().any(|e| e["line"] == line) {
+            Ok(())
+        } else {
+            Err(response)
+        }
+    });
+}
+
 #[test]
 fn issue_20_run_flags_and_entrypoint() {
     let d = daemon();
@@ -86,18 +98,7 @@ fn issue_20_killed_client_leaves_nothing() {
         "-c",
         "echo ready; sleep 3; echo done",
     ]);
-    wait_until(BOOT, "the run's command to print ready", || {
-        let response = d.api("GET", "/v1/instances/orphan/logs", None);
-        let ready = response
-            .ndjson()
-            .iter()
-            .any(|e| e["source"] == "server" && e["line"] == "ready");
-        if ready {
-            Ok(())
-        } else {
-            Err(response)
-        }
-    });
+    wait_for_line(&d, "orphan", "ready");
     // SIGKILL: the client cannot delete anything. The daemon does, once the command is done
     // and the instance has stayed stopped for the grace period.
     run.signal(Signal::SIGKILL);
@@ -168,15 +169,7 @@ fn issue_20_expose_and_secrets_are_idempotent() {
         conflict.body
     );
 
-    wait_until(BOOT, "the first boot's output", || {
-        let response = d.api("GET", "/v1/instances/idem/logs", None);
-        let seen = response.ndjson().iter().any(|e| e["line"] == "keys:one:");
-        if seen {
-            Ok(())
-        } else {
-            Err(response)
-        }
-    });
+    wait_for_line(&d, "idem", "keys:one:");
     d.aegis(["instance", "stop", "idem"]).expect_success();
     // A missing secret is refused before anything changes.
     let out = d.aegis([
@@ -204,17 +197,6 @@ fn issue_20_expose_and_secrets_are_idempotent() {
     .expect_success();
     let view = d.instance("idem").unwrap();
     assert_eq!(view.secret_keys, ["FIRST_KEY", "SECOND_KEY"], "{view:?}");
-    wait_until(BOOT, "the second boot's output", || {
-        let response = d.api("GET", "/v1/instances/idem/logs", None);
-        let seen = response
-            .ndjson()
-            .iter()
-            .any(|e| e["line"] == "keys:one:two");
-        if seen {
-            Ok(())
-        } else {
-            Err(response)
-        }
-    });
+    wait_for_line(&d, "idem", "keys:one:two");
     d.aegis(["instance", "delete", "idem"]).expect_success();
 }
