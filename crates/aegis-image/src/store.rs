@@ -697,12 +697,20 @@ impl ImageStore {
         self.write_refs(&refs)
     }
 
+    /// Every reference and the manifest it points at (reads the reference table only).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the reference table cannot be read.
+    pub fn references(&self) -> Result<BTreeMap<ImageRef, Digest>, StoreError> {
+        Ok(self.read_refs()?.refs)
+    }
+
     /// Where `reference` points now, if anywhere (reads the reference table only).
     ///
     /// # Errors
     /// [`StoreError`] when the reference table cannot be read.
     pub fn reference_target(&self, reference: &ImageRef) -> Result<Option<Digest>, StoreError> {
-        Ok(self.read_refs()?.refs.get(reference).cloned())
+        Ok(self.references()?.remove(reference))
     }
 
     /// Points `reference` back at `previous`, or removes it when it pointed nowhere: how a pull

@@ -1265,14 +1265,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn xattrs_come_from_pax_headers() {
+    /// A layer of one root-owned file `path` whose PAX header carries `records`.
+    fn pax_layer(path: &str, records: &[(&str, &[u8])]) -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
         builder
-            .append_pax_extensions([
-                ("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02"[..]),
-                ("SCHILY.xattr.user.note", &b"hi"[..]),
-            ])
+            .append_pax_extensions(records.iter().copied())
             .unwrap();
         let mut header = tar::Header::new_ustar();
         header.set_mode(0o755);
@@ -1280,10 +1277,19 @@ mod tests {
         header.set_gid(0);
         header.set_mtime(0);
         header.set_size(1);
-        builder
-            .append_data(&mut header, "bin/ping", &b"p"[..])
-            .unwrap();
-        let bytes = builder.into_inner().unwrap();
+        builder.append_data(&mut header, path, &b"p"[..]).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn xattrs_come_from_pax_headers() {
+        let bytes = pax_layer(
+            "bin/ping",
+            &[
+                ("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02"[..]),
+                ("SCHILY.xattr.user.note", &b"hi"[..]),
+            ],
+        );
         let (_dir, tree) = unpack(&[bytes]);
         let tree = tree.unwrap();
         let xattrs = &tree.entries[Path::new("bin/ping")].xattrs;
@@ -1295,18 +1301,7 @@ mod tests {
     /// would refuse is refused here, naming the limit.
     #[test]
     fn xattrs_the_kernel_refuses_are_refused() {
-        let layer = |key: &str, value: &[u8]| {
-            let mut builder = tar::Builder::new(Vec::new());
-            builder.append_pax_extensions([(key, value)]).unwrap();
-            let mut header = tar::Header::new_ustar();
-            header.set_mode(0o644);
-            header.set_uid(0);
-            header.set_gid(0);
-            header.set_mtime(0);
-            header.set_size(1);
-            builder.append_data(&mut header, "f", &b"x"[..]).unwrap();
-            builder.into_inner().unwrap()
-        };
+        let layer = |key: &str, value: &[u8]| pax_layer("f", &[(key, value)]);
         let crafted = format!("SCHILY.xattr.user.{}!touch /tmp/pwned #", " ".repeat(16384));
         let too_big = vec![0u8; MAX_XATTR_VALUE_BYTES + 1];
         let rows: [(&str, &[u8], XattrProblem); 6] = [

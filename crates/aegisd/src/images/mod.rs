@@ -217,13 +217,7 @@ impl Images {
         let tag = tag.map(parse_ref).transpose()?;
         // Where each reference pointed before: an image whose base disk cannot be built is
         // unusable, and a failed import must leave the references as it found them.
-        let before: std::collections::BTreeMap<_, _> = self
-            .store
-            .list()
-            .map_err(ImageError::Store)?
-            .into_iter()
-            .map(|r| (r.reference, r.manifest_digest))
-            .collect();
+        let before = self.store.references().map_err(ImageError::Store)?;
         let records = if rootfs {
             let Some(tag) = tag else {
                 return Err(ImageError::TagRequired);
