@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this machine for Aegis and runs a first VM:
-#   system packages, guest kernel + modules, the binaries, virtiofsd, the default image, the
-#   daemon, `aegis doctor`, then `aegis run -- echo hello from aegis`.
+#   system packages, the PyPI packages the tests use (in a venv), guest kernel + modules, the
+#   binaries, virtiofsd, the default image, the daemon, `aegis doctor`, then
+#   `aegis run -- echo hello from aegis`.
 # Idempotent: a second run finds everything in place and only re-checks it.
 #
 #   ./setup.sh           install what is missing, then check it all with `aegis doctor`
@@ -11,7 +12,8 @@
 #                        `aegis doctor`; exit 1 if anything is missing
 #
 # Packages come only from the host's configured apt sources, and no install may remove a package
-# the host has (apt-get --no-remove).
+# the host has (apt-get --no-remove). PyPI packages go only into the virtual environment
+# $AEGIS_HOME/tools/venv, made by Debian's python3, never into a system Python.
 # Environment: AEGIS_HOME (default ~/.aegis), AEGIS_BIN_DIR (default /usr/local/bin),
 #              AEGIS_SKIP_HELLO=1 to skip the final run.
 set -euo pipefail
@@ -23,12 +25,15 @@ default_image="aegis.local/default:latest"
 requirements="$repo/scripts/requirements"
 tools="$AEGIS_HOME/tools"
 kernel_dir="$AEGIS_HOME/kernel"
+venv="$tools/venv"
+# Debian's interpreter (python3-venv's), whatever other python3 comes first in PATH.
+system_python=/usr/bin/python3
 
 mode=install
 case "${1:-}" in
   "") ;;
   --check) mode=check ;;
-  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) printf 'setup: unknown option %s (try --help)\n' "$1" >&2; exit 2 ;;
 esac
 
@@ -37,16 +42,22 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
 
 # --- requirements -------------------------------------------------------------------------
-# scripts/requirements: `kind name package why`, kinds command | package | built.
+# scripts/requirements: `kind name package why`, kinds command | package | built | pip.
 packages=()        # Debian packages to install, each once
 commands=()        # "program package" pairs
+pips=()            # pinned PyPI packages, NAME==VERSION
 while read -r kind name pkg _; do
   case "$kind" in
     command) commands+=("$name $pkg") ;;
     package|built) ;;
+    pip) [[ "$pkg" == "$name=="?* ]] ||
+           die "scripts/requirements: pip package $name must be pinned as $name==VERSION, not '$pkg'"
+         pips+=("$pkg") ;;
     *) die "scripts/requirements: unknown kind '$kind' for $name" ;;
   esac
-  if [ "$kind" != built ] && [[ " ${packages[*]} " != *" $pkg "* ]]; then packages+=("$pkg"); fi
+  case "$kind" in
+    command|package) [[ " ${packages[*]} " == *" $pkg "* ]] || packages+=("$pkg") ;;
+  esac
 done < <(grep -Ev '^[[:space:]]*(#|$)' "$requirements")
 virtiofsd_version="$(awk '$1 == "built" && $2 == "virtiofsd" {sub(/.*@/, "", $3); print $3}' \
                      "$requirements")"
@@ -113,6 +124,20 @@ provided_by() {
     awk '{print $1}' | grep -qxF -- "$2"
 }
 
+# The virtual environment of the pip requirements: its python runs, and is Debian's.
+venv_ok() { "$venv/bin/python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; }
+# The pinned PyPI packages the venv lacks (or has at another version), one per line.
+missing_pips() {
+  local have="" spec
+  if venv_ok; then
+    have="$("$venv/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null |
+            tr '[:upper:]_' '[:lower:]-')"
+  fi
+  for spec in "${pips[@]}"; do
+    grep -qxF -- "$(printf %s "$spec" | tr '[:upper:]_' '[:lower:]-')" <<<"$have" || echo "$spec"
+  done
+}
+
 kernel_package() {
   apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
@@ -150,6 +175,27 @@ if [ "$mode" = check ]; then
       report "ok" "$program" "$path ($owner $(installed_version "$owner"))"
     fi
   done
+  if [ ${#pips[@]} -gt 0 ]; then
+    if ! venv_ok; then
+      report "would create" "venv" "$venv (with $system_python -m venv)"; problems=1
+    else
+      owner="$(file_owner "$venv/bin/python")"
+      if [ -z "$owner" ]; then
+        report "NOT FROM APT" "venv" "$venv/bin/python is not Debian's python3 (made by hand?)"
+        problems=1
+      else
+        report "ok" "venv" "$venv ($owner $(installed_version "$owner"))"
+      fi
+    fi
+    mapfile -t missing_pip < <(missing_pips)
+    for spec in "${pips[@]}"; do
+      if [[ " ${missing_pip[*]} " == *" $spec "* ]]; then
+        report "would install" "${spec%%==*}" "$spec from PyPI into $venv"; problems=1
+      else
+        report "ok" "${spec%%==*}" "$spec in $venv"
+      fi
+    done
+  fi
   kpkg="$(kernel_package)"
   if [ -z "$kpkg" ]; then report "would fetch" "guest kernel" "(run apt-get update first)"; problems=1
   elif kernel_ok "$kpkg"; then report "ok" "guest kernel" "$kpkg in $kernel_dir"
@@ -193,6 +239,26 @@ if [ ${#missing[@]} -gt 0 ] || ! qemu_pair_ok; then
                       "$(installed_version qemu-utils) still differ"
 else
   say "system packages present"
+fi
+
+# --- 1b. PyPI packages (test tools), in a virtual environment --------------------------------
+if [ ${#pips[@]} -gt 0 ]; then
+  if ! venv_ok; then
+    say "creating the virtual environment $venv"
+    rm -rf "$venv"
+    "$system_python" -m venv "$venv" ||
+      die "cannot create $venv with $system_python -m venv (is python3-venv installed?)"
+  fi
+  mapfile -t missing_pip < <(missing_pips)
+  if [ ${#missing_pip[@]} -gt 0 ]; then
+    say "installing from PyPI into $venv: ${missing_pip[*]}"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${missing_pip[@]}" ||
+      die "pip could not install ${missing_pip[*]} into $venv (see its message above)"
+    mapfile -t missing_pip < <(missing_pips)
+    [ ${#missing_pip[@]} -eq 0 ] || die "after pip install, $venv still lacks ${missing_pip[*]}"
+  else
+    say "PyPI packages present: ${pips[*]}"
+  fi
 fi
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
 

@@ -61,7 +61,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Creates a temporary home, links the set-up home's `kernel` and `images` into it, starts
-    /// `<workspace>/target/release/aegisd` there and waits until it answers.
+    /// `aegisd` of the release build (`$CARGO_TARGET_DIR/release`, else
+    /// `<workspace>/target/release`) there and waits until it answers.
     ///
     /// # Panics
     /// When a binary, the guest kernel or the default image is missing (the message names the
@@ -90,6 +91,15 @@ impl Daemon {
         Daemon::start_with(Images::Own, &[])
     }
 
+    /// [`Daemon::start_with_own_images`] with these variables in the daemon's environment: with
+    /// no image and a VMM that does not exist, no request can boot a VM.
+    ///
+    /// # Panics
+    /// As [`Daemon::start`].
+    pub fn start_with_own_images_and_env(env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(Images::Own, env)
+    }
+
     /// The image store of the set-up home (`$AEGIS_TEST_SHARED_HOME/images`, default
     /// `~/.aegis/images`). Tests must only read it.
     pub fn shared_images_dir() -> PathBuf {
@@ -99,7 +109,7 @@ impl Daemon {
     fn start_with(images: Images, env: &[(&str, &str)]) -> Daemon {
         remove_leftovers();
         let workspace = workspace_root();
-        let release = workspace.join("target/release");
+        let release = release_dir(&workspace);
         for binary in ["aegisd", "aegis", "guest/aegis-harness"] {
             assert!(
                 release.join(binary).is_file(),
@@ -332,7 +342,7 @@ impl Daemon {
     }
 
     fn release(&self, binary: &str) -> PathBuf {
-        self.workspace.join("target/release").join(binary)
+        release_dir(&self.workspace).join(binary)
     }
 
     fn spawn(&mut self) {
@@ -512,8 +522,18 @@ fn workspace_root() -> PathBuf {
     std::fs::canonicalize(&root).unwrap_or(root)
 }
 
+/// The release build the tests drive: `$CARGO_TARGET_DIR/release` when cargo builds into
+/// another target directory (a relative one is relative to the workspace), else
+/// `<workspace>/target/release`.
+fn release_dir(workspace: &Path) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| workspace.join("target"), |dir| workspace.join(dir));
+    target.join("release")
+}
+
 /// `$AEGIS_TEST_SHARED_HOME`, else `~/.aegis`.
-fn shared_home() -> PathBuf {
+pub(crate) fn shared_home() -> PathBuf {
     if let Some(home) = std::env::var_os(SHARED_HOME_ENV).filter(|v| !v.is_empty()) {
         return PathBuf::from(home);
     }
