@@ -14,6 +14,7 @@ pub mod images;
 pub mod kits;
 pub mod lifecycle;
 pub mod logs;
+pub mod names;
 pub mod registry;
 pub mod router;
 pub mod secrets;

@@ -9,6 +9,7 @@ use crate::images::{error_chain, ImageError};
 use crate::kits::KitError;
 use crate::lifecycle::command::LifecycleError;
 use crate::lifecycle::instances::{CreateError, ExposeError};
+use crate::names::NameError;
 use crate::router::RouterError;
 use crate::secrets::SecretError;
 use crate::workspaces::WorkspaceError;
@@ -19,6 +20,9 @@ pub enum ApiError {
     /// Malformed or invalid request.
     #[error("{0}")]
     BadRequest(String),
+    /// A name in the request's path that no resource can have (`..`, `a/b`, NUL, …).
+    #[error(transparent)]
+    Name(#[from] NameError),
     /// No such instance.
     #[error("instance {0:?} not found")]
     UnknownInstance(String),
@@ -61,7 +65,9 @@ impl ApiError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::Spawn(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Name(_) | ApiError::Spawn(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::UnknownInstance(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::Lifecycle(e) => lifecycle_status(e),
             ApiError::Image(e) => image_status(e),
@@ -120,6 +126,7 @@ impl ApiError {
             ApiError::Workspace(WorkspaceError::Volume(e)) => e.hint(),
             ApiError::Workspace(_) => None,
             ApiError::BadRequest(_)
+            | ApiError::Name(_)
             | ApiError::NoRoute(_)
             | ApiError::Spawn(_)
             | ApiError::Internal(_)
@@ -212,9 +219,10 @@ fn kit_status(e: &KitError, used: KitUse) -> StatusCode {
             KitUse::Direct => StatusCode::NOT_FOUND,
             KitUse::Referenced => StatusCode::BAD_REQUEST,
         },
-        KitError::Manifest(_) | KitError::Installed { .. } | KitError::BaseDir(_) => {
-            StatusCode::BAD_REQUEST
-        }
+        KitError::BadName(_)
+        | KitError::Manifest(_)
+        | KitError::Installed { .. }
+        | KitError::BaseDir(_) => StatusCode::BAD_REQUEST,
         KitError::AlreadyInstalled { .. } => StatusCode::CONFLICT,
         KitError::Io { .. } | KitError::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -275,7 +283,12 @@ mod tests {
     use super::*;
     use crate::lifecycle::spec::SpecError;
     use crate::lifecycle::state::{Event, InvalidTransition};
+    use crate::names::{self, NameKind};
     use aegis_proto::api::InstanceStatus;
+
+    fn bad_name(kind: NameKind) -> NameError {
+        names::check(kind, "../x").unwrap_err()
+    }
 
     #[test]
     fn maps_every_kit_error_to_a_status() {
@@ -297,6 +310,14 @@ mod tests {
                 400,
             ),
             (ApiError::Kit(KitError::BaseDir("x".into())), 400),
+            (
+                ApiError::Kit(KitError::BadName(bad_name(NameKind::Kit))),
+                400,
+            ),
+            (
+                ApiError::Create(CreateError::Kit(KitError::BadName(bad_name(NameKind::Kit)))),
+                400,
+            ),
             (
                 ApiError::Kit(KitError::AlreadyInstalled {
                     name: "k".into(),
@@ -341,7 +362,14 @@ mod tests {
             name: "API_KEY".into(),
         };
         let rows: Vec<(ApiError, u16)> = vec![
-            (ApiError::Secret(SecretError::InvalidName("1X".into())), 400),
+            (
+                ApiError::Secret(SecretError::InvalidName(bad_name(NameKind::Secret))),
+                400,
+            ),
+            (
+                ApiError::InstanceSecrets(SecretError::InvalidName(bad_name(NameKind::Secret))),
+                400,
+            ),
             (
                 ApiError::Secret(SecretError::InvalidValue {
                     name: "A".into(),
@@ -431,6 +459,17 @@ mod tests {
     fn maps_every_kind_to_a_status() {
         let rows: Vec<(ApiError, u16)> = vec![
             (ApiError::BadRequest("x".into()), 400),
+            (ApiError::Name(bad_name(NameKind::InstanceRef)), 400),
+            (
+                ApiError::Create(CreateError::Spec(SpecError::Handle(bad_name(
+                    NameKind::Handle,
+                )))),
+                400,
+            ),
+            (
+                ApiError::Workspace(WorkspaceError::BadName(bad_name(NameKind::Workspace))),
+                400,
+            ),
             (ApiError::UnknownInstance("x".into()), 404),
             (ApiError::Spawn("x".into()), 400),
             (ApiError::Create(CreateError::Spec(SpecError::Command)), 400),

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use aegis_proto::api::{ExecEvent, ExecRequest};
 use aegis_proto::control::{codes, ExecId, ExecParams, Method, ProcessSpec, SpawnResult};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use zeroize::Zeroize;
 
 use super::error::ApiError;
 use super::instances::find;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::lifecycle::command::{Command, LifecycleError};
@@ -26,7 +26,7 @@ use crate::secrets::scrub_env;
 
 pub async fn exec(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Response, ApiError> {
     if req.command.is_empty() {

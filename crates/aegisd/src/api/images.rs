@@ -7,7 +7,7 @@ use aegis_proto::api::{
     ImageDetail, ImageEvent, ImageSummary, ImportRequest, PruneResult, PullRequest, RemovedImage,
 };
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::exec::ndjson;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::images::{error_chain, ImageError, Images};
 
@@ -38,7 +38,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ImageSummary
 
 pub async fn inspect(
     State(state): State<AppState>,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<ImageDetail>, ApiError> {
     let images = state.ctx.images.clone();
     Ok(Json(
@@ -48,7 +48,7 @@ pub async fn inspect(
 
 pub async fn remove(
     State(state): State<AppState>,
-    Path(reference): Path<String>,
+    ApiPath(reference): ApiPath<String>,
 ) -> Result<Json<RemovedImage>, ApiError> {
     let images = state.ctx.images.clone();
     let r = reference.clone();
@@ -101,6 +101,7 @@ pub async fn import(
             req.path
         )));
     }
+    check_import_source(&path)?;
     let images = state.ctx.images.clone();
     Ok(progress_stream(move |tx| async move {
         let res = tokio::task::spawn_blocking(move || {
@@ -121,6 +122,38 @@ pub async fn import(
             },
         }
     }))
+}
+
+/// Refuses an import source that is neither a regular file nor a directory before the import
+/// starts. Found by fuzzing the API: `{"path": "/dev/zero", "rootfs": true}` read without end
+/// into a blob under `images/tmp` (gigabytes a second, on after the client had gone), and a
+/// FIFO would block an import thread forever. A missing path is left to the import, which
+/// names it.
+fn check_import_source(path: &std::path::Path) -> Result<(), ApiError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    if kind.is_file() || kind.is_dir() {
+        return Ok(());
+    }
+    let what = if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(ApiError::BadRequest(format!(
+        "cannot import {}: it is {what}; give an OCI image layout directory, an OCI or \
+         `docker save` archive, or a root filesystem tar (with rootfs)",
+        path.display()
+    )))
 }
 
 fn failure(e: &ImageError) -> ImageEvent {
@@ -149,4 +182,38 @@ where
         Some((Ok::<Bytes, Infallible>(Bytes::from(line)), rx))
     });
     ndjson(Body::from_stream(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_read_only_files_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let socket = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let rows = [
+            ("/dev/zero".into(), "it is a character device"),
+            ("/dev/urandom".into(), "it is a character device"),
+            (fifo, "it is a FIFO"),
+            (socket, "it is a socket"),
+        ];
+        for (path, want) in rows {
+            let err = check_import_source(&path).unwrap_err();
+            assert_eq!(err.status().as_u16(), 400, "{}", path.display());
+            assert!(err.to_string().contains(want), "{err}");
+        }
+        let file = dir.path().join("image.tar");
+        std::fs::write(&file, b"").unwrap();
+        for ok in [
+            file.as_path(),
+            dir.path(),
+            std::path::Path::new("/nonexistent/x.tar"),
+        ] {
+            check_import_source(ok).unwrap();
+        }
+    }
 }

@@ -1,16 +1,17 @@
 //! `/v1/instances`: create, list, info, delete, lifecycle actions.
 
 use aegis_proto::api::{CreateInstance, Endpoint, ExposeRequest, Instance, InstanceStatus};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::lifecycle::command::{Command, StopMode};
 use crate::lifecycle::instances::{Exposed, InstanceHandle};
+use crate::names::{self, NameKind};
 
 /// The view with the current status of its instance daemons (they change without the actor).
 fn with_daemons(state: &AppState, mut view: Instance) -> Instance {
@@ -18,8 +19,10 @@ fn with_daemons(state: &AppState, mut view: Instance) -> Instance {
     view
 }
 
-/// Finds an instance by id or handle, or 404.
+/// Finds an instance by id or handle: 400 for a name no instance can have, else 404 when none
+/// has it.
 pub fn find(state: &AppState, id: &str) -> Result<InstanceHandle, ApiError> {
+    names::check(NameKind::InstanceRef, id)?;
     state
         .instances
         .find(id)
@@ -47,7 +50,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Instance>>, ApiError> {
     let filter = match q.state.as_deref() {
         None | Some("") => None,
@@ -69,14 +72,14 @@ pub async fn list(
 
 pub async fn info(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Instance>, ApiError> {
     Ok(Json(with_daemons(&state, find(&state, &id)?.view())))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let handle = find(&state, &id)?;
     state.instances.delete(&handle).await?;
@@ -85,7 +88,7 @@ pub async fn delete(
 
 pub async fn action(
     State(state): State<AppState>,
-    Path((id, action)): Path<(String, String)>,
+    ApiPath((id, action)): ApiPath<(String, String)>,
 ) -> Result<Json<Instance>, ApiError> {
     let handle = find(&state, &id)?;
     let view = match action.as_str() {
@@ -110,7 +113,7 @@ pub async fn action(
 
 pub async fn expose(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ExposeRequest>,
 ) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
     let handle = find(&state, &id)?;
@@ -125,7 +128,7 @@ pub async fn expose(
 
 pub async fn unexpose(
     State(state): State<AppState>,
-    Path((id, guest_port)): Path<(String, String)>,
+    ApiPath((id, guest_port)): ApiPath<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let handle = find(&state, &id)?;
     let port: u16 = guest_port

@@ -2,12 +2,12 @@
 
 use aegis_proto::api::Deleted;
 use aegis_proto::kit::{InstallKit, KitInfo};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::kits::InstalledKit;
 
@@ -36,7 +36,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<KitInfo>>, A
 /// its file is not valid.
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<KitInfo>, ApiError> {
     let kit = state.ctx.kits.get(&name).await?;
     Ok(Json(info(&state, kit)))
@@ -62,7 +62,7 @@ pub async fn install(
 /// configuration and their instance daemons.
 pub async fn remove(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     state.ctx.kits.remove(&name).await?;
     tracing::info!(kit = %name, "kit removed");

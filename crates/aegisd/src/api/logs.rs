@@ -5,7 +5,7 @@ use std::convert::Infallible;
 
 use aegis_proto::api::{Instance, InstanceStatus, LogEntry};
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use super::exec::ndjson;
 use super::instances::find;
+use super::json::{ApiPath, ApiQuery};
 use super::AppState;
 use crate::logs::{parse_since, LogFilter, LogSubscription};
 
@@ -39,8 +40,8 @@ fn flag(v: Option<&str>) -> Result<bool, ApiError> {
 
 pub async fn logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let follow = flag(q.follow.as_deref())?;
     let filter = LogFilter {

@@ -5,14 +5,14 @@
 
 use aegis_proto::api::{Deleted, Instance, SecretInfo, SetInstanceSecrets};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::instances::find;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::lifecycle::command::Command;
 use crate::registry::SecretMeta;
@@ -30,7 +30,7 @@ fn info(meta: SecretMeta) -> SecretInfo {
 /// name and dates.
 pub async fn put(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SecretInfo>), ApiError> {
@@ -55,7 +55,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<SecretInfo>>
 /// `DELETE /v1/secrets/{name}` → `{"deleted": name}`.
 pub async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     state.ctx.secrets.delete(&name).await?;
     tracing::info!(secret = %name, "secret deleted");
@@ -66,7 +66,7 @@ pub async fn delete(
 /// (and decrypt) now; the set applies from the instance's next boot on, whatever its state.
 pub async fn set_for_instance(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<SetInstanceSecrets>,
 ) -> Result<Json<Instance>, ApiError> {
     let handle = find(&state, &id)?;

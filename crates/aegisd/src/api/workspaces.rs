@@ -2,12 +2,12 @@
 //! workspace is part of the instance and goes with it.
 
 use aegis_proto::api::{CreateWorkspace, Deleted, WorkspaceInfo};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::workspaces::{Named, WorkspaceError};
 
@@ -38,7 +38,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<WorkspaceInfo>> {
 /// `GET /v1/workspaces/{name}` → the workspace.
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<WorkspaceInfo>, ApiError> {
     let named = state
         .ctx
@@ -63,7 +63,7 @@ pub async fn create(
 /// `DELETE /v1/workspaces/{name}` → `{"deleted": name}`; refused while instances use it.
 pub async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     let instances = users(&state, &name);
     if !instances.is_empty() {

@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use aegis_proto::kit::KitManifest;
 
 use crate::config::{MEMORY_RANGE_MIB, VCPU_RANGE};
-use crate::lifecycle::spec::{check_command, valid_env_name, ExposeProtocol};
+use crate::lifecycle::spec::{check_command, ExposeProtocol};
+use crate::names::{self, valid_env_name, NameKind};
 
 /// Largest manifest accepted: manifests are a few hundred bytes; this leaves room for comments.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
-/// Longest kit or daemon name (fits a file name and a log tag comfortably).
-pub const MAX_NAME_LEN: usize = 63;
 
 /// Why a manifest is not a valid kit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,32 +147,9 @@ fn strip_location(message: &str) -> String {
     }
 }
 
-/// Checks that `name` can name a kit or an instance daemon.
-///
-/// # Errors
-/// What is wrong, for a message about the field holding it.
-pub fn check_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !first_ok
-        || name.len() > MAX_NAME_LEN
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(format!(
-            "invalid name {name:?}: use 1-{MAX_NAME_LEN} lowercase letters, digits, '.', '_' \
-             and '-', starting with a letter or digit"
-        ));
-    }
-    Ok(())
-}
-
 /// The semantic rules of schema v1. Resolves relative daemon programs in place.
 fn validate(m: &mut KitManifest, base_dir: Option<&Path>) -> Result<(), ManifestError> {
-    check_name(&m.name).map_err(|p| invalid("name", p))?;
+    names::check(NameKind::Kit, &m.name).map_err(|e| invalid("name", e.to_string()))?;
     if m.version.trim().is_empty() || m.version.chars().any(char::is_whitespace) {
         return Err(invalid(
             "version",
@@ -211,14 +187,8 @@ fn validate(m: &mut KitManifest, base_dir: Option<&Path>) -> Result<(), Manifest
     ] {
         for (i, s) in entries.iter().enumerate() {
             let field = format!("secrets.{list}[{i}].name");
-            if !valid_env_name(&s.name) {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "invalid secret name {:?}: use letters, digits and '_', not starting with a digit",
-                        s.name
-                    ),
-                ));
+            if let Err(e) = names::check(NameKind::Secret, &s.name) {
+                return Err(invalid(field, e.to_string()));
             }
             if !secret_names.insert(s.name.clone()) {
                 return Err(invalid(field, format!("secret {} is listed twice", s.name)));
@@ -255,7 +225,8 @@ fn validate(m: &mut KitManifest, base_dir: Option<&Path>) -> Result<(), Manifest
     }
     let mut daemon_names = BTreeSet::new();
     for (i, d) in m.instance_daemons.iter_mut().enumerate() {
-        check_name(&d.name).map_err(|p| invalid(format!("instance_daemons[{i}].name"), p))?;
+        names::check(NameKind::Daemon, &d.name)
+            .map_err(|e| invalid(format!("instance_daemons[{i}].name"), e.to_string()))?;
         if !daemon_names.insert(d.name.clone()) {
             return Err(invalid(
                 format!("instance_daemons[{i}].name"),
@@ -411,7 +382,19 @@ instance_daemons:
     #[test]
     fn errors_name_the_field() {
         let rows: &[(&str, &str, &str)] = &[
-            ("name: web", "name: Web", "name: invalid name \"Web\""),
+            ("name: web", "name: Web", "name: invalid kit name \"Web\""),
+            ("name: web", "name: ../x", "name: invalid kit name \"../x\""),
+            ("name: web", "name: a/b", "name: invalid kit name \"a/b\""),
+            (
+                "name: web",
+                "name: \"\"",
+                "name: invalid kit name \"\": it is empty",
+            ),
+            (
+                "name: web",
+                "name: \"a\\0b\"",
+                "name: invalid kit name \"a\\0b\"",
+            ),
             (
                 "version: \"1.2.0\"",
                 "version: \"\"",
@@ -475,7 +458,7 @@ instance_daemons:
             (
                 "  - name: gateway",
                 "  - name: Gate way",
-                "instance_daemons[0].name: invalid name",
+                "instance_daemons[0].name: invalid instance daemon name",
             ),
             (
                 "    command: [sh, -c, \"sleep 1\"]",

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use aegis_proto::kit::{InstallKit, KitManifest};
 
 use super::manifest::{self, ManifestError};
+use crate::names::{self, NameError, NameKind};
 
 /// Manifest file extensions, in the order a name is looked up.
 const EXTENSIONS: [&str; 3] = ["json", "yaml", "yml"];
@@ -18,6 +19,9 @@ const EXTENSIONS: [&str; 3] = ["json", "yaml", "yml"];
 /// Why a kit operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
+    /// A name no kit can have (checked before it is looked up in the kit directory).
+    #[error(transparent)]
+    BadName(#[from] NameError),
     /// No kit of that name is installed.
     #[error("kit {name:?} is not installed")]
     NotFound {
@@ -76,9 +80,11 @@ impl KitError {
                 "fix or remove {}, or install a valid manifest with `aegis kit install --replace PATH`",
                 path.display()
             )),
-            KitError::Manifest(_) | KitError::BaseDir(_) | KitError::Io { .. } | KitError::Task(_) => {
-                None
-            }
+            KitError::BadName(_)
+            | KitError::Manifest(_)
+            | KitError::BaseDir(_)
+            | KitError::Io { .. }
+            | KitError::Task(_) => None,
         }
     }
 }
@@ -158,11 +164,7 @@ impl KitStore {
     }
 
     fn get_blocking(&self, name: &str) -> Result<InstalledKit, KitError> {
-        if manifest::check_name(name).is_err() {
-            return Err(KitError::NotFound {
-                name: name.to_owned(),
-            });
-        }
+        names::check(NameKind::Kit, name)?;
         let path = self
             .files_of(name)
             .into_iter()
@@ -293,11 +295,8 @@ impl KitStore {
     }
 
     fn remove_blocking(&self, name: &str) -> Result<(), KitError> {
-        let files = if manifest::check_name(name).is_ok() {
-            self.files_of(name)
-        } else {
-            Vec::new()
-        };
+        names::check(NameKind::Kit, name)?;
+        let files = self.files_of(name);
         if files.is_empty() {
             return Err(KitError::NotFound {
                 name: name.to_owned(),
@@ -382,9 +381,37 @@ mod tests {
             store.remove("web").await.unwrap_err(),
             KitError::NotFound { .. }
         ));
-        assert!(matches!(
-            store.get("../x").await.unwrap_err(),
-            KitError::NotFound { .. }
-        ));
+    }
+
+    #[tokio::test]
+    async fn path_like_names_are_refused_before_the_directory_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // A manifest outside the kit directory that `../outside` would name.
+        std::fs::write(
+            dir.path().join("outside.yaml"),
+            "name: outside\nversion: \"1\"\n",
+        )
+        .unwrap();
+        let store = KitStore::new(dir.path().join("kits"));
+        let long = "k".repeat(4096);
+        for name in [
+            "../outside",
+            "/etc/passwd",
+            "a/b",
+            ".",
+            "..",
+            "",
+            "a\0b",
+            "a\nb",
+            &long,
+        ] {
+            let err = store.get(name).await.unwrap_err();
+            assert!(matches!(err, KitError::BadName(_)), "{name:?}: {err}");
+            assert!(err.to_string().starts_with("invalid kit name "), "{err}");
+            let err = store.remove(name).await.unwrap_err();
+            assert!(matches!(err, KitError::BadName(_)), "{name:?}: {err}");
+        }
+        assert!(dir.path().join("outside.yaml").is_file());
+        assert!(!dir.path().join("kits").exists());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aegis_proto::api::{validate_handle, CreateInstance, Instance, InstanceStatus};
+use aegis_proto::api::{CreateInstance, Instance, InstanceStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -19,6 +19,7 @@ use crate::images::ImageError;
 use crate::kits::preset::{self, secret_selection};
 use crate::kits::{KitBinding, KitError, PresetError, SelectError};
 use crate::logs::{now_ts, InstanceLog};
+use crate::names::{self, NameKind};
 use crate::registry::{InstanceRow, RegistryError};
 use crate::router::{RouteTarget, RouterError};
 use crate::secrets::SecretError;
@@ -346,9 +347,12 @@ impl Instances {
     /// # Errors
     /// [`CreateError`].
     pub async fn create(&self, req: CreateInstance) -> Result<(Instance, bool), CreateError> {
+        // The handle names the instance's kit config directory: checked before anything else.
+        if let Some(h) = &req.handle {
+            names::check(NameKind::Handle, h).map_err(SpecError::Handle)?;
+        }
         let (req, kit_config) = self.apply_kit(req).await?;
         if let Some(h) = &req.handle {
-            validate_handle(h).map_err(SpecError::Handle)?;
             if let Some(existing) = self.find(h) {
                 let view = existing.view();
                 if view.state != InstanceStatus::Stopped {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     DEFAULT_IMAGE, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_RANGE_MIB, VCPU_RANGE,
 };
+use crate::names::{valid_env_name, NameError};
 use crate::workspaces::{WorkspaceError, WorkspaceSpec};
 
 /// The configuration of one instance.
@@ -169,8 +170,8 @@ impl ExposeSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// Bad handle.
-    #[error("{0}")]
-    Handle(String),
+    #[error(transparent)]
+    Handle(NameError),
     /// An environment variable name is not valid.
     #[error("invalid environment variable name {0:?}: use letters, digits and '_', not starting with a digit")]
     EnvName(String),
@@ -218,13 +219,6 @@ pub enum SpecError {
     /// A command element is empty or the command holds a NUL byte.
     #[error("command contains an empty program name or a NUL byte")]
     Command,
-}
-
-/// Whether `name` is a valid environment variable name.
-pub fn valid_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Checks an environment map.

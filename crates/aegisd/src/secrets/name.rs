@@ -3,14 +3,10 @@
 
 use std::fmt;
 
-use crate::lifecycle::spec::valid_env_name;
+use crate::names::{self, NameError, NameKind};
 
 /// The selection that means "every secret in the store, as it is at each boot".
 pub const ALL: &str = "*";
-
-/// Longest secret name accepted. Far above any real variable name; keeps error messages and
-/// list output bounded.
-pub const MAX_NAME_BYTES: usize = 255;
 
 /// A valid secret name: letters, digits and `_`, not starting with a digit — the name of the
 /// environment variable it becomes.
@@ -21,13 +17,11 @@ impl SecretName {
     /// Checks `name`.
     ///
     /// # Errors
-    /// The name itself, when it is not a valid environment variable name.
-    pub fn parse(name: &str) -> Result<SecretName, String> {
-        if name.len() <= MAX_NAME_BYTES && valid_env_name(name) {
-            Ok(SecretName(name.to_owned()))
-        } else {
-            Err(name.to_owned())
-        }
+    /// [`NameError`] when it is not a valid environment variable name of at most
+    /// [`names::MAX_SECRET_NAME_BYTES`].
+    pub fn parse(name: &str) -> Result<SecretName, NameError> {
+        names::check(NameKind::Secret, name)?;
+        Ok(SecretName(name.to_owned()))
     }
 
     /// The name.
@@ -57,7 +51,7 @@ impl SecretSelection {
     ///
     /// # Errors
     /// The first entry that is neither `*` nor a valid name.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<SecretSelection, String> {
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<SecretSelection, NameError> {
         let mut names: Vec<SecretName> = Vec::new();
         let mut all = false;
         for entry in entries {
@@ -118,7 +112,7 @@ mod tests {
         );
         assert_eq!(SecretSelection::All.to_list(), ["*"]);
         assert_eq!(
-            SecretSelection::parse(&["A", "no-way"]).unwrap_err(),
+            SecretSelection::parse(&["A", "no-way"]).unwrap_err().name,
             "no-way"
         );
     }

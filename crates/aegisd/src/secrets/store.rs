@@ -14,11 +14,8 @@ use crate::registry::{Registry, RegistryError, SecretMeta, SecretRow};
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     /// Not a valid name.
-    #[error(
-        "invalid secret name {0:?}: use letters, digits and '_', not starting with a digit \
-         (the name of the environment variable it becomes)"
-    )]
-    InvalidName(String),
+    #[error(transparent)]
+    InvalidName(#[from] crate::names::NameError),
     /// The value cannot be stored.
     #[error("cannot store secret {name}: {problem}")]
     InvalidValue {

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use aegis_proto::api::{WorkspaceInfo, WorkspaceView};
 use serde::{Deserialize, Serialize};
 
+use crate::names::{self, NameError, NameKind};
+
 /// Capacity of an instance's own volume when none is asked for. The file is sparse: only what
 /// the guest writes takes room on the host.
 pub const DEFAULT_VOLUME_MIB: u64 = 8192;
@@ -117,13 +119,8 @@ pub enum Attachment {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
     /// A name that is not valid.
-    #[error("invalid workspace name {name:?}: {why}")]
-    BadName {
-        /// The name.
-        name: String,
-        /// What is wrong with it.
-        why: String,
-    },
+    #[error(transparent)]
+    BadName(#[from] NameError),
     /// A host directory given as a relative path.
     #[error("host directory {0:?} must be an absolute path (the CLI resolves relative ones)")]
     RelativePath(String),
@@ -248,24 +245,12 @@ impl WorkspaceSpec {
     }
 }
 
-/// Checks a workspace name: the rules of instance handles.
+/// Checks a workspace name: the rules of instance handles, and not `none`.
 ///
 /// # Errors
 /// [`WorkspaceError::BadName`].
 pub fn validate_name(name: &str) -> Result<(), WorkspaceError> {
-    let bad = |why: String| WorkspaceError::BadName {
-        name: name.to_owned(),
-        why,
-    };
-    if name == NONE {
-        return Err(bad("\"none\" means no workspace".to_owned()));
-    }
-    aegis_proto::api::validate_handle(name).map_err(|e| {
-        // The handle message names a handle; keep only its reason.
-        bad(e
-            .split_once(": ")
-            .map_or(e.clone(), |(_, why)| why.to_owned()))
-    })
+    Ok(names::check(NameKind::Workspace, name)?)
 }
 
 /// The named workspaces, under `workspaces/` in Aegis's home.
@@ -668,6 +653,46 @@ mod tests {
         ] {
             let err = WorkspaceSpec::parse(value, size).unwrap_err().to_string();
             assert!(err.contains(want), "{value:?} {size:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn path_like_names_are_refused_before_the_store_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WorkspaceStore::new(dir.path().join("workspaces"));
+        let long = "w".repeat(4096);
+        for name in [
+            "../x", "/etc", "a/b", ".", "..", "", "a\0b", "a\nb", "a\u{1b}", "none", &long,
+        ] {
+            for err in [
+                store.create(name, None, None).unwrap_err(),
+                store.get(name).unwrap_err(),
+                store.remove(name).unwrap_err(),
+            ] {
+                assert!(matches!(err, WorkspaceError::BadName(_)), "{name:?}: {err}");
+                assert!(
+                    err.to_string().starts_with("invalid workspace name "),
+                    "{err}"
+                );
+            }
+        }
+        assert!(!dir.path().join("workspaces").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // As an instance's `workspace`: a path-like value is a host directory that must be
+        // absolute, anything else a name.
+        for (value, want) in [
+            ("../x", "must be an absolute path"),
+            ("a/b", "must be an absolute path"),
+            (".", "must be an absolute path"),
+            ("..", "must be an absolute path"),
+            ("a\0b", "invalid workspace name \"a\\0b\""),
+            ("a\u{7f}", "invalid workspace name"),
+            (long.as_str(), "invalid workspace name"),
+        ] {
+            let err = WorkspaceSpec::parse(Some(value), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{value:?}: {err}");
         }
     }
 
