@@ -27,6 +27,8 @@ use crate::manifest::{
 };
 use crate::reference::{Digest, ImageRef, ReferenceError};
 use crate::store::{ImageRecord, ImageStore, StoreError};
+use crate::tar_reader::{ExtendedHeader, TarError, TarReader, MAX_EXTENDED_HEADER_BYTES};
+use crate::unpack::ByteSize;
 
 /// Indexes nested deeper than this are refused (real layouts nest at most twice).
 const MAX_INDEX_DEPTH: usize = 4;
@@ -34,6 +36,13 @@ const MAX_INDEX_DEPTH: usize = 4;
 const MAX_MEMBER_LINKS: usize = 40;
 /// Largest JSON document (index, manifest, config) read from an archive into memory.
 const MAX_DOCUMENT_BYTES: u64 = 16 << 20;
+/// Members of an archive indexed. Archives hold a few files per image and layer; this bounds
+/// the index's memory for an archive of millions of empty files.
+pub const MAX_ARCHIVE_MEMBERS: usize = 100_000;
+/// Longest member name (and link target) indexed, Linux's `PATH_MAX`: the names Aegis looks up
+/// (`index.json`, `blobs/sha256/<hex>`, `<id>/layer.tar`) are far shorter, so longer ones are
+/// skipped rather than kept in memory.
+const MAX_MEMBER_NAME_BYTES: usize = 4096;
 /// Media type docker uses for zstd layers in `docker save` archives.
 const MEDIA_DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
 
@@ -130,6 +139,33 @@ pub enum ImportError {
         /// Its manifest digest.
         manifest: Digest,
     },
+    /// A compressed archive decompresses to more than the store's image size limit
+    /// ([`crate::unpack::UnpackLimits::max_unpacked_bytes`]); the partial copy was removed.
+    #[error("{archive} decompresses to more than {limit} bytes ({}), the limit on an image's unpacked size", ByteSize(*.limit))]
+    TooLarge {
+        /// The archive.
+        archive: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The archive has more than [`MAX_ARCHIVE_MEMBERS`] members.
+    #[error(
+        "{archive} has more than {MAX_ARCHIVE_MEMBERS} members, the limit on an image archive"
+    )]
+    TooManyMembers {
+        /// The archive.
+        archive: PathBuf,
+    },
+    /// An extended tar header larger than [`MAX_EXTENDED_HEADER_BYTES`]; refused unread.
+    #[error("{archive} has a {kind} of {size} bytes, more than the {MAX_EXTENDED_HEADER_BYTES}-byte limit on tar extended headers")]
+    HeaderTooLarge {
+        /// The archive.
+        archive: PathBuf,
+        /// Which kind of header.
+        kind: ExtendedHeader,
+        /// The size it claims.
+        size: u64,
+    },
     /// A docker layer does not hash to the diff id its config lists.
     #[error(
         "layer {member} in {archive} hashes to {actual}, but the image config expects {expected}"
@@ -165,7 +201,10 @@ impl ImportError {
             | Self::Document { .. }
             | Self::Manifest { .. }
             | Self::BadName { .. }
-            | Self::DiffIdMismatch { .. } => None,
+            | Self::DiffIdMismatch { .. }
+            | Self::TooLarge { .. }
+            | Self::TooManyMembers { .. }
+            | Self::HeaderTooLarge { .. } => None,
         }
     }
 }
@@ -309,14 +348,21 @@ pub fn import_archive(
                 path: temp.path().to_owned(),
                 source,
             })?;
-            let mut input =
+            let input =
                 decompressor(File::open(path).map_err(read_err)?, compression).map_err(read_err)?;
-            io::copy(&mut input, &mut out).map_err(read_err)?;
+            // A small compressed archive can expand without end (a gzip bomb): stop one byte
+            // past the limit, so the disk fills no further than it.
+            let limit = store.unpack_limits().max_unpacked_bytes;
+            let copied =
+                io::copy(&mut input.take(limit.saturating_add(1)), &mut out).map_err(read_err)?;
+            if copied > limit {
+                return Err(ImportError::TooLarge { archive, limit });
+            }
             let p = temp.path().to_owned();
             decompressed_copy = Some(temp);
             p
         };
-        Source::Tar(TarIndex::build(&tar_path).map_err(read_err)?)
+        Source::Tar(TarIndex::build(&tar_path, &archive)?)
     };
     let importer = Importer {
         store,
@@ -375,23 +421,57 @@ enum TarMember {
 }
 
 impl TarIndex {
-    fn build(path: &Path) -> io::Result<Self> {
-        let mut archive = tar::Archive::new(BufReader::new(File::open(path)?));
+    /// Indexes the tar at `path`; errors name `archive`, the file the user gave.
+    fn build(path: &Path, archive: &Path) -> Result<Self, ImportError> {
+        let read_err = |source| ImportError::Read {
+            path: archive.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(read_err)?;
+        // The archive is on disk already: reading it costs no space, so no byte budget.
+        let mut reader = TarReader::new(BufReader::new(file), u64::MAX);
         let mut members = HashMap::new();
-        for entry in archive.entries()? {
-            let entry = entry?;
-            let Some(name) = normalise_member(&entry.path_bytes()) else {
+        loop {
+            let entry = match reader.next_entry() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(TarError::Read(source)) => return Err(read_err(source)),
+                Err(TarError::ExtendedHeaderTooLarge { kind, size }) => {
+                    return Err(ImportError::HeaderTooLarge {
+                        archive: archive.to_owned(),
+                        kind,
+                        size,
+                    })
+                }
+                // Only sizes summing past 2^64 exceed a budget of u64::MAX.
+                Err(TarError::OverBudget) => {
+                    return Err(read_err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "entry sizes past 2^64 bytes",
+                    )))
+                }
+            };
+            if members.len() >= MAX_ARCHIVE_MEMBERS {
+                return Err(ImportError::TooManyMembers {
+                    archive: archive.to_owned(),
+                });
+            }
+            if entry.path.len() > MAX_MEMBER_NAME_BYTES
+                || entry.link_name.len() > MAX_MEMBER_NAME_BYTES
+            {
+                continue;
+            }
+            let Some(name) = normalise_member(&entry.path) else {
                 continue;
             };
-            let kind = entry.header().entry_type();
+            let kind = entry.header.entry_type();
             let member = if kind.is_file() || kind.is_contiguous() {
                 TarMember::File {
-                    offset: entry.raw_file_position(),
-                    size: entry.size(),
+                    offset: entry.data_position,
+                    size: entry.size,
                 }
             } else if kind.is_symlink() || kind.is_hard_link() {
-                let target = entry.link_name_bytes().unwrap_or_default();
-                let target = String::from_utf8_lossy(&target).into_owned();
+                let target = String::from_utf8_lossy(&entry.link_name).into_owned();
                 if kind.is_symlink() {
                     TarMember::Symlink(target)
                 } else {
@@ -958,6 +1038,50 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    /// An archive of more members than any image needs is refused while indexing, before the
+    /// index holds them all.
+    #[test]
+    fn the_archive_index_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("many.tar");
+        let mut builder = tar::Builder::new(std::io::BufWriter::new(File::create(&path).unwrap()));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        for i in 0..=MAX_ARCHIVE_MEMBERS {
+            builder
+                .append_data(&mut header, format!("m{i}"), &b""[..])
+                .unwrap();
+        }
+        builder.into_inner().unwrap();
+        let err = TarIndex::build(&path, &path).err().unwrap();
+        assert!(matches!(err, ImportError::TooManyMembers { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .ends_with("has more than 100000 members, the limit on an image archive"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn over_long_member_names_are_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.tar");
+        let mut builder = tar::Builder::new(File::create(&path).unwrap());
+        let long = "n".repeat(MAX_MEMBER_NAME_BYTES + 1);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, &long, &b""[..]).unwrap();
+        builder
+            .append_data(&mut header, "index.json", &b""[..])
+            .unwrap();
+        builder.into_inner().unwrap();
+        let index = TarIndex::build(&path, &path).ok().unwrap();
+        assert_eq!(index.members.len(), 1);
+        assert!(index.lookup("index.json").is_some());
+    }
 
     #[test]
     fn archive_member_paths_stay_inside() {

@@ -7,6 +7,7 @@
 //! - [`pull`](mod@pull) (with credentials from [`auth`]): fetch images from OCI registries;
 //! - [`import`]: root filesystem tarballs, OCI layouts and `docker save` archives;
 //! - [`store`]: the on-disk blob store, image records and references, safe for two processes;
+//! - [`tar_reader`]: frame tar streams with every header bounded (for unpack and import);
 //! - [`unpack`]: apply layers (whiteouts, links, devices) into a staging directory, keeping
 //!   ownership and modes in a table since the daemon is not root;
 //! - [`ext4`]: build the ext4 file with `mke2fs -d` and fix metadata with `debugfs`;
@@ -25,6 +26,7 @@ pub mod pull;
 pub mod reference;
 pub mod rootfs;
 pub mod store;
+pub mod tar_reader;
 pub mod unpack;
 
 pub use ext4::Ext4Error;
@@ -37,4 +39,4 @@ pub use pull::{
 pub use reference::{Digest, DigestError, ImageRef, ReferenceError};
 pub use rootfs::BuildError;
 pub use store::{ImageRecord, ImageStore, LayerInfo, PruneReport, StoreError};
-pub use unpack::UnpackError;
+pub use unpack::{UnpackError, UnpackLimits};

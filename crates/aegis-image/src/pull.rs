@@ -16,6 +16,15 @@
 //!
 //! Building the ext4 base image is [`crate::rootfs`]'s job; `pull` calls it at the end unless
 //! told not to, so that the first start of the image does no unpacking.
+//!
+//! A registry is a peer that may be hostile or broken, so every answer is bounded: manifests by
+//! [`MAX_MANIFEST_BYTES`] (from `Content-Length` and again while reading; they are fetched here,
+//! not through `oci-client`, which reads them whole), configs by [`MAX_CONFIG_BYTES`] and blobs by
+//! their descriptor's size, and time by [`PullOptions::deadline`] for the whole exchange with the
+//! registry plus [`PullOptions::stall_timeout`]: every response must deliver
+//! [`MIN_PROGRESS_BYTES`] per stall timeout or finish, so a registry dripping one byte a second
+//! fails the pull in a minute rather than an hour. A failed pull keeps no blob it was writing and
+//! changes no reference.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -23,10 +32,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
-use tokio::sync::mpsc;
+use oci_client::{Client, RegistryOperation};
+use tokio::sync::{mpsc, OnceCell};
+use tokio::time::Instant;
 
 use crate::auth::{self, CredentialsError};
 use crate::manifest::{
@@ -48,7 +58,20 @@ const MAX_CONCURRENT_LAYERS: usize = 3;
 /// A `LayerProgress` event is sent at most once per this many bytes of a layer.
 const PROGRESS_STEP: u64 = 256 << 10;
 /// Largest image config accepted (real configs are a few KiB).
-const MAX_CONFIG_BYTES: u64 = 16 << 20;
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Largest manifest or index accepted: containerd's and distribution's limit (real manifests
+/// are a few KiB; indexes of many platforms a few tens).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Default [`PullOptions::deadline`]: a 10 GiB image over a 25 Mbit/s link takes under an hour.
+pub const DEFAULT_PULL_DEADLINE: Duration = Duration::from_secs(3600);
+/// Default [`PullOptions::stall_timeout`], as long as a registry may stay silent
+/// ([`READ_TIMEOUT`]).
+pub const DEFAULT_STALL_TIMEOUT: Duration = READ_TIMEOUT;
+/// Bytes a response must deliver per stall timeout (unless it ends first): about 500 bytes a
+/// second with the default timeout, far below any working link, far above a drip.
+pub const MIN_PROGRESS_BYTES: u64 = 32 << 10;
+/// Bytes of an error response read for the registry's error message.
+const MAX_ERROR_BODY_BYTES: u64 = 64 << 10;
 /// Chunks buffered between the network and the blob-writing thread.
 const WRITE_QUEUE_CHUNKS: usize = 16;
 /// Manifest media types asked for, in order of preference.
@@ -102,6 +125,11 @@ pub struct PullOptions {
     pub credentials: CredentialSource,
     /// The platform to pick from multi-platform images (the host's by default).
     pub platform: Platform,
+    /// How long the exchange with the registry may take in all (building the base image
+    /// afterwards is not counted).
+    pub deadline: Duration,
+    /// How long any response may take to deliver its next [`MIN_PROGRESS_BYTES`].
+    pub stall_timeout: Duration,
 }
 
 impl Default for PullOptions {
@@ -111,6 +139,8 @@ impl Default for PullOptions {
             base_image: BaseImagePolicy::default(),
             credentials: CredentialSource::default(),
             platform: Platform::host(),
+            deadline: DEFAULT_PULL_DEADLINE,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -227,6 +257,46 @@ pub enum PullError {
         /// The declared size.
         size: u64,
     },
+    /// A manifest or index larger than [`MAX_MANIFEST_BYTES`]; refused without reading it all.
+    #[error("registry {registry} sent a manifest for {reference} larger than {MAX_MANIFEST_BYTES} bytes, the limit on manifests")]
+    ManifestTooLarge {
+        /// The reference pulled.
+        reference: ImageRef,
+        /// The registry.
+        registry: String,
+    },
+    /// An image config whose descriptor declares more than [`MAX_CONFIG_BYTES`].
+    #[error("config {digest} of {reference} declares {size} bytes, more than the {MAX_CONFIG_BYTES}-byte limit on image configs")]
+    ConfigTooLarge {
+        /// The reference pulled.
+        reference: ImageRef,
+        /// The config blob.
+        digest: Digest,
+        /// The size its descriptor declares.
+        size: u64,
+    },
+    /// The exchange with the registry took longer than [`PullOptions::deadline`].
+    #[error(
+        "pull of {reference} from {registry} did not finish within {deadline:?}, the pull deadline"
+    )]
+    DeadlineExceeded {
+        /// The reference pulled.
+        reference: ImageRef,
+        /// The registry.
+        registry: String,
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// A response delivered less than [`MIN_PROGRESS_BYTES`] within [`PullOptions::stall_timeout`].
+    #[error("registry {registry} sent less than {MIN_PROGRESS_BYTES} bytes in {stall_timeout:?} while pulling {reference}, below the minimum transfer rate")]
+    Stalled {
+        /// The reference pulled.
+        reference: ImageRef,
+        /// The registry.
+        registry: String,
+        /// The stall timeout.
+        stall_timeout: Duration,
+    },
     /// Another registry error (unexpected status, protocol violation).
     #[error("registry {registry} failed while pulling {reference}")]
     Registry {
@@ -315,7 +385,14 @@ impl PullError {
             Self::Credentials { .. } => Some(
                 "fix or remove the docker config file, or run `docker login` again".to_owned(),
             ),
-            Self::Registry { .. } | Self::Manifest { .. } | Self::Interrupted { .. } => None,
+            Self::DeadlineExceeded { registry, .. } | Self::Stalled { registry, .. } => Some(format!(
+                "{registry} or the network to it is too slow: retry later, or load the image with `aegis image import FILE`"
+            )),
+            Self::Registry { .. }
+            | Self::Manifest { .. }
+            | Self::Interrupted { .. }
+            | Self::ManifestTooLarge { .. }
+            | Self::ConfigTooLarge { .. } => None,
         }
     }
 }
@@ -550,13 +627,79 @@ struct Resolved {
     manifest: Option<(Vec<u8>, Manifest)>,
 }
 
-/// One pull's client, credentials and reference.
+/// One pull's clients, credentials, reference and time limits.
 struct Session {
     client: Client,
+    /// For manifest GETs, whose size `oci-client` does not bound.
+    http: reqwest::Client,
+    scheme: &'static str,
     auth: RegistryAuth,
+    /// The bearer token for manifest GETs (`None`: basic auth or none), fetched once.
+    token: OnceCell<Option<String>>,
     credentials_from: Option<PathBuf>,
     reference: ImageRef,
     oci_ref: oci_client::Reference,
+    pace: Pace,
+}
+
+/// The pull's deadline and minimum transfer rate, applied to every wait on the registry.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    deadline: Instant,
+    total: Duration,
+    stall_timeout: Duration,
+}
+
+/// Why a wait on the registry was cut short.
+#[derive(Debug, Clone, Copy)]
+enum Expired {
+    Deadline,
+    Stalled,
+}
+
+/// One request's progress against the [`Pace`]: each window of `stall_timeout` must bring
+/// [`MIN_PROGRESS_BYTES`], or the answer's headers, or the end.
+struct Transfer {
+    pace: Pace,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl Transfer {
+    fn start(pace: Pace) -> Self {
+        Self {
+            pace,
+            window_start: Instant::now(),
+            window_bytes: 0,
+        }
+    }
+
+    /// Awaits `work` (connecting, a response, the next chunk) within the limits.
+    async fn wait<F: std::future::Future>(&mut self, work: F) -> Result<F::Output, Expired> {
+        let until = self
+            .pace
+            .deadline
+            .min(self.window_start + self.pace.stall_timeout);
+        match tokio::time::timeout_at(until, work).await {
+            Ok(output) => Ok(output),
+            Err(_) if Instant::now() >= self.pace.deadline => Err(Expired::Deadline),
+            Err(_) => Err(Expired::Stalled),
+        }
+    }
+
+    /// The registry answered: a new window starts.
+    fn responded(&mut self) {
+        self.window_start = Instant::now();
+        self.window_bytes = 0;
+    }
+
+    /// `bytes` more arrived.
+    fn received(&mut self, bytes: usize) {
+        self.window_bytes += bytes as u64;
+        if self.window_bytes >= MIN_PROGRESS_BYTES {
+            self.responded();
+        }
+    }
 }
 
 impl Session {
@@ -587,6 +730,10 @@ impl Session {
         } else {
             ClientProtocol::Https
         };
+        let scheme = match protocol {
+            ClientProtocol::Http => "http",
+            _ => "https",
+        };
         let client = Client::new(ClientConfig {
             protocol,
             connect_timeout: Some(CONNECT_TIMEOUT),
@@ -595,6 +742,15 @@ impl Session {
             platform_resolver: None,
             ..ClientConfig::default()
         });
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| PullError::Registry {
+                reference: reference.clone(),
+                registry: reference.registry().to_owned(),
+                source: OciDistributionError::RequestError(e),
+            })?;
         let oci_ref = match (reference.tag(), reference.digest()) {
             (_, Some(digest)) => oci_client::Reference::with_digest(
                 reference.registry().to_owned(),
@@ -610,11 +766,128 @@ impl Session {
         };
         Ok(Self {
             client,
+            http,
+            scheme,
             auth,
+            token: OnceCell::new(),
             credentials_from,
             reference: reference.clone(),
             oci_ref,
+            pace: Pace {
+                deadline: Instant::now() + options.deadline,
+                total: options.deadline,
+                stall_timeout: options.stall_timeout,
+            },
         })
+    }
+
+    fn expired(&self, expired: Expired) -> PullError {
+        let registry = self.reference.registry().to_owned();
+        match expired {
+            Expired::Deadline => PullError::DeadlineExceeded {
+                reference: self.reference.clone(),
+                registry,
+                deadline: self.pace.total,
+            },
+            Expired::Stalled => PullError::Stalled {
+                reference: self.reference.clone(),
+                registry,
+                stall_timeout: self.pace.stall_timeout,
+            },
+        }
+    }
+
+    /// GETs the manifest `reference` names, refusing one over [`MAX_MANIFEST_BYTES`] from its
+    /// `Content-Length` or, without one, as soon as it grows past it.
+    async fn get_manifest(
+        &self,
+        reference: &oci_client::Reference,
+        blob: Option<&Digest>,
+    ) -> Result<Vec<u8>, PullError> {
+        let mut transfer = Transfer::start(self.pace);
+        let request_err = |e| self.registry_err(OciDistributionError::RequestError(e), blob);
+        // The token request is oci-client's (it caches the token for the blob requests too).
+        let token = transfer
+            .wait(self.token.get_or_try_init(|| {
+                self.client
+                    .auth(&self.oci_ref, &self.auth, RegistryOperation::Pull)
+            }))
+            .await
+            .map_err(|e| self.expired(e))?
+            .map_err(|e| self.registry_err(e, blob))?;
+        transfer.responded();
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{}",
+            self.scheme,
+            reference.resolve_registry(),
+            reference.repository(),
+            reference.digest().or(reference.tag()).unwrap_or("latest"),
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        request = match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let mut response = transfer
+            .wait(request.send())
+            .await
+            .map_err(|e| self.expired(e))?
+            .map_err(request_err)?;
+        transfer.responded();
+        let status = response.status();
+        let too_large = || PullError::ManifestTooLarge {
+            reference: self.reference.clone(),
+            registry: self.reference.registry().to_owned(),
+        };
+        let limit = if status.is_success() {
+            MAX_MANIFEST_BYTES
+        } else {
+            MAX_ERROR_BODY_BYTES
+        };
+        if status.is_success() && response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = transfer
+            .wait(response.chunk())
+            .await
+            .map_err(|e| self.expired(e))?
+            .map_err(request_err)?
+        {
+            transfer.received(chunk.len());
+            if (body.len() + chunk.len()) as u64 > limit {
+                if status.is_success() {
+                    return Err(too_large());
+                }
+                // An error page is only read for its message: keep its start.
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status == reqwest::StatusCode::OK {
+            return Ok(body);
+        }
+        let error = match status {
+            reqwest::StatusCode::UNAUTHORIZED => OciDistributionError::UnauthorizedError { url },
+            s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(&body) {
+                Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+                Err(_) => OciDistributionError::ServerError {
+                    code: s.as_u16(),
+                    url,
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                },
+            },
+            s => OciDistributionError::ServerError {
+                code: s.as_u16(),
+                url,
+                message: String::from_utf8_lossy(&body).into_owned(),
+            },
+        };
+        Err(self.registry_err(error, blob))
     }
 
     /// Maps an `oci-client` error to its typed cause; `blob` names the blob being fetched.
@@ -722,11 +995,9 @@ impl Session {
 
     /// One manifest GET: the reference's manifest, or its index resolved to `platform`.
     async fn resolve(&self, platform: &Platform) -> Result<Resolved, PullError> {
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&self.oci_ref, &self.auth, &ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| self.registry_err(e, self.reference.digest()))?;
+        let bytes = self
+            .get_manifest(&self.oci_ref, self.reference.digest())
+            .await?;
         let digest = Digest::of_bytes(&bytes);
         if let Some(pinned) = self.reference.digest() {
             if *pinned != digest {
@@ -741,7 +1012,7 @@ impl Session {
         match ManifestDocument::parse(&bytes, &digest).map_err(|e| self.manifest_err(e))? {
             ManifestDocument::Manifest(manifest) => Ok(Resolved {
                 digest,
-                manifest: Some((bytes.to_vec(), manifest)),
+                manifest: Some((bytes, manifest)),
             }),
             ManifestDocument::Index(index) => {
                 let entry = index
@@ -758,11 +1029,7 @@ impl Session {
     /// Fetches the platform manifest `digest` and checks it is one.
     async fn fetch_manifest(&self, digest: &Digest) -> Result<(Vec<u8>, Manifest), PullError> {
         let by_digest = self.oci_ref.clone_with_digest(digest.to_string());
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&by_digest, &self.auth, &ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| self.registry_err(e, Some(digest)))?;
+        let bytes = self.get_manifest(&by_digest, Some(digest)).await?;
         let actual = Digest::of_bytes(&bytes);
         if actual != *digest {
             return Err(PullError::DigestMismatch {
@@ -773,7 +1040,7 @@ impl Session {
             });
         }
         match ManifestDocument::parse(&bytes, digest).map_err(|e| self.manifest_err(e))? {
-            ManifestDocument::Manifest(manifest) => Ok((bytes.to_vec(), manifest)),
+            ManifestDocument::Manifest(manifest) => Ok((bytes, manifest)),
             ManifestDocument::Index(_) => Err(self.manifest_err(ManifestError::NestedTooDeep {
                 digest: digest.clone(),
             })),
@@ -792,29 +1059,38 @@ impl Session {
                 .map_err(|e| self.store_err(e));
         }
         if descriptor.size > MAX_CONFIG_BYTES {
-            return Err(PullError::Oversized {
+            return Err(PullError::ConfigTooLarge {
                 reference: self.reference.clone(),
                 digest: descriptor.digest.clone(),
-                size: MAX_CONFIG_BYTES,
+                size: descriptor.size,
             });
         }
         let digest = descriptor.digest.to_string();
-        let mut stream = self
-            .client
-            .pull_blob_stream(&self.oci_ref, digest.as_str())
+        let mut transfer = Transfer::start(self.pace);
+        let mut stream = transfer
+            .wait(self.client.pull_blob_stream(&self.oci_ref, digest.as_str()))
             .await
+            .map_err(|e| self.expired(e))?
             .map_err(|e| self.registry_err(e, Some(&descriptor.digest)))?;
+        transfer.responded();
         let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = transfer
+            .wait(stream.next())
+            .await
+            .map_err(|e| self.expired(e))?
+        {
             let chunk = chunk.map_err(|e| self.stream_err(e, &descriptor.digest))?;
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() as u64 > descriptor.size {
+            transfer.received(chunk.len());
+            // Checked before keeping the chunk: the descriptor's size (at most
+            // MAX_CONFIG_BYTES) bounds memory, whatever the registry sends.
+            if (bytes.len() + chunk.len()) as u64 > descriptor.size {
                 return Err(PullError::Oversized {
                     reference: self.reference.clone(),
                     digest: descriptor.digest.clone(),
                     size: descriptor.size,
                 });
             }
+            bytes.extend_from_slice(&chunk);
         }
         let actual = Digest::of_bytes(&bytes);
         if actual != descriptor.digest {
@@ -841,11 +1117,13 @@ impl Session {
             size: layer.size,
         });
         let digest = layer.digest.to_string();
-        let mut stream = self
-            .client
-            .pull_blob_stream(&self.oci_ref, digest.as_str())
+        let mut transfer = Transfer::start(self.pace);
+        let mut stream = transfer
+            .wait(self.client.pull_blob_stream(&self.oci_ref, digest.as_str()))
             .await
+            .map_err(|e| self.expired(e))?
             .map_err(|e| self.registry_err(e, Some(&layer.digest)))?;
+        transfer.responded();
 
         let (tx, mut rx) = mpsc::channel::<WriterMsg>(WRITE_QUEUE_CHUNKS);
         let writer_store = store.clone();
@@ -874,8 +1152,13 @@ impl Session {
         let mut received = 0u64;
         let mut reported = 0u64;
         let download = async {
-            while let Some(chunk) = stream.next().await {
+            while let Some(chunk) = transfer
+                .wait(stream.next())
+                .await
+                .map_err(|e| self.expired(e))?
+            {
                 let chunk = chunk.map_err(|e| self.stream_err(e, &layer.digest))?;
+                transfer.received(chunk.len());
                 received += chunk.len() as u64;
                 if received > layer.size {
                     return Err(PullError::Oversized {

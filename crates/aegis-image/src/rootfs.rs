@@ -108,7 +108,8 @@ impl ImageStore {
             manifest: manifest.clone(),
             source,
         };
-        let mut unpacker = Unpacker::new(staging.path()).map_err(unpack_err)?;
+        let mut unpacker =
+            Unpacker::with_limits(staging.path(), self.unpack_limits()).map_err(unpack_err)?;
         for layer in &record.layers {
             unpacker
                 .apply_layer_file(

@@ -32,6 +32,7 @@ use time::OffsetDateTime;
 
 use crate::manifest::{ConfigFile, ImageConfig, Manifest, Platform};
 use crate::reference::{Digest, ImageRef};
+use crate::unpack::UnpackLimits;
 
 /// How long `prune` waits for running pulls, imports and builds to finish before giving up. Pulls
 /// of large images can take minutes; prune is a rare, interactive command, so it reports "busy"
@@ -259,6 +260,9 @@ pub struct PruneReport {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    /// Bounds on what one image may unpack to, for every pull, import and base-image build
+    /// through this handle.
+    unpack_limits: UnpackLimits,
 }
 
 /// An advisory lock on a store file, released on drop.
@@ -374,7 +378,10 @@ impl ImageStore {
     /// # Errors
     /// [`StoreError::CreateDir`] when a store directory cannot be created.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let store = Self { root: root.into() };
+        let store = Self {
+            root: root.into(),
+            unpack_limits: UnpackLimits::default(),
+        };
         for dir in [
             store.root.clone(),
             store.root.join("blobs/sha256"),
@@ -394,6 +401,19 @@ impl ImageStore {
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This handle with other bounds on what one image may unpack to (the defaults suit real
+    /// images; tests set small ones).
+    #[must_use]
+    pub fn with_unpack_limits(mut self, limits: UnpackLimits) -> Self {
+        self.unpack_limits = limits;
+        self
+    }
+
+    /// The bounds on what one image may unpack to.
+    pub fn unpack_limits(&self) -> UnpackLimits {
+        self.unpack_limits
     }
 
     /// Where the blob with `digest` lives (whether or not it is present).

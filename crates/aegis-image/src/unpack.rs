@@ -18,6 +18,12 @@
 //! re-resolved inside the root, `..` stops at the root), so `evil -> /` followed by `evil/etc/x`
 //! writes `<root>/etc/x`, not the host's `/etc/x`. Final components are never followed: an
 //! existing entry is unlinked before a new one is created with `O_EXCL|O_NOFOLLOW`.
+//!
+//! Bounds ([`UnpackLimits`]): a hostile image must not fill the disk or the daemon's memory, so
+//! one image may unpack to at most `max_unpacked_bytes` of tar stream (a gzip bomb is refused at
+//! the entry that crosses it, from its header), hold at most `max_entries` entries and at most
+//! `max_metadata_bytes` of paths, link targets and xattrs in the table. Extended tar headers are
+//! bounded by [`crate::tar_reader`], which frames the stream.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -28,6 +34,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::reference::Digest;
+use crate::tar_reader::{
+    EntryData, ExtendedHeader, SparseMap, TarEntry, TarError, TarReader, MAX_EXTENDED_HEADER_BYTES,
+};
 
 /// Symlinks followed while resolving one path before giving up, like the kernel's `MAXSYMLINKS`.
 const MAX_SYMLINK_HOPS: u32 = 40;
@@ -52,6 +61,38 @@ pub const MAX_XATTR_VALUE_BYTES: usize = 65536;
 pub const MAX_XATTRS_PER_ENTRY: usize = 64;
 /// The xattr namespaces the kernel knows; a name in any other is refused, as the kernel would.
 const XATTR_NAMESPACES: [&str; 4] = ["user.", "trusted.", "security.", "system."];
+/// Default [`UnpackLimits::max_unpacked_bytes`]: twice the largest images in common use (CUDA
+/// and ML images reach 15 GiB), small enough that a bomb cannot fill a typical host disk.
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 32 << 30;
+/// Default [`UnpackLimits::max_entries`]: large distributions with toolchains hold a few hundred
+/// thousand files.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+/// Default [`UnpackLimits::max_metadata_bytes`]: real entries take about 100 bytes of path, so
+/// this fits [`DEFAULT_MAX_ENTRIES`] with room to spare, while keeping the table (which stays in
+/// the daemon's memory until the ext4 image is built) well under a GiB.
+pub const DEFAULT_MAX_METADATA_BYTES: u64 = 256 << 20;
+
+/// How much one image may unpack to; every bound names itself in its [`UnpackError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Total bytes of decompressed tar stream over all layers (headers, data and the holes of
+    /// sparse files included).
+    pub max_unpacked_bytes: u64,
+    /// Total entries over all layers, including directories created implicitly for a path.
+    pub max_entries: u64,
+    /// Total bytes of paths, link targets and xattr names and values over all entries.
+    pub max_metadata_bytes: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self {
+            max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
+        }
+    }
+}
 
 /// Why a layer could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +210,42 @@ pub enum UnpackError {
         /// What is wrong with it.
         problem: XattrProblem,
     },
+    /// The image unpacks to more than [`UnpackLimits::max_unpacked_bytes`].
+    #[error("layer {layer} takes the image past {limit} bytes unpacked ({}), the limit on an image's unpacked size", ByteSize(*.limit))]
+    TooLarge {
+        /// The layer.
+        layer: Digest,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The image has more than [`UnpackLimits::max_entries`] entries.
+    #[error(
+        "layer {layer} takes the image past {limit} entries, the limit on the files in an image"
+    )]
+    TooManyEntries {
+        /// The layer.
+        layer: Digest,
+        /// The limit.
+        limit: u64,
+    },
+    /// The image's paths, link targets and xattrs exceed [`UnpackLimits::max_metadata_bytes`].
+    #[error("layer {layer} takes the image's paths, link targets and xattrs past {limit} bytes ({}), the limit on an image's metadata", ByteSize(*.limit))]
+    TooMuchMetadata {
+        /// The layer.
+        layer: Digest,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// An extended tar header larger than [`MAX_EXTENDED_HEADER_BYTES`]; refused unread.
+    #[error("layer {layer} has a {kind} of {size} bytes, more than the {MAX_EXTENDED_HEADER_BYTES}-byte limit on tar extended headers")]
+    HeaderTooLarge {
+        /// The layer.
+        layer: Digest,
+        /// Which kind of header.
+        kind: ExtendedHeader,
+        /// The size it claims.
+        size: u64,
+    },
     /// Writing into the staging directory failed.
     #[error("cannot write {path} while unpacking layer {layer}")]
     Write {
@@ -180,6 +257,23 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A byte count in the largest binary unit that divides it, for error messages (`64 MiB`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ByteSize(pub u64);
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let units = [(30, "GiB"), (20, "MiB"), (10, "KiB")];
+        match units
+            .iter()
+            .find(|(shift, _)| self.0 != 0 && self.0.is_multiple_of(1 << shift))
+        {
+            Some((shift, unit)) => write!(f, "{} {unit}", self.0 >> shift),
+            None => write!(f, "{} bytes", self.0),
+        }
+    }
 }
 
 /// Why an xattr is refused.
@@ -315,6 +409,11 @@ pub struct RootfsTree {
 #[derive(Debug)]
 pub struct Unpacker {
     tree: RootfsTree,
+    limits: UnpackLimits,
+    /// Budget used by the layers applied so far.
+    unpacked_bytes: u64,
+    entries: u64,
+    metadata_bytes: u64,
 }
 
 /// The compression of a layer stream.
@@ -333,11 +432,20 @@ struct LayerCtx {
 }
 
 impl Unpacker {
-    /// Starts an unpack into `staging`, which is created (it must not exist yet, or be empty).
+    /// Starts an unpack into `staging`, which is created (it must not exist yet, or be empty),
+    /// with the default [`UnpackLimits`].
     ///
     /// # Errors
     /// [`UnpackError::Staging`] when the directory cannot be created or is not empty.
     pub fn new(staging: &Path) -> Result<Self, UnpackError> {
+        Self::with_limits(staging, UnpackLimits::default())
+    }
+
+    /// Starts an unpack into `staging` (see [`Unpacker::new`]) bounded by `limits`.
+    ///
+    /// # Errors
+    /// [`UnpackError::Staging`] when the directory cannot be created or is not empty.
+    pub fn with_limits(staging: &Path, limits: UnpackLimits) -> Result<Self, UnpackError> {
         let staging_err = |source| UnpackError::Staging {
             path: staging.to_owned(),
             source,
@@ -360,6 +468,10 @@ impl Unpacker {
                 root: staging.to_owned(),
                 entries,
             },
+            limits,
+            unpacked_bytes: 0,
+            entries: 0,
+            metadata_bytes: 0,
         })
     }
 
@@ -430,10 +542,70 @@ impl Unpacker {
             layer: layer.clone(),
             created: HashSet::new(),
         };
-        let mut archive = tar::Archive::new(decoded);
-        for entry in archive.entries().map_err(read_err)? {
-            let entry = entry.map_err(read_err)?;
-            self.apply_entry(entry, &mut ctx)?;
+        let budget = self
+            .limits
+            .max_unpacked_bytes
+            .saturating_sub(self.unpacked_bytes);
+        let mut archive = TarReader::new(decoded, budget);
+        let result = self.apply_entries(&mut archive, &mut ctx);
+        self.unpacked_bytes += archive.charged();
+        result
+    }
+
+    fn apply_entries<R: Read>(
+        &mut self,
+        archive: &mut TarReader<R>,
+        ctx: &mut LayerCtx,
+    ) -> Result<(), UnpackError> {
+        loop {
+            let entry = match archive.next_entry() {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return Ok(()),
+                Err(TarError::Read(source)) => {
+                    return Err(UnpackError::Read {
+                        layer: ctx.layer.clone(),
+                        source,
+                    })
+                }
+                Err(TarError::OverBudget) => {
+                    return Err(UnpackError::TooLarge {
+                        layer: ctx.layer.clone(),
+                        limit: self.limits.max_unpacked_bytes,
+                    })
+                }
+                Err(TarError::ExtendedHeaderTooLarge { kind, size }) => {
+                    return Err(UnpackError::HeaderTooLarge {
+                        layer: ctx.layer.clone(),
+                        kind,
+                        size,
+                    })
+                }
+            };
+            let metadata = entry.path.len() + entry.link_name.len();
+            self.count_entry(metadata as u64, ctx)?;
+            self.apply_entry(&entry, archive.data(), ctx)?;
+        }
+    }
+
+    /// Counts one more entry with `metadata_bytes` of paths and xattrs against the limits.
+    fn count_entry(&mut self, metadata_bytes: u64, ctx: &LayerCtx) -> Result<(), UnpackError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                layer: ctx.layer.clone(),
+                limit: self.limits.max_entries,
+            });
+        }
+        self.count_metadata(metadata_bytes, ctx)
+    }
+
+    fn count_metadata(&mut self, bytes: u64, ctx: &LayerCtx) -> Result<(), UnpackError> {
+        self.metadata_bytes = self.metadata_bytes.saturating_add(bytes);
+        if self.metadata_bytes > self.limits.max_metadata_bytes {
+            return Err(UnpackError::TooMuchMetadata {
+                layer: ctx.layer.clone(),
+                limit: self.limits.max_metadata_bytes,
+            });
         }
         Ok(())
     }
@@ -445,26 +617,19 @@ impl Unpacker {
 
     fn apply_entry<R: Read>(
         &mut self,
-        mut entry: tar::Entry<'_, R>,
+        entry: &TarEntry,
+        mut data: EntryData<'_, R>,
         ctx: &mut LayerCtx,
     ) -> Result<(), UnpackError> {
-        let entry_type = entry.header().entry_type();
-        if entry_type.is_pax_global_extensions()
-            || entry_type.is_pax_local_extensions()
-            || entry_type.is_gnu_longname()
-            || entry_type.is_gnu_longlink()
-        {
-            return Ok(());
-        }
-        let raw_path = entry.path_bytes().into_owned();
-        let display_path = String::from_utf8_lossy(&raw_path).into_owned();
-        let components = clean_components(&raw_path).ok_or_else(|| UnpackError::UnsafePath {
+        let entry_type = entry.header.entry_type();
+        let display_path = String::from_utf8_lossy(&entry.path).into_owned();
+        let components = clean_components(&entry.path).ok_or_else(|| UnpackError::UnsafePath {
             layer: ctx.layer.clone(),
             path: display_path.clone(),
         })?;
         let Some((name, parents)) = components.split_last() else {
             // The root itself ("./" or "/"): only its metadata changes.
-            let meta = self.header_meta(&mut entry, EntryKind::Directory, ctx, &display_path)?;
+            let meta = self.header_meta(entry, EntryKind::Directory, ctx, &display_path)?;
             self.tree.entries.insert(PathBuf::new(), meta);
             return Ok(());
         };
@@ -500,16 +665,15 @@ impl Unpacker {
         let host = self.tree.root.join(&rel);
 
         if entry_type.is_hard_link() {
-            return self.apply_hard_link(&entry, &rel, &display_path, ctx);
+            return self.apply_hard_link(entry, &rel, &display_path, ctx);
         }
         let kind = if entry_type.is_dir() {
             EntryKind::Directory
         } else if entry_type.is_file() || entry_type.is_contiguous() || entry_type.is_gnu_sparse() {
             EntryKind::File
         } else if entry_type.is_symlink() {
-            let target = entry.link_name_bytes().unwrap_or_default().into_owned();
             EntryKind::Symlink {
-                target: PathBuf::from(OsString::from_vec(target)),
+                target: PathBuf::from(OsString::from_vec(entry.link_name.clone())),
             }
         } else if entry_type.is_character_special() || entry_type.is_block_special() {
             let bad = |field| UnpackError::BadHeader {
@@ -518,12 +682,12 @@ impl Unpacker {
                 field,
             };
             let major = entry
-                .header()
+                .header
                 .device_major()
                 .map_err(|_| bad("device major"))?
                 .unwrap_or(0);
             let minor = entry
-                .header()
+                .header
                 .device_minor()
                 .map_err(|_| bad("device minor"))?
                 .unwrap_or(0);
@@ -538,7 +702,7 @@ impl Unpacker {
             tracing::debug!(layer = %ctx.layer, path = %display_path, ?entry_type, "skipping unsupported tar entry type");
             return Ok(());
         };
-        let meta = self.header_meta(&mut entry, kind.clone(), ctx, &display_path)?;
+        let meta = self.header_meta(entry, kind.clone(), ctx, &display_path)?;
         let write_err = |source| UnpackError::Write {
             layer: ctx.layer.clone(),
             path: host.clone(),
@@ -565,7 +729,11 @@ impl Unpacker {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&host)
                     .map_err(write_err)?;
-                io::copy(&mut entry, &mut file).map_err(|source| {
+                let copied = match &entry.sparse {
+                    None => io::copy(&mut data, &mut file).map(drop),
+                    Some(map) => write_sparse(&mut data, &mut file, map),
+                };
+                copied.map_err(|source| {
                     // A short read is the archive's fault; a failed write is ours.
                     if source.kind() == io::ErrorKind::UnexpectedEof
                         || source.kind() == io::ErrorKind::InvalidData
@@ -592,14 +760,14 @@ impl Unpacker {
         Ok(())
     }
 
-    fn apply_hard_link<R: Read>(
+    fn apply_hard_link(
         &mut self,
-        entry: &tar::Entry<'_, R>,
+        entry: &TarEntry,
         rel: &Path,
         display_path: &str,
         ctx: &mut LayerCtx,
     ) -> Result<(), UnpackError> {
-        let raw_target = entry.link_name_bytes().unwrap_or_default().into_owned();
+        let raw_target = entry.link_name.clone();
         let layer = ctx.layer.clone();
         let bad_link = || UnpackError::BadHardLink {
             layer: layer.clone(),
@@ -645,9 +813,9 @@ impl Unpacker {
     }
 
     /// Reads owner, group, mode, mtime and xattrs from the entry's headers.
-    fn header_meta<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
+    fn header_meta(
+        &mut self,
+        entry: &TarEntry,
         kind: EntryKind,
         ctx: &LayerCtx,
         display_path: &str,
@@ -657,7 +825,7 @@ impl Unpacker {
             path: display_path.to_owned(),
             field,
         };
-        let header = entry.header();
+        let header = &entry.header;
         let uid = header
             .uid()
             .ok()
@@ -676,11 +844,8 @@ impl Unpacker {
             .and_then(|m| i64::try_from(m).ok())
             .unwrap_or(0);
         let mut xattrs = BTreeMap::new();
-        if let Some(extensions) = entry.pax_extensions().map_err(|source| UnpackError::Read {
-            layer: ctx.layer.clone(),
-            source,
-        })? {
-            for extension in extensions {
+        if let Some(records) = &entry.pax {
+            for extension in tar::PaxExtensions::new(records) {
                 let extension = extension.map_err(|source| UnpackError::Read {
                     layer: ctx.layer.clone(),
                     source,
@@ -699,6 +864,7 @@ impl Unpacker {
                             problem,
                         }
                     })?;
+                    self.count_metadata((name.len() + value.len()) as u64, ctx)?;
                     xattrs.insert(name.to_owned(), value.to_vec());
                 }
             }
@@ -770,6 +936,7 @@ impl Unpacker {
                     if !create {
                         return Ok(None);
                     }
+                    self.count_entry(candidate.as_os_str().len() as u64, ctx)?;
                     // A table-only entry (device, fifo) at this path is replaced by the directory.
                     self.tree.entries.remove(&candidate);
                     fs::DirBuilder::new()
@@ -863,6 +1030,22 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// Writes a GNU sparse file's chunks at their offsets, leaving holes unwritten.
+fn write_sparse(data: &mut impl Read, file: &mut fs::File, map: &SparseMap) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    for (offset, length) in &map.chunks {
+        file.seek(SeekFrom::Start(*offset))?;
+        let copied = io::copy(&mut (&mut *data).take(*length), file)?;
+        if copied != *length {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends inside a sparse file's data",
+            ));
+        }
+    }
+    file.set_len(map.real_size)
 }
 
 /// Splits an archive path into components, dropping empty and `.` components and a leading
@@ -1334,6 +1517,129 @@ mod tests {
             check_xattr("user.a", b"", MAX_XATTRS_PER_ENTRY),
             Err(XattrProblem::TooMany)
         );
+    }
+
+    fn unpack_limited(
+        layers: &[Vec<u8>],
+        limits: UnpackLimits,
+    ) -> (tempfile::TempDir, Result<RootfsTree, UnpackError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::with_limits(&dir.path().join("root"), limits).unwrap();
+        for (i, bytes) in layers.iter().enumerate() {
+            let n = u8::try_from(i).unwrap();
+            if let Err(e) = unpacker.apply_layer(bytes.as_slice(), &layer(n), "x") {
+                return (dir, Err(e));
+            }
+        }
+        (dir, Ok(unpacker.finish()))
+    }
+
+    fn staged_bytes(dir: &Path) -> u64 {
+        let mut total = 0;
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = fs::symlink_metadata(entry.path()).unwrap();
+            total += if meta.is_dir() {
+                staged_bytes(&entry.path())
+            } else {
+                meta.len()
+            };
+        }
+        total
+    }
+
+    /// The image size limit counts every layer, and a file that would cross it is refused from
+    /// its header: what is staged never exceeds the limit.
+    #[test]
+    fn the_unpacked_size_limit_spans_layers_and_is_checked_before_writing() {
+        let limits = UnpackLimits {
+            max_unpacked_bytes: 10 << 20,
+            ..UnpackLimits::default()
+        };
+        let mut one = TarBuilder::new();
+        for i in 0..3 {
+            one.file(&format!("a{i}"), &vec![1u8; 2 << 20]);
+        }
+        let mut two = TarBuilder::new();
+        for i in 0..3 {
+            two.file(&format!("b{i}"), &vec![2u8; 2 << 20]);
+        }
+        let (dir, tree) = unpack_limited(&[one.bytes(), two.bytes()], limits);
+        match tree {
+            Err(UnpackError::TooLarge { limit, .. }) => assert_eq!(limit, 10 << 20),
+            other => panic!("{other:?}"),
+        }
+        let staged = staged_bytes(&dir.path().join("root"));
+        assert!(staged <= 10 << 20, "{staged} bytes staged");
+        assert!(staged >= 8 << 20, "the files below the limit were written");
+    }
+
+    #[test]
+    fn the_metadata_limit_counts_xattrs() {
+        let limits = UnpackLimits {
+            max_metadata_bytes: 100 << 10,
+            ..UnpackLimits::default()
+        };
+        let value = vec![0u8; 60 << 10];
+        let layers = [
+            pax_layer("a", &[("SCHILY.xattr.user.big", &value)]),
+            pax_layer("b", &[("SCHILY.xattr.user.big", &value)]),
+        ];
+        let (_dir, tree) = unpack_limited(&layers, limits);
+        assert!(
+            matches!(tree, Err(UnpackError::TooMuchMetadata { limit, .. }) if limit == 100 << 10),
+            "{tree:?}"
+        );
+    }
+
+    /// GNU sparse files (tar --sparse) keep their holes and content, and their holes count
+    /// against the size limit.
+    #[test]
+    fn gnu_sparse_files_are_expanded_and_counted() {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::GNUSparse);
+        header.set_path("sparse").unwrap();
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(1024);
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.sparse[0].offset = *b"00000000000\0";
+        gnu.sparse[0].numbytes = *b"00000001000\0";
+        gnu.sparse[1].offset = *b"00000010000\0";
+        gnu.sparse[1].numbytes = *b"00000001000\0";
+        gnu.set_real_size(8 << 20);
+        header.set_cksum();
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend(vec![b'a'; 512]);
+        bytes.extend(vec![b'b'; 512]);
+        bytes.extend([0; 1024]);
+        let (_dir, tree) = unpack(&[bytes.clone()]);
+        let tree = tree.unwrap();
+        let content = fs::read(tree.root.join("sparse")).unwrap();
+        assert_eq!(content.len(), 8 << 20);
+        assert_eq!(&content[..512], &[b'a'; 512][..]);
+        assert!(content[512..4096].iter().all(|b| *b == 0));
+        assert_eq!(&content[4096..4608], &[b'b'; 512][..]);
+        let limits = UnpackLimits {
+            max_unpacked_bytes: 4 << 20,
+            ..UnpackLimits::default()
+        };
+        let (_dir, tree) = unpack_limited(&[bytes], limits);
+        assert!(
+            matches!(tree, Err(UnpackError::TooLarge { .. })),
+            "{tree:?}"
+        );
+    }
+
+    #[test]
+    fn byte_sizes_print_in_their_largest_exact_unit() {
+        assert_eq!(ByteSize(32 << 30).to_string(), "32 GiB");
+        assert_eq!(ByteSize(64 << 20).to_string(), "64 MiB");
+        assert_eq!(ByteSize(64 << 10).to_string(), "64 KiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000 bytes");
+        assert_eq!(ByteSize(0).to_string(), "0 bytes");
     }
 
     #[test]

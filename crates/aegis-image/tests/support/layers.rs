@@ -119,6 +119,21 @@ impl Layer {
         self
     }
 
+    /// An entry of `kind` whose path and link target are written verbatim into the header.
+    pub fn raw_link(
+        &mut self,
+        kind: tar::EntryType,
+        raw_path: &str,
+        raw_target: &str,
+    ) -> &mut Self {
+        let mut h = Self::header(kind, 0o777, 0, 0, 0);
+        h.as_old_mut().name[..raw_path.len()].copy_from_slice(raw_path.as_bytes());
+        h.as_old_mut().linkname[..raw_target.len()].copy_from_slice(raw_target.as_bytes());
+        h.set_cksum();
+        self.builder.append(&h, &b""[..]).unwrap();
+        self
+    }
+
     pub fn tar(self) -> Vec<u8> {
         self.builder.into_inner().unwrap()
     }
@@ -132,4 +147,53 @@ impl Layer {
     pub fn zstd(self) -> Vec<u8> {
         zstd::encode_all(self.tar().as_slice(), 3).unwrap()
     }
+}
+
+/// A gzip layer holding `files` files of `size` zero bytes each: a gzip bomb. Streamed into the
+/// encoder, so the expanded bytes never exist in memory.
+pub fn gzip_bomb(files: usize, size: u64) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let zeros = vec![0u8; 1 << 20];
+    for i in 0..files {
+        let mut h = Layer::header(tar::EntryType::Regular, 0o644, 0, 0, size);
+        h.set_path(format!("zeros/{i}")).unwrap();
+        h.set_cksum();
+        gz.write_all(h.as_bytes()).unwrap();
+        let mut left = size.div_ceil(512) * 512;
+        while left > 0 {
+            let n = usize::try_from(left.min(zeros.len() as u64)).unwrap();
+            gz.write_all(&zeros[..n]).unwrap();
+            left -= n as u64;
+        }
+    }
+    gz.write_all(&[0u8; 1024]).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A gzip layer whose first header is an extended header (`kind`: `x`, `g`, `L` or `K`) claiming
+/// `claimed` bytes, followed by `present` bytes of `a` and a regular file: built by hand, as the
+/// tar crate writes no such thing.
+pub fn huge_extended_header(kind: tar::EntryType, claimed: u64, present: u64) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(claimed);
+    h.set_cksum();
+    gz.write_all(h.as_bytes()).unwrap();
+    let fill = vec![b'a'; 1 << 20];
+    let mut left = present;
+    while left > 0 {
+        let n = usize::try_from(left.min(fill.len() as u64)).unwrap();
+        gz.write_all(&fill[..n]).unwrap();
+        left -= n as u64;
+    }
+    let padding = (512 - present % 512) % 512;
+    gz.write_all(&vec![0u8; usize::try_from(padding).unwrap()])
+        .unwrap();
+    let mut file = Layer::new();
+    file.file("after", 0o644, 0, 0, b"x");
+    gz.write_all(&file.tar()).unwrap();
+    gz.finish().unwrap()
 }
