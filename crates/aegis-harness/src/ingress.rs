@@ -3,8 +3,10 @@
 //!
 //! The harness listens on [`INGRESS_PORT`] (privileged, so no unprivileged guest program can
 //! take it). QEMU's user-mode network forwards the router's connections there. Per connection
-//! (the protocol is documented on [`INGRESS_PORT`]): read the 4-byte header ([`INGRESS_MAGIC`],
-//! big-endian target port) within [`HEADER_TIMEOUT`]; connect to the target on `127.0.0.1`, then
+//! (the protocol is documented on [`INGRESS_PORT`]): read the header ([`INGRESS_MAGIC`], the key
+//! the host set with `set_ingress_key`, big-endian target port) within [`HEADER_TIMEOUT`], and
+//! turn the connection away unless the key matches (the forward listens on host loopback, open
+//! to every local user); connect to the target on `127.0.0.1`, then
 //! `[::1]`, then the guest's own address (a server bound to one of them only is still reached);
 //! answer one [`IngressStatus`] byte; on `Connected` relay bytes both ways until both directions
 //! ended, passing each end-of-file on as a half-close. Any other status is followed by a
@@ -20,7 +22,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use aegis_proto::control::{IngressStatus, INGRESS_MAGIC, INGRESS_PORT};
+use std::sync::{Arc, RwLock};
+
+use aegis_proto::control::{
+    IngressStatus, INGRESS_HEADER_BYTES, INGRESS_KEY_BYTES, INGRESS_MAGIC, INGRESS_PORT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -86,6 +92,27 @@ pub enum IngressError {
     },
 }
 
+/// The key ingress headers must carry: none until the host sets one.
+#[derive(Debug, Clone, Default)]
+pub struct IngressKey(Arc<RwLock<Option<[u8; INGRESS_KEY_BYTES]>>>);
+
+impl IngressKey {
+    /// Sets the key (a later call replaces it).
+    pub fn set(&self, key: [u8; INGRESS_KEY_BYTES]) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key);
+    }
+
+    fn get(&self) -> Option<[u8; INGRESS_KEY_BYTES]> {
+        *self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// What is wrong with a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
@@ -95,6 +122,12 @@ pub enum HeaderError {
         /// The bytes received.
         found: [u8; 2],
     },
+    /// The host has not set a key yet.
+    #[error("no ingress key is set")]
+    NoKey,
+    /// The key does not match.
+    #[error("wrong ingress key")]
+    WrongKey,
     /// Port 0 cannot be connected to.
     #[error("target port 0 is not a port")]
     PortZero,
@@ -110,12 +143,28 @@ pub enum HeaderError {
 ///
 /// # Errors
 /// [`HeaderError`] for a header the proxy does not serve.
-pub fn parse_header(header: [u8; 4], own_port: u16) -> Result<u16, HeaderError> {
-    let [m0, m1, hi, lo] = header;
-    if [m0, m1] != INGRESS_MAGIC {
-        return Err(HeaderError::BadMagic { found: [m0, m1] });
+pub fn parse_header(
+    header: &[u8; INGRESS_HEADER_BYTES],
+    key: Option<&[u8; INGRESS_KEY_BYTES]>,
+    own_port: u16,
+) -> Result<u16, HeaderError> {
+    let (magic, rest) = header.split_at(INGRESS_MAGIC.len());
+    let (sent_key, port) = rest.split_at(INGRESS_KEY_BYTES);
+    if magic != INGRESS_MAGIC {
+        return Err(HeaderError::BadMagic {
+            found: [magic[0], magic[1]],
+        });
     }
-    match u16::from_be_bytes([hi, lo]) {
+    let key = key.ok_or(HeaderError::NoKey)?;
+    // Every byte compared whatever the first difference, so timing tells nothing of the key.
+    let difference = key
+        .iter()
+        .zip(sent_key)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    if difference != 0 {
+        return Err(HeaderError::WrongKey);
+    }
+    match u16::from_be_bytes([port[0], port[1]]) {
         0 => Err(HeaderError::PortZero),
         port if port == own_port => Err(HeaderError::Itself { port }),
         port => Ok(port),
@@ -199,6 +248,7 @@ pub struct Proxy {
     listener: TcpListener,
     local: SocketAddr,
     guest_address: Option<IpAddr>,
+    key: IngressKey,
     /// [`MAX_CONNECTIONS`], smaller in tests.
     max_connections: usize,
 }
@@ -208,7 +258,7 @@ impl Proxy {
     ///
     /// # Errors
     /// [`IngressError::Listen`].
-    pub async fn bind(config: Config) -> Result<Proxy, IngressError> {
+    pub async fn bind(config: Config, key: IngressKey) -> Result<Proxy, IngressError> {
         let error = |source| IngressError::Listen {
             addr: config.listen,
             source,
@@ -219,6 +269,7 @@ impl Proxy {
             listener,
             local,
             guest_address: config.guest_address,
+            key,
             max_connections: MAX_CONNECTIONS,
         })
     }
@@ -245,6 +296,7 @@ impl Proxy {
                                 stream,
                                 own_port,
                                 self.guest_address,
+                                self.key.clone(),
                                 HEADER_TIMEOUT,
                             ));
                             continue;
@@ -297,11 +349,12 @@ pub async fn serve_connection(
     mut inbound: TcpStream,
     own_port: u16,
     guest_address: Option<IpAddr>,
+    key: IngressKey,
     header_timeout: Duration,
 ) {
-    let mut header = [0u8; 4];
+    let mut header = [0u8; INGRESS_HEADER_BYTES];
     let port = match tokio::time::timeout(header_timeout, inbound.read_exact(&mut header)).await {
-        Ok(Ok(_)) => match parse_header(header, own_port) {
+        Ok(Ok(_)) => match parse_header(&header, key.get().as_ref(), own_port) {
             Ok(port) => port,
             Err(_) => return reject(inbound, IngressStatus::Failed).await,
         },
@@ -351,28 +404,56 @@ async fn reject(mut stream: TcpStream, status: IngressStatus) {
 mod tests {
     use super::*;
 
+    const KEY: [u8; INGRESS_KEY_BYTES] = [7; INGRESS_KEY_BYTES];
+
+    fn raw(
+        magic: [u8; 2],
+        key: &[u8; INGRESS_KEY_BYTES],
+        port: [u8; 2],
+    ) -> [u8; INGRESS_HEADER_BYTES] {
+        let mut h = aegis_proto::control::ingress_header(key, u16::from_be_bytes(port));
+        h[..2].copy_from_slice(&magic);
+        h
+    }
+
     #[test]
     fn headers_decode_to_the_target_port() {
-        let [m0, m1] = INGRESS_MAGIC;
-        assert_eq!(parse_header([m0, m1, 0x1F, 0x90], INGRESS_PORT), Ok(8080));
-        assert_eq!(parse_header([m0, m1, 0, 1], INGRESS_PORT), Ok(1));
-        assert_eq!(parse_header([m0, m1, 0xFF, 0xFF], INGRESS_PORT), Ok(65535));
+        let m = INGRESS_MAGIC;
+        let parse = |h: [u8; INGRESS_HEADER_BYTES]| parse_header(&h, Some(&KEY), INGRESS_PORT);
+        assert_eq!(parse(raw(m, &KEY, [0x1F, 0x90])), Ok(8080));
+        assert_eq!(parse(raw(m, &KEY, [0, 1])), Ok(1));
+        assert_eq!(parse(raw(m, &KEY, [0xFF, 0xFF])), Ok(65535));
+        assert_eq!(parse(raw(m, &KEY, [0, 0])), Err(HeaderError::PortZero));
         assert_eq!(
-            parse_header([m0, m1, 0, 0], INGRESS_PORT),
-            Err(HeaderError::PortZero)
-        );
-        assert_eq!(
-            parse_header([m0, m1, 0x03, 0xE8], INGRESS_PORT),
+            parse(raw(m, &KEY, [0x03, 0xE8])),
             Err(HeaderError::Itself { port: 1000 })
         );
         assert_eq!(
-            parse_header(*b"GET ", INGRESS_PORT),
+            parse(raw(*b"GE", &KEY, [0, 80])),
             Err(HeaderError::BadMagic { found: *b"GE" })
         );
         // Another protocol version is refused rather than guessed at.
         assert_eq!(
-            parse_header([m0, 0x02, 0, 80], INGRESS_PORT),
-            Err(HeaderError::BadMagic { found: [m0, 0x02] })
+            parse(raw([m[0], 0x01], &KEY, [0, 80])),
+            Err(HeaderError::BadMagic {
+                found: [m[0], 0x01]
+            })
+        );
+    }
+
+    #[test]
+    fn a_header_without_the_key_reaches_nothing() {
+        let mut wrong = KEY;
+        wrong[INGRESS_KEY_BYTES - 1] ^= 1;
+        let header = raw(INGRESS_MAGIC, &wrong, [0, 80]);
+        assert_eq!(
+            parse_header(&header, Some(&KEY), INGRESS_PORT),
+            Err(HeaderError::WrongKey)
+        );
+        let header = raw(INGRESS_MAGIC, &KEY, [0, 80]);
+        assert_eq!(
+            parse_header(&header, None, INGRESS_PORT),
+            Err(HeaderError::NoKey)
         );
     }
 
@@ -436,7 +517,8 @@ mod tests {
             let (inbound, _) = listener.accept().await.unwrap();
             let timeout = Duration::from_millis(100);
             let started = Instant::now();
-            let server = tokio::spawn(serve_connection(inbound, addr.port(), None, timeout));
+            let key = IngressKey::default();
+            let server = tokio::spawn(serve_connection(inbound, addr.port(), None, key, timeout));
             client.write_all(&INGRESS_MAGIC).await.unwrap(); // half a header, then silence
             let mut answer = Vec::new();
             client.read_to_end(&mut answer).await.unwrap();
@@ -462,20 +544,21 @@ mod tests {
                     });
                 }
             });
-            let mut proxy = Proxy::bind(Config {
-                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                guest_address: None,
-            })
+            let key = IngressKey::default();
+            key.set(KEY);
+            let mut proxy = Proxy::bind(
+                Config {
+                    listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    guest_address: None,
+                },
+                key,
+            )
             .await
             .unwrap();
             proxy.max_connections = 1;
             let addr = proxy.local_addr();
             tokio::spawn(proxy.run());
-            let header = |port: u16| {
-                let mut h = INGRESS_MAGIC.to_vec();
-                h.extend_from_slice(&port.to_be_bytes());
-                h
-            };
+            let header = |port: u16| aegis_proto::control::ingress_header(&KEY, port);
             let open = || async {
                 let mut s = TcpStream::connect(addr).await.unwrap();
                 s.write_all(&header(echo_port)).await.unwrap();

@@ -300,12 +300,13 @@ fn serve(
                 let _ = closed.send(reader::Incoming::Closed).await;
             });
         }
-        let server = Server::new(reaper, outbox.clone(), role, started);
+        let ingress_key = ingress::IngressKey::default();
+        let server = Server::new(reaper, outbox.clone(), role, started, ingress_key.clone());
         // Owned here: dropping the set when serving ends stops them. Neither is essential, so
         // neither ending stops the harness.
         let mut service_tasks = JoinSet::new();
         if let Some(config) = services.ingress {
-            match ingress::Proxy::bind(config).await {
+            match ingress::Proxy::bind(config, ingress_key).await {
                 Ok(proxy) => {
                     console::phase(format_args!(
                         "ingress proxy listening on {}",

@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use aegis_proto::control::{
     codes, ExecParams, ExitParams, Frame, FrameError, HealthParams, HealthResult, Method,
-    Notification, ProcessSpec, RequestFrame, RequestId, ResponseFrame, SetTimeParams,
-    ShutdownParams, SignalParams, SpawnResult, MAX_HOST_FRAME_BYTES, PROTOCOL_VERSION,
+    Notification, ProcessSpec, RequestFrame, RequestId, ResponseFrame, SetIngressKeyParams,
+    SetTimeParams, ShutdownParams, SignalParams, SpawnResult, MAX_HOST_FRAME_BYTES,
+    PROTOCOL_VERSION,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+
+use crate::ingress::IngressKey;
 use tokio::time::Instant;
 
 use crate::channel::reader::Incoming;
@@ -68,6 +71,7 @@ enum Request {
     Health(HealthParams),
     Shutdown(ShutdownParams),
     SetTime(SetTimeParams),
+    SetIngressKey(SetIngressKeyParams),
 }
 
 /// Decodes `params` for `method`. A missing `params` counts as `{}`.
@@ -85,6 +89,7 @@ fn decode(method: Method, params: Value) -> Result<Request, serde_json::Error> {
         Method::Health => Request::Health(parse(params)?),
         Method::Shutdown => Request::Shutdown(parse(params)?),
         Method::SetTime => Request::SetTime(parse(params)?),
+        Method::SetIngressKey => Request::SetIngressKey(parse(params)?),
     })
 }
 
@@ -131,16 +136,19 @@ pub struct Server {
     started: std::time::Instant,
     role: Role,
     phase: Phase,
+    ingress_key: IngressKey,
 }
 
 impl Server {
     /// A server spawning through `reaper` and sending through `outbox`. `started` is when the
-    /// harness started (for `health`).
+    /// harness started (for `health`); `ingress_key` is the ingress proxy's, which
+    /// `set_ingress_key` sets.
     pub fn new(
         reaper: Reaper,
         outbox: OutboxSender,
         role: Role,
         started: std::time::Instant,
+        ingress_key: IngressKey,
     ) -> Server {
         Server {
             processes: Processes::new(reaper),
@@ -149,6 +157,7 @@ impl Server {
             started,
             role,
             phase: Phase::Serving,
+            ingress_key,
         }
     }
 
@@ -274,6 +283,10 @@ impl Server {
             Request::Shutdown(params) => {
                 let grace = Duration::from_millis(params.grace_ms).min(MAX_SHUTDOWN_GRACE);
                 (ok(id, &serde_json::json!({})), After::Shutdown(grace))
+            }
+            Request::SetIngressKey(params) => {
+                self.ingress_key.set(params.key);
+                (ok(id, &serde_json::json!({})), After::Nothing)
             }
             Request::SetTime(params) => {
                 let response = match set_time(self.role, &params) {

@@ -12,11 +12,21 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aegis_proto::control::{IngressStatus, INGRESS_MAGIC};
+use aegis_proto::control::{ingress_header, IngressStatus, INGRESS_KEY_BYTES, INGRESS_MAGIC};
 use common::{Harness, WAIT};
 
-/// A harness with the proxy on a free loopback port, and that port.
+/// The key the tests set (the daemon draws a random one per boot).
+const KEY: [u8; INGRESS_KEY_BYTES] = [0x5A; INGRESS_KEY_BYTES];
+
+/// A harness with the proxy on a free loopback port and its key set, and that port.
 fn start_proxy() -> (Harness, SocketAddr) {
+    let (mut h, addr) = start_proxy_without_key();
+    h.call_ok("set_ingress_key", serde_json::json!({ "key": KEY }));
+    (h, addr)
+}
+
+/// A harness with the proxy on a free loopback port, before the host has set a key.
+fn start_proxy_without_key() -> (Harness, SocketAddr) {
     let h = Harness::start_with_env(&[("AEGIS_HARNESS_INGRESS_PORT", "0")]);
     let rest = h.console_line("ingress proxy listening on ");
     let addr = rest
@@ -38,9 +48,7 @@ fn connect_raw(proxy: SocketAddr, header: &[u8]) -> TcpStream {
 }
 
 fn header(port: u16) -> Vec<u8> {
-    let mut header = INGRESS_MAGIC.to_vec();
-    header.extend_from_slice(&port.to_be_bytes());
-    header
+    ingress_header(&KEY, port).to_vec()
 }
 
 /// Connects through the proxy to guest `port`; returns the stream and the status byte.
@@ -124,11 +132,14 @@ fn garbage_header_fails_and_closes() {
     let (_h, proxy) = start_proxy();
     let mut stream = connect_raw(proxy, b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(read_all(&mut stream), [IngressStatus::Failed as u8]);
-    // Another protocol version, port 0, the proxy itself.
+    // The previous protocol version, port 0, the proxy itself, a wrong key.
+    let mut wrong_key = KEY;
+    wrong_key[0] ^= 0xFF;
     for bad in [
-        vec![INGRESS_MAGIC[0], 0x02, 0, 80],
+        vec![INGRESS_MAGIC[0], 0x01, 0, 80],
         header(0),
         header(proxy.port()),
+        ingress_header(&wrong_key, echo_server()).to_vec(),
     ] {
         let mut stream = connect_raw(proxy, &bad);
         assert_eq!(
@@ -137,6 +148,18 @@ fn garbage_header_fails_and_closes() {
             "{bad:?}"
         );
     }
+}
+
+#[test]
+fn before_the_key_is_set_nothing_is_reached() {
+    let (mut h, proxy) = start_proxy_without_key();
+    let port = echo_server();
+    let (mut stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Failed);
+    assert!(read_all(&mut stream).is_empty());
+    h.call_ok("set_ingress_key", serde_json::json!({ "key": KEY }));
+    let (_stream, status) = open(proxy, port);
+    assert_eq!(status, IngressStatus::Connected);
 }
 
 #[test]

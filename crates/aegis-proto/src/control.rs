@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Version of the harness ↔ daemon protocol. Bumped on incompatible changes; reported by `health`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Name of the virtio-serial port carrying the channel (`/sys/class/virtio-ports/*/name`).
 pub const CONTROL_PORT_NAME: &str = "org.aegis.control";
@@ -52,6 +52,9 @@ pub enum Method {
     Shutdown,
     /// Set the guest's wall clock, after a restore from a snapshot ([`SetTimeParams`] → `{}`).
     SetTime,
+    /// Set the key ingress headers must carry ([`SetIngressKeyParams`] → `{}`). Until it is set,
+    /// the ingress proxy turns every connection away.
+    SetIngressKey,
 }
 
 impl Method {
@@ -64,6 +67,7 @@ impl Method {
             Method::Health => "health",
             Method::Shutdown => "shutdown",
             Method::SetTime => "set_time",
+            Method::SetIngressKey => "set_ingress_key",
         }
     }
 
@@ -76,6 +80,7 @@ impl Method {
             Method::Health,
             Method::Shutdown,
             Method::SetTime,
+            Method::SetIngressKey,
         ]
         .into_iter()
         .find(|m| m.as_str() == s)
@@ -190,6 +195,14 @@ pub struct SetTimeParams {
     pub unix_nanos: u128,
 }
 
+/// Parameters of `set_ingress_key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetIngressKeyParams {
+    /// The key, random per boot, chosen by the host.
+    pub key: [u8; INGRESS_KEY_BYTES],
+}
+
 /// Notifications the guest sends to the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "method", content = "params", rename_all = "snake_case")]
@@ -232,15 +245,32 @@ pub struct ActivityParams {
 /// Guest TCP port on which the harness accepts ingress connections from the host router (a
 /// privileged port, so unprivileged guest programs cannot take it; reserved).
 ///
-/// Protocol, per connection: the host sends [`INGRESS_MAGIC`] then the target guest port as a
-/// big-endian `u16`; the harness connects to that port on `127.0.0.1` (so servers listening only
+/// Protocol, per connection: the host sends [`INGRESS_MAGIC`], the key it set with
+/// [`Method::SetIngressKey`] and the target guest port as a big-endian `u16` (see
+/// [`ingress_header`]); the harness connects to that port on `127.0.0.1` (so servers listening only
 /// on loopback are reachable too; falling back to the guest's own address) and answers one
 /// byte, an [`IngressStatus`]. On `Connected` both sides then relay raw bytes, with half-close;
 /// otherwise the harness closes the connection.
 pub const INGRESS_PORT: u16 = 1000;
 
 /// First two bytes of an ingress header (the second one versions the protocol).
-pub const INGRESS_MAGIC: [u8; 2] = [0xAE, 0x01];
+pub const INGRESS_MAGIC: [u8; 2] = [0xAE, 0x02];
+
+/// Bytes of the ingress key. The forward to the proxy listens on host loopback, where any local
+/// user can connect: the key is what makes a connection the router's.
+pub const INGRESS_KEY_BYTES: usize = 32;
+
+/// Bytes of an ingress header: magic, key, port.
+pub const INGRESS_HEADER_BYTES: usize = INGRESS_MAGIC.len() + INGRESS_KEY_BYTES + 2;
+
+/// The header that asks the ingress proxy for `port`.
+pub fn ingress_header(key: &[u8; INGRESS_KEY_BYTES], port: u16) -> [u8; INGRESS_HEADER_BYTES] {
+    let mut header = [0u8; INGRESS_HEADER_BYTES];
+    header[..2].copy_from_slice(&INGRESS_MAGIC);
+    header[2..2 + INGRESS_KEY_BYTES].copy_from_slice(key);
+    header[2 + INGRESS_KEY_BYTES..].copy_from_slice(&port.to_be_bytes());
+    header
+}
 
 /// The harness's answer to an ingress header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@
 //!   rather than being restored from a snapshot.
 //!
 //! "Directly" is the same VM's QEMU user-mode forward (`hostfwd`) to the harness's ingress proxy:
-//! the host port in `$AEGIS_HOME/instances/<id>/run/ingress.port`, opened with the 4-byte header
-//! [`INGRESS_MAGIC`] + guest port and its one-byte [`IngressStatus`] answer, exactly as the
+//! the host port in `$AEGIS_HOME/instances/<id>/run/ingress.port`, opened with the ingress header
+//! (magic, the key in `run/ingress.key`, guest port) and its one-byte [`IngressStatus`] answer, exactly as the
 //! router opens its upstream. It is the only way into the guest (the daemon forwards nothing
 //! else), so the ratio is what the router adds on top of that path: one more loopback hop, the
 //! wake command to the instance's actor, and the relay copy.
@@ -31,7 +31,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use aegis_proto::api::InstanceStatus;
-use aegis_proto::control::{IngressStatus, INGRESS_MAGIC};
+use aegis_proto::control::{ingress_header, IngressStatus, INGRESS_KEY_BYTES};
 use aegis_testkit::{env_usize, free_port, print_load, report_ms, report_rate, wait_until, Daemon};
 
 use support::{wait_state, BOOT};
@@ -83,23 +83,22 @@ S(("127.0.0.1", 8000), H).serve_forever()
 enum Path {
     /// The router's public port.
     Router(u16),
-    /// The VM's ingress forward, with the ingress header.
-    Direct(u16),
+    /// The VM's ingress forward, with the ingress header and the VM's key.
+    Direct(u16, [u8; INGRESS_KEY_BYTES]),
 }
 
 impl Path {
     fn connect(self) -> TcpStream {
         let port = match self {
-            Path::Router(p) | Path::Direct(p) => p,
+            Path::Router(p) | Path::Direct(p, _) => p,
         };
         let mut s = TcpStream::connect(("127.0.0.1", port))
             .unwrap_or_else(|e| panic!("connect to {self:?}: {e}"));
         s.set_nodelay(true).expect("TCP_NODELAY");
         s.set_read_timeout(Some(IO)).expect("read timeout");
         s.set_write_timeout(Some(IO)).expect("write timeout");
-        if let Path::Direct(_) = self {
-            let [hi, lo] = GUEST_PORT.to_be_bytes();
-            s.write_all(&[INGRESS_MAGIC[0], INGRESS_MAGIC[1], hi, lo])
+        if let Path::Direct(_, key) = self {
+            s.write_all(&ingress_header(&key, GUEST_PORT))
                 .expect("ingress header");
             let mut status = [0u8; 1];
             s.read_exact(&mut status).expect("ingress answer");
@@ -222,12 +221,19 @@ fn probe(public: u16) -> Result<(), String> {
     }
 }
 
-fn ingress_port(d: &Daemon, id: &str) -> u16 {
-    let file = d.home().join("instances").join(id).join("run/ingress.port");
-    std::fs::read_to_string(&file)
+/// The VM's ingress forward as the daemon keeps it beside the VM: port and key.
+fn ingress_forward(d: &Daemon, id: &str) -> Path {
+    let run = d.home().join("instances").join(id).join("run");
+    let port = std::fs::read_to_string(run.join("ingress.port"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ingress port in {}", file.display()))
+        .unwrap_or_else(|| panic!("no ingress port in {}", run.display()));
+    let key = std::fs::read_to_string(run.join("ingress.key"))
+        .ok()
+        .and_then(|s| hex::decode(s.trim()).ok())
+        .and_then(|k| k.try_into().ok())
+        .unwrap_or_else(|| panic!("no ingress key in {}", run.display()));
+    Path::Direct(port, key)
 }
 
 fn ratio(router: [f64; 3], direct: [f64; 3]) -> String {
@@ -287,7 +293,7 @@ fn main() {
         "instance {id} serving after {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let direct = Path::Direct(ingress_port(&d, &id));
+    let direct = ingress_forward(&d, &id);
 
     // Added latency, a new connection per request; interleaved so that load from elsewhere on
     // the machine hits both paths alike.

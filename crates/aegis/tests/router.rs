@@ -182,6 +182,39 @@ fn routing_wake_and_scale_to_zero() {
     });
     assert_eq!(hello, b"hello from port 8000\n");
 
+    // The VM's ingress forward listens on host loopback, where any local user can connect: a
+    // header without the VM's key (the earlier 4-byte one, or a wrong key) reaches nothing.
+    let run = d.home().join("instances").join(&info.id).join("run");
+    let forward: u16 = std::fs::read_to_string(run.join("ingress.port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let key_file = run.join("ingress.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).unwrap().permissions(),
+    );
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the ingress key is readable by others: {mode:o}"
+    );
+    let guessed = aegis_proto::control::ingress_header(&[0u8; 32], 8000);
+    for header in [&[0xAE, 0x01, 0x1F, 0x40][..], &guessed[..]] {
+        let mut s = TcpStream::connect(("127.0.0.1", forward)).unwrap();
+        s.set_read_timeout(Some(IO)).unwrap();
+        s.write_all(header).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(
+            !String::from_utf8_lossy(&answer).contains("hello from port"),
+            "{header:?} reached the guest server: {answer:?}"
+        );
+        assert!(answer.len() <= 1, "{answer:?}");
+    }
+
     // 10 MB down and up, intact.
     let ten = 10 * 1024 * 1024;
     let down = get_ok(web, &format!("/big?n={ten}"));

@@ -60,6 +60,28 @@ pub enum DaemonError {
     Images(#[source] aegis_image::store::StoreError),
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (often 1,024 soft, far more
+/// hard): each routed connection and each VM costs descriptors. Returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::debug!(from = soft, to = hard, "raised the open file limit");
+            hard
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit");
+            soft
+        }
+    }
+}
+
 /// Runs the daemon until it is told to stop.
 ///
 /// # Errors
@@ -79,6 +101,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     std::fs::write(config.pid_file(), format!("{}\n", std::process::id()))
         .map_err(io(&config.pid_file()))?;
 
+    let open_files = raise_open_file_limit();
     let accel = AcceleratorChoice::detect()?;
     tracing::info!(accelerator = %accel.accelerator, reason = %accel.reason, "accelerator chosen");
     let registry = Registry::open(&config.database())?;
@@ -95,7 +118,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         secrets: SecretStore::new(registry.clone(), config.master_key()),
         registry,
         images: Images::new(store, DEFAULT_IMAGE),
-        router: Router::new(Router::bind_from_env().map_err(DaemonError::Config)?),
+        router: Router::new(
+            Router::bind_from_env().map_err(DaemonError::Config)?,
+            open_files,
+        ),
         kits: KitStore::new(config.kits_dir()),
         daemons: Daemons::new(socket.clone(), config.home.clone(), config.kits_dir()),
         workspaces: crate::workspaces::WorkspaceStore::new(config.workspaces_dir()),
@@ -122,7 +148,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let stop_vms = loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors: a retry at once would fail the same way, in a
+                        // busy loop. The router's caps make this rare; say so and wait.
+                        tracing::warn!(error = %e, "cannot accept an API connection; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let service = TowerToHyperService::new(app.clone());
                 connections.spawn(async move {
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

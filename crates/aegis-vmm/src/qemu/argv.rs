@@ -109,10 +109,22 @@ pub fn build(spec: &VmSpec, files: &RunFiles) -> Vec<OsString> {
         "-no-user-config",
         "-nographic",
         "-no-reboot",
+        // QEMU parses everything the guest sends; if the guest breaks it, the seccomp filter
+        // keeps it from starting programs, gaining privileges or changing its own limits.
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
     path_arg(&mut args, "-kernel", "", &spec.kernel.image, "");
     path_arg(&mut args, "-initrd", "", &spec.initramfs, "");
-    path_arg(&mut args, "-serial", "file:", &files.console, "");
+    // Appending, so the console can be cut while QEMU writes it (see `bounded`).
+    path_arg(
+        &mut args,
+        "-chardev",
+        "file,id=console,append=on,path=",
+        &files.console,
+        "",
+    );
+    args.extend(["-serial".into(), "chardev:console".into()]);
     path_arg(
         &mut args,
         "-qmp",
@@ -253,6 +265,7 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(joined.contains("-accel tcg -cpu max -m 256 -smp 2"));
+        assert!(joined.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
         assert!(joined.contains("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:80"));
         assert!(joined.contains("virtserialport,chardev=control,name=org.aegis.control"));
         assert!(joined.contains("file=/d/root.qcow2,if=none,id=disk0,format=qcow2"));

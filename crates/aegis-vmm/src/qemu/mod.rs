@@ -3,6 +3,7 @@
 //! child) its exit status.
 
 pub mod argv;
+pub mod bounded;
 mod process;
 pub mod qmp;
 pub mod virtiofs;
@@ -99,7 +100,15 @@ impl QemuVmm {
             path: spec.run_dir.clone(),
             source,
         })?;
-        for stale in [&files.qmp, &files.control, &files.pid, &files.migration] {
+        // The console is opened for appending (so it can be cut while QEMU writes): a new
+        // start must not append to the previous boot's.
+        for stale in [
+            &files.qmp,
+            &files.control,
+            &files.pid,
+            &files.migration,
+            &files.console,
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         let mut args = argv::build(spec, &files);
@@ -409,6 +418,10 @@ impl QemuVm {
                 )
             });
         });
+        bounded::watch(
+            vec![files.console.clone(), files.qemu_log.clone()],
+            exit_rx.clone(),
+        );
         QemuVm {
             pid,
             control: ControlEndpoint::UnixSocket(files.control.clone()),

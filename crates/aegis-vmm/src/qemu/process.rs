@@ -54,7 +54,7 @@ pub fn exit_of(status: std::process::ExitStatus) -> VmExit {
 
 /// The last lines of a log file, for error messages.
 pub fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = super::bounded::tail_text(path, 64 * 1024);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(5);
     let tail = lines[start..].join("; ");

@@ -248,8 +248,13 @@ fn image_status(e: &ImageError) -> StatusCode {
             PullError::Unreachable { .. }
             | PullError::DigestMismatch { .. }
             | PullError::Oversized { .. }
+            | PullError::ManifestTooLarge { .. }
+            | PullError::ConfigTooLarge { .. }
             | PullError::Registry { .. }
             | PullError::Manifest { .. } => StatusCode::BAD_GATEWAY,
+            PullError::DeadlineExceeded { .. } | PullError::Stalled { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             PullError::Credentials { .. }
             | PullError::Store { .. }
             | PullError::Build { .. }

@@ -20,6 +20,7 @@ use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::lifecycle::command::{Command, LifecycleError};
+use crate::lifecycle::output::ExecFeed;
 use crate::lifecycle::spec::{check_command, check_env};
 use crate::logs::now_ts;
 use crate::secrets::scrub_env;
@@ -89,7 +90,7 @@ pub async fn exec(
         started_at: now_ts(),
     };
     let toucher = handle.clone();
-    let rest = tokio_stream_from(events).map(move |ev| {
+    let rest = feed_stream(events).map(move |ev| {
         let _held = &busy;
         if matches!(ev, ExecEvent::Done { .. }) {
             toucher.notify(Command::Touch);
@@ -106,17 +107,11 @@ pub async fn exec(
     Ok(ndjson(Body::from_stream(stream)))
 }
 
-/// An mpsc receiver as a stream that ends after the final record.
-fn tokio_stream_from(
-    rx: tokio::sync::mpsc::Receiver<ExecEvent>,
-) -> impl futures::Stream<Item = ExecEvent> {
-    futures::stream::unfold((rx, false), |(mut rx, finished)| async move {
-        if finished {
-            return None;
-        }
-        let ev = rx.recv().await?;
-        let last = matches!(ev, ExecEvent::Done { .. } | ExecEvent::Error { .. });
-        Some((ev, (rx, last)))
+/// An exec's feed as a stream that ends after the final record.
+fn feed_stream(feed: ExecFeed) -> impl futures::Stream<Item = ExecEvent> {
+    futures::stream::unfold(feed, |mut feed| async move {
+        let ev = feed.next().await?;
+        Some((ev, feed))
     })
 }
 

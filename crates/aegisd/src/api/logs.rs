@@ -17,7 +17,7 @@ use super::exec::ndjson;
 use super::instances::find;
 use super::json::{ApiPath, ApiQuery};
 use super::AppState;
-use crate::logs::{parse_since, LogFilter, LogSubscription};
+use crate::logs::{parse_since, History, InstanceLog, LogFilter, LogSubscription};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,30 +63,52 @@ pub async fn logs(
         exec_id: q.exec_id.filter(|s| !s.is_empty()),
     };
     let handle = find(&state, &id)?;
-    // Past the ring, history comes from the files: read them on the blocking pool.
     let log = std::sync::Arc::clone(&handle.log);
-    let blocking_err = |e: tokio::task::JoinError| ApiError::Internal(format!("log query: {e}"));
     if !follow {
-        let entries = tokio::task::spawn_blocking(move || log.query(&filter))
-            .await
-            .map_err(blocking_err)?;
-        let body = entries
-            .into_iter()
-            .flat_map(|e| line(&e))
-            .collect::<Vec<u8>>();
-        return Ok(ndjson(Body::from(body)));
+        let history = log.history(&filter);
+        return Ok(ndjson(Body::from_stream(read_history(
+            log, history, filter,
+        ))));
     }
     let watch = handle.watch();
-    let wanted = filter.clone();
-    let mut sub = tokio::task::spawn_blocking(move || log.subscribe(&wanted))
-        .await
-        .map_err(blocking_err)?;
-    let history = futures::stream::iter(std::mem::take(&mut sub.history));
-    let live = follow_stream(sub, watch, filter);
-    let stream = history
-        .chain(live)
+    let (history, sub) = log.subscribe(&filter);
+    let live = follow_stream(sub, watch, filter.clone())
         .map(|e| Ok::<Bytes, Infallible>(Bytes::from(line(&e))));
+    let stream = read_history(log, history, filter).chain(live);
     Ok(ndjson(Body::from_stream(stream)))
+}
+
+/// NDJSON pieces buffered between the reader and the client.
+const HISTORY_PIECES: usize = 4;
+/// Size a piece of history grows to before it is handed to the client.
+const HISTORY_PIECE_BYTES: usize = 256 * 1024;
+
+/// Streams a query's history, read on the blocking pool (past the ring it comes from the files)
+/// in pieces, so a query holds about 1 MiB however large the logs, and a client that goes away
+/// stops the read.
+fn read_history(
+    log: std::sync::Arc<InstanceLog>,
+    history: History,
+    filter: LogFilter,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(HISTORY_PIECES);
+    tokio::task::spawn_blocking(move || {
+        let mut piece = Vec::new();
+        log.read(history, &filter, |e| {
+            piece.extend_from_slice(&line(&e));
+            piece.len() < HISTORY_PIECE_BYTES
+                || tx
+                    .blocking_send(Bytes::from(std::mem::take(&mut piece)))
+                    .is_ok()
+        });
+        if !piece.is_empty() {
+            let _ = tx.blocking_send(Bytes::from(piece));
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        let piece = rx.recv().await?;
+        Some((Ok(piece), rx))
+    })
 }
 
 fn line(e: &LogEntry) -> Vec<u8> {

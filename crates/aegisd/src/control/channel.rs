@@ -2,8 +2,8 @@
 //! pending calls. Cloning a [`ControlChannel`] is cheap; all clones share the connection.
 //!
 //! Notifications go to a bounded [`NotificationSink`] with `try_send`: if its consumer falls
-//! behind, notifications are dropped and counted rather than letting the guest stall the reader,
-//! which also carries the responses every caller waits for.
+//! behind, output is dropped and counted rather than letting the guest stall the reader, which
+//! also carries the responses every caller waits for. Exits have slots of their own.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aegis_proto::control::{
     codes, Frame, HealthParams, HealthResult, Method, Notification, RequestFrame, RequestId,
-    ResponseFrame, RpcError, JSONRPC, MAX_GUEST_FRAME_BYTES,
+    ResponseFrame, RpcError, JSONRPC, MAX_GUEST_FRAME_BYTES, OUTPUT_CHUNK_BYTES,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -33,6 +33,10 @@ const READY_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Outgoing frames queued for the writer task.
 const WRITE_QUEUE: usize = 64;
+
+/// Slots of the notification queue only exits may take (see [`queue`]). The queue's capacity
+/// must exceed it; [`crate::lifecycle`]'s router gives it 1,024.
+pub const EXIT_RESERVE: usize = 256;
 
 /// Where notifications from the guest are delivered.
 pub type NotificationSink = mpsc::Sender<Notification>;
@@ -86,6 +90,7 @@ struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     dropped_notifications: AtomicU64,
+    oversized_output: AtomicU64,
     closed: watch::Receiver<bool>,
 }
 
@@ -123,6 +128,7 @@ impl ControlChannel {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dropped_notifications: AtomicU64::new(0),
+            oversized_output: AtomicU64::new(0),
             closed,
         });
         tokio::spawn(write_loop(write, write_rx));
@@ -184,13 +190,20 @@ impl ControlChannel {
             id,
         };
         tracing::trace!(rpc_method = %method, rpc_id = id, "control call");
-        if self.shared.writer.send(line).await.is_err() {
-            return Err(ControlError::Closed);
-        }
-        match tokio::time::timeout(timeout, rx).await {
+        // The send is inside the deadline: a guest that stops reading its port fills the write
+        // queue, and a send outside it would block this call, and every later one, forever.
+        let exchange = async {
+            self.shared
+                .writer
+                .send(line)
+                .await
+                .map_err(|_| ControlError::Closed)?;
+            rx.await.map_err(|_| ControlError::Closed)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(error))) => Err(ControlError::Rpc { method, error }),
-            Ok(Err(_)) => Err(ControlError::Closed),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ControlError::Timeout {
                 method,
                 after: timeout,
@@ -297,13 +310,7 @@ async fn read_loop(
             Ok(Frame::Notification { method, params }) => {
                 let note = serde_json::json!({ "method": method, "params": params });
                 match serde_json::from_value::<Notification>(note) {
-                    Ok(n) => {
-                        if sink.try_send(n).is_err()
-                            && shared.dropped_notifications.fetch_add(1, Ordering::Relaxed) == 0
-                        {
-                            tracing::warn!("guest notifications arrive faster than they are consumed; dropping");
-                        }
-                    }
+                    Ok(n) => queue(&shared, &sink, n),
                     Err(e) => {
                         tracing::debug!(%method, error = %e, "ignoring unknown guest notification")
                     }
@@ -326,6 +333,36 @@ async fn read_loop(
     }
     lock(&shared.pending).clear();
     let _ = closed.send(true);
+}
+
+/// Queues a notification for the consumer without ever waiting for it. Output and heartbeats
+/// leave [`EXIT_RESERVE`] slots free, so a process's end is not lost to its own chatter when the
+/// consumer falls behind; output chunks larger than the harness ever sends are refused, so the
+/// queue holds at most `(capacity - EXIT_RESERVE) * OUTPUT_CHUNK_BYTES` of text.
+fn queue(shared: &Shared, sink: &NotificationSink, note: Notification) {
+    let room = sink.capacity();
+    let refused = match &note {
+        Notification::Exit(_) => room == 0,
+        Notification::Output(o) if o.data.len() > OUTPUT_CHUNK_BYTES => {
+            if shared.oversized_output.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    bytes = o.data.len(),
+                    limit = OUTPUT_CHUNK_BYTES,
+                    "guest sent an output chunk larger than the harness sends; discarded"
+                );
+            }
+            return;
+        }
+        _ => room <= EXIT_RESERVE,
+    };
+    if refused || sink.try_send(note).is_err() {
+        let dropped = shared.dropped_notifications.fetch_add(1, Ordering::Relaxed);
+        if dropped == 0 {
+            tracing::warn!(
+                "guest notifications arrive faster than they are consumed; dropping output"
+            );
+        }
+    }
 }
 
 fn deliver(shared: &Shared, resp: ResponseFrame) {
@@ -351,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn routes_responses_and_notifications_and_survives_garbage() {
         let (host, guest) = UnixStream::pair().unwrap();
-        let (sink, mut notes) = mpsc::channel(8);
+        let (sink, mut notes) = mpsc::channel(EXIT_RESERVE + 8);
         let chan = ControlChannel::from_stream(host, sink);
         let (gr, mut gw) = guest.into_split();
         tokio::spawn(async move {
@@ -376,5 +413,68 @@ mod tests {
             .unwrap();
         assert_eq!(res.pid, 7);
         assert!(matches!(notes.recv().await, Some(Notification::Output(o)) if o.data == "x"));
+    }
+
+    fn output_frame(data: &str) -> String {
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"output\",\"params\":{{\"stream\":\"stdout\",\"data\":{},\"eol\":true}}}}\n",
+            serde_json::to_string(data).unwrap()
+        )
+    }
+
+    #[tokio::test]
+    async fn exits_get_through_a_queue_full_of_output_and_oversized_chunks_are_refused() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let capacity = EXIT_RESERVE + 16;
+        let (sink, mut notes) = mpsc::channel(capacity);
+        let chan = ControlChannel::from_stream(host, sink);
+        let mut flood = output_frame(&"x".repeat(OUTPUT_CHUNK_BYTES + 1));
+        for i in 0..1000 {
+            flood.push_str(&output_frame(&format!("line {i}")));
+        }
+        flood.push_str(r#"{"jsonrpc":"2.0","method":"exit","params":{"exec_id":"e1","code":3}}"#);
+        flood.push('\n');
+        guest.write_all(flood.as_bytes()).await.unwrap();
+        // Nothing was read meanwhile: 16 output slots, then the exit in the reserve.
+        let mut got = Vec::new();
+        while got.len() < 17 {
+            got.push(
+                tokio::time::timeout(Duration::from_secs(5), notes.recv())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert!(got[..16]
+            .iter()
+            .all(|n| matches!(n, Notification::Output(o) if o.data.starts_with("line "))));
+        assert!(
+            matches!(&got[16], Notification::Exit(e) if e.status.code == 3),
+            "{:?}",
+            got[16]
+        );
+        assert_eq!(chan.dropped_notifications(), 1000 - 16);
+        assert_eq!(chan.shared.oversized_output.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_stops_reading_times_calls_out_instead_of_blocking_them() {
+        // The guest end is never read: once the socket buffer and the write queue are full,
+        // a send would wait for ever.
+        let (host, _guest) = UnixStream::pair().unwrap();
+        let (sink, _notes) = mpsc::channel(EXIT_RESERVE + 1);
+        let chan = ControlChannel::from_stream(host, sink);
+        let big = serde_json::json!({ "argv": ["x".repeat(512 * 1024)] });
+        let mut timeouts = 0;
+        for _ in 0..(WRITE_QUEUE + 8) {
+            match chan
+                .call::<Value>(Method::Run, &big, Duration::from_millis(50))
+                .await
+            {
+                Err(ControlError::Timeout { .. }) => timeouts += 1,
+                other => panic!("expected a timeout, got {other:?}"),
+            }
+        }
+        assert_eq!(timeouts, WRITE_QUEUE + 8);
     }
 }

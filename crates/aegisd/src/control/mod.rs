@@ -4,5 +4,7 @@
 mod channel;
 mod framing;
 
-pub use channel::{ControlChannel, ControlError, NotificationSink, CONTROL_CALL_TIMEOUT};
+pub use channel::{
+    ControlChannel, ControlError, NotificationSink, CONTROL_CALL_TIMEOUT, EXIT_RESERVE,
+};
 pub use framing::{FrameReader, ReadFrame};

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
 
-use aegis_proto::control::{HealthResult, INGRESS_PORT};
+use aegis_proto::control::{
+    HealthResult, Method, SetIngressKeyParams, INGRESS_KEY_BYTES, INGRESS_PORT,
+};
 use aegis_vmm::boot::{GuestKernel, Initramfs, InitramfsError, KernelError};
 use aegis_vmm::{
     Accelerator, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, ShareSpec, Vm, VmExit,
@@ -17,7 +19,7 @@ use aegis_vmm::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{ControlChannel, ControlError, NotificationSink};
+use crate::control::{ControlChannel, ControlError, NotificationSink, CONTROL_CALL_TIMEOUT};
 use crate::workspaces::{ensure_volume, Attachment, WorkspaceError, SHARE_TAG};
 
 /// How long a guest gets from VMM start to a harness answering `health`. A cold boot takes
@@ -76,13 +78,31 @@ pub struct BootPlan {
     pub workspace: Option<Attachment>,
 }
 
+/// The way into a guest's ports: the host address QEMU forwards to the harness's ingress proxy,
+/// and the key its headers must carry (the address is on loopback, open to every local user).
+#[derive(Clone, Copy)]
+pub struct IngressForward {
+    /// Where the router connects.
+    pub addr: SocketAddr,
+    /// Drawn per boot by the daemon and given to the harness over the control channel.
+    pub key: [u8; INGRESS_KEY_BYTES],
+}
+
+impl std::fmt::Debug for IngressForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressForward")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A guest whose harness answers.
 #[derive(Debug)]
 pub struct Guest {
     /// The VM.
     pub vm: Box<dyn Vm>,
-    /// Host address forwarded to the harness's ingress proxy (the router connects here).
-    pub ingress: Option<SocketAddr>,
+    /// The way into its ports (the router connects here).
+    pub ingress: Option<IngressForward>,
     /// The harness's control channel.
     pub control: ControlChannel,
     /// The harness's first health answer.
@@ -333,19 +353,27 @@ pub async fn launch(
         Origin::Snapshot(source) => (env.vmm.restore(&spec, source).await, RESTORE_READY_TIMEOUT),
     };
     let vm = vm.map_err(BootError::Vmm)?;
-    // Kept beside the VM so a re-attaching daemon finds the ingress forward again.
-    let _ = std::fs::write(spec.run_dir.join(INGRESS_FILE), ingress_port.to_string());
     // And what it was started with, so a re-attached VM can still be snapshotted.
     if let Ok(text) = serde_json::to_vec(&spec) {
         let _ = std::fs::write(spec.run_dir.join(SPEC_FILE), text);
     }
-    let ingress = Some(SocketAddr::from(([127, 0, 0, 1], ingress_port)));
+    let forward = IngressForward {
+        addr: SocketAddr::from(([127, 0, 0, 1], ingress_port)),
+        key: rand::random(),
+    };
     let ready = tokio::select! {
         r = connect_ready(vm.as_ref(), sink, timeout, true) => r,
         () = cancel.cancelled() => Err(BootError::Cancelled),
     };
+    // A restored guest still holds the key of the boot it was saved from: it gets a new one too.
+    let ready = match ready {
+        Ok((control, health)) => set_ingress_key(&control, &spec.run_dir, forward)
+            .await
+            .map(|ingress| (control, health, ingress)),
+        Err(e) => Err(e),
+    };
     match ready {
-        Ok((control, health)) => {
+        Ok((control, health, ingress)) => {
             tracing::info!(
                 pid = vm.pid(),
                 restored,
@@ -380,10 +408,7 @@ pub async fn attach(
     let vm = env.vmm.attach(run_dir).await.map_err(BootError::Vmm)?;
     // A paused guest cannot answer `health`; its harness is asked once it is resumed.
     let (control, health) = connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT, !paused).await?;
-    let ingress = std::fs::read_to_string(run_dir.join(INGRESS_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse::<u16>().ok())
-        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    let ingress = read_ingress(run_dir);
     // Missing (a VM started by an older daemon) or unreadable: the VM runs on, and stops
     // without a snapshot.
     let spec = std::fs::read(run_dir.join(SPEC_FILE))
@@ -450,6 +475,66 @@ async fn connect_ready(
 
 /// File in the run directory holding the ingress forward's host port.
 const INGRESS_FILE: &str = "ingress.port";
+/// File in the run directory holding the ingress key (hex, mode 0600).
+const INGRESS_KEY_FILE: &str = "ingress.key";
+
+/// Gives the harness its ingress key and keeps the forward beside the VM, so a re-attaching
+/// daemon finds it again. Without a key the guest's ports are unreachable (the VM still runs).
+async fn set_ingress_key(
+    control: &ControlChannel,
+    run_dir: &Path,
+    forward: IngressForward,
+) -> Result<Option<IngressForward>, BootError> {
+    let params = SetIngressKeyParams { key: forward.key };
+    if let Err(e) = control
+        .call::<serde_json::Value>(Method::SetIngressKey, &params, CONTROL_CALL_TIMEOUT)
+        .await
+    {
+        return match e {
+            ControlError::Rpc { .. } | ControlError::Decode { .. } => {
+                tracing::warn!(error = %e, "the harness takes no ingress key; its ports are unreachable");
+                Ok(None)
+            }
+            other => Err(BootError::Control(other)),
+        };
+    }
+    let kept = write_private(
+        &run_dir.join(INGRESS_KEY_FILE),
+        hex::encode(forward.key).as_bytes(),
+    )
+    .and_then(|()| std::fs::write(run_dir.join(INGRESS_FILE), forward.addr.port().to_string()));
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, "cannot keep the ingress forward beside the VM; a daemon restart loses it");
+    }
+    Ok(Some(forward))
+}
+
+/// The forward kept by [`set_ingress_key`].
+fn read_ingress(run_dir: &Path) -> Option<IngressForward> {
+    let port = std::fs::read_to_string(run_dir.join(INGRESS_FILE)).ok()?;
+    let key = std::fs::read_to_string(run_dir.join(INGRESS_KEY_FILE)).ok()?;
+    let key = hex::decode(key.trim()).ok()?.try_into().ok()?;
+    Some(IngressForward {
+        addr: SocketAddr::from(([127, 0, 0, 1], port.trim().parse::<u16>().ok()?)),
+        key,
+    })
+}
+
+/// Writes a file only its owner can read, replacing it whole.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
 /// The VM's [`VmSpec`] as JSON, beside the VM.
 const SPEC_FILE: &str = "vm-spec.json";
 
@@ -461,9 +546,8 @@ fn free_loopback_port() -> std::io::Result<u16> {
 
 /// The last meaningful lines of a guest console, for error messages.
 pub fn console_tail(path: &Path) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    // The end only: guest root can fill the console with anything.
+    let text = aegis_vmm::qemu::bounded::tail_text(path, 64 * 1024);
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)

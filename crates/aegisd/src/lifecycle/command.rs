@@ -57,7 +57,7 @@ pub struct GuestLink {
     /// `defaults.env` for each process, whose own variables win.
     pub secrets: std::sync::Arc<SecretEnv>,
     /// Host address of the guest's ingress proxy.
-    pub ingress: Option<std::net::SocketAddr>,
+    pub ingress: Option<super::boot::IngressForward>,
     /// Whether this wake had to boot or resume the guest (its servers may still be starting).
     pub woke: bool,
 }

@@ -3,29 +3,56 @@
 //! exec's stream or, for the primary process, to the instance actor.
 //!
 //! One router task per booted guest. It never calls the guest, so it can never wait on the
-//! channel whose notifications it drains.
+//! channel whose notifications it drains, and it never waits for an API client: a slow one
+//! loses lines from its live stream (they stay in the log), never its final record.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use aegis_proto::api::{ExecEvent, LogEntry, LogSource, LogStream};
 use aegis_proto::control::{ExecId, Notification, Stream};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::{mpsc, oneshot};
 
 use super::command::Command;
+use crate::control::EXIT_RESERVE;
 use crate::logs::{now_ts, InstanceLog, LineAssembler};
 
-/// Notifications buffered between the channel's demuxer and the router.
-pub const NOTIFICATION_BUFFER: usize = 4096;
+/// Notifications buffered between the channel's demuxer and the router, of which
+/// [`EXIT_RESERVE`] are kept for exits: at most 768 output chunks of 32 KiB, 24 MiB.
+pub const NOTIFICATION_BUFFER: usize = 1024;
+const _: () = assert!(NOTIFICATION_BUFFER > 2 * EXIT_RESERVE);
 /// Output entries buffered per exec stream. When an API client reads slower than the guest
-/// writes, further lines are dropped from the live stream (they stay in the instance log) and
-/// the client is told how many.
+/// writes, further lines are dropped from its live stream (they stay in the instance log).
 pub const EXEC_STREAM_BUFFER: usize = 1024;
+/// Bytes of line text buffered per exec stream, whatever the number of entries.
+pub const EXEC_STREAM_BYTES: usize = 8 * 1024 * 1024;
 
 /// Registers exec streams with a router.
 #[derive(Debug, Clone)]
 pub struct OutputRouter {
-    register: mpsc::Sender<(ExecId, mpsc::Sender<ExecEvent>)>,
+    register: mpsc::Sender<(ExecId, ExecStream)>,
+}
+
+/// The live output of one exec as its API client reads it: lines, then one final record
+/// (`Done`, or `Error` when the VM went away first).
+#[derive(Debug)]
+pub struct ExecFeed {
+    lines: mpsc::Receiver<LogEntry>,
+    end: Option<oneshot::Receiver<ExecEvent>>,
+    buffered: Arc<AtomicUsize>,
+}
+
+impl ExecFeed {
+    /// The next record; `None` after the final one.
+    pub async fn next(&mut self) -> Option<ExecEvent> {
+        if let Some(entry) = self.lines.recv().await {
+            self.buffered.fetch_sub(entry.line.len(), Ordering::Relaxed);
+            return Some(ExecEvent::Output(entry));
+        }
+        // The router drops the line sender only after it has set the final record.
+        self.end.take()?.await.ok()
+    }
 }
 
 impl OutputRouter {
@@ -45,16 +72,52 @@ impl OutputRouter {
     /// Subscribes to an exec's output before the exec is started, so nothing is missed.
     ///
     /// Returns `None` when the guest is gone.
-    pub async fn subscribe(&self, exec_id: ExecId) -> Option<mpsc::Receiver<ExecEvent>> {
-        let (tx, rx) = mpsc::channel(EXEC_STREAM_BUFFER);
-        self.register.send((exec_id, tx)).await.ok()?;
-        Some(rx)
+    pub async fn subscribe(&self, exec_id: ExecId) -> Option<ExecFeed> {
+        let (lines, rx) = mpsc::channel(EXEC_STREAM_BUFFER);
+        let (end, end_rx) = oneshot::channel();
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let stream = ExecStream {
+            lines,
+            end,
+            buffered: Arc::clone(&buffered),
+            dropped: 0,
+        };
+        self.register.send((exec_id, stream)).await.ok()?;
+        Some(ExecFeed {
+            lines: rx,
+            end: Some(end_rx),
+            buffered,
+        })
     }
 }
 
+#[derive(Debug)]
 struct ExecStream {
-    tx: mpsc::Sender<ExecEvent>,
+    lines: mpsc::Sender<LogEntry>,
+    end: oneshot::Sender<ExecEvent>,
+    buffered: Arc<AtomicUsize>,
     dropped: u64,
+}
+
+impl ExecStream {
+    /// Hands a line to the client unless its buffer is full (by entries or bytes).
+    fn offer(&mut self, entry: LogEntry) -> bool {
+        let bytes = entry.line.len();
+        if self.buffered.load(Ordering::Relaxed) + bytes > EXEC_STREAM_BYTES {
+            return false;
+        }
+        self.buffered.fetch_add(bytes, Ordering::Relaxed);
+        if self.lines.try_send(entry).is_err() {
+            self.buffered.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Sets the final record; dropping `self` then ends the client's line feed.
+    fn finish(self, event: ExecEvent) {
+        let _ = self.end.send(event);
+    }
 }
 
 async fn route(
@@ -62,17 +125,19 @@ async fn route(
     actor: mpsc::Sender<Command>,
     generation: u64,
     mut notes: mpsc::Receiver<Notification>,
-    mut registrations: mpsc::Receiver<(ExecId, mpsc::Sender<ExecEvent>)>,
+    mut registrations: mpsc::Receiver<(ExecId, ExecStream)>,
 ) {
     let mut lines = LineAssembler::default();
     let mut execs: HashMap<ExecId, ExecStream> = HashMap::new();
+    // Only the first primary exit counts: any later one is the guest's invention.
+    let mut primary_exited = false;
     loop {
         tokio::select! {
             // Registrations first: one is always sent before its exec starts.
             biased;
             reg = registrations.recv() => {
-                if let Some((id, tx)) = reg {
-                    execs.insert(id, ExecStream { tx, dropped: 0 });
+                if let Some((id, stream)) = reg {
+                    execs.insert(id, stream);
                 }
             }
             note = notes.recv() => {
@@ -93,17 +158,17 @@ async fn route(
                         match e.exec_id {
                             Some(id) => {
                                 if let Some(stream) = execs.remove(&id) {
-                                    let done = ExecEvent::Done {
+                                    stream.finish(ExecEvent::Done {
                                         done: true,
                                         exit_code: e.status.code,
                                         signal: e.status.signal,
                                         exec_id: id.0,
-                                    };
-                                    // The final record must not be lost to a full buffer.
-                                    let _ = stream.tx.send(done).await;
+                                    });
                                 }
                             }
+                            None if primary_exited => {}
                             None => {
+                                primary_exited = true;
                                 log.system(format!("process exited (code={})", e.status.code));
                                 let _ = actor
                                     .send(Command::PrimaryExited { generation, status: e.status })
@@ -116,12 +181,9 @@ async fn route(
         }
     }
     for (_, stream) in execs {
-        let _ = stream
-            .tx
-            .send(ExecEvent::Error {
-                error: "the VM stopped before the process ended".to_owned(),
-            })
-            .await;
+        stream.finish(ExecEvent::Error {
+            error: "the VM stopped before the process ended".to_owned(),
+        });
     }
 }
 
@@ -151,7 +213,7 @@ fn emit(
         partial,
     };
     if let Some(exec) = exec_id.and_then(|id| execs.get_mut(id)) {
-        if exec.tx.try_send(ExecEvent::Output(entry.clone())).is_err() {
+        if !exec.offer(entry.clone()) {
             exec.dropped += 1;
             if exec.dropped == 1 {
                 tracing::warn!(instance = log.instance_id(), exec = %exec_id.map(|e| e.0.as_str()).unwrap_or(""), "exec client reads too slowly; dropping lines from its stream (kept in the log)");

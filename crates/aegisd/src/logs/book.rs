@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aegis_proto::api::{LogEntry, LogSource, LogStream};
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
 /// Entries kept in memory per instance; older ones are only in the files.
 pub const RING_ENTRIES: usize = 10_000;
@@ -24,8 +24,6 @@ pub const FILE_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
 /// How much of the files' end a daemon start reads to refill the ring: twice the ring's text,
 /// so the ring fills, without reading up to two full files per instance.
 pub const LOAD_BYTES: u64 = 2 * RING_BYTES as u64;
-/// Entries a slow follower may lag behind before it misses some (it is told how many).
-const FOLLOW_BUFFER: usize = 4096;
 
 /// Which entries a query wants.
 #[derive(Debug, Clone, Default)]
@@ -66,9 +64,18 @@ struct Inner {
 
 /// The log files as they were at one moment: opened while the log was locked (a later rotation
 /// renames them, which does not move what is open) with the length they had then.
+#[derive(Debug)]
 struct FileCut(Vec<(File, u64)>);
 
+/// The entries a query answers with, fixed when it began: see [`InstanceLog::history`].
+#[derive(Debug)]
+pub struct History {
+    source: Source,
+    last_seq: u64,
+}
+
 /// Where a query's history comes from.
+#[derive(Debug)]
 enum Source {
     Ring(Vec<LogEntry>),
     Files(FileCut),
@@ -80,48 +87,52 @@ pub struct InstanceLog {
     instance_id: String,
     path: PathBuf,
     inner: Mutex<Inner>,
-    live: broadcast::Sender<(u64, LogEntry)>,
+    /// The sequence number of the newest entry, for followers to wake on.
+    newest: watch::Sender<u64>,
 }
 
-/// A live follower: history first, then new entries, without gaps or duplicates.
+/// A live follower: history first, then new entries, without gaps or duplicates. It reads new
+/// entries from the ring, so a follower that stops reading holds no memory: once the ring has
+/// moved past it, it is told how many entries it missed.
 #[derive(Debug)]
 pub struct LogSubscription {
-    /// Entries that existed when subscribing (filtered).
-    pub history: Vec<LogEntry>,
     last_seq: u64,
-    rx: broadcast::Receiver<(u64, LogEntry)>,
+    log: Arc<InstanceLog>,
+    newest: watch::Receiver<u64>,
 }
 
 impl LogSubscription {
-    /// The next new entry; `Err(n)` when `n` entries were skipped because the follower lagged;
-    /// `None` if the log was closed.
+    /// The next new entry; `Err(n)` when `n` entries were skipped because the follower lagged.
     pub async fn next(&mut self) -> Option<Result<LogEntry, u64>> {
         loop {
-            match self.rx.recv().await {
-                Ok((seq, entry)) if seq > self.last_seq => {
-                    self.last_seq = seq;
-                    return Some(Ok(entry));
-                }
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Err(n)),
-                Err(broadcast::error::RecvError::Closed) => return None,
+            self.newest.borrow_and_update();
+            if let Some(found) = self.take() {
+                return Some(found);
+            }
+            self.newest.changed().await.ok()?;
+        }
+    }
+
+    /// An entry already appended, without waiting; entries the follower missed are skipped.
+    pub fn try_next(&mut self) -> Option<LogEntry> {
+        loop {
+            if let Ok(entry) = self.take()? {
+                return Some(entry);
             }
         }
     }
 
-    /// An entry already sent, without waiting.
-    pub fn try_next(&mut self) -> Option<LogEntry> {
-        loop {
-            match self.rx.try_recv() {
-                Ok((seq, entry)) if seq > self.last_seq => {
-                    self.last_seq = seq;
-                    return Some(entry);
-                }
-                Ok(_) => continue,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
+    fn take(&mut self) -> Option<Result<LogEntry, u64>> {
+        let inner = self.log.lock();
+        let first = inner.ring.front()?.0;
+        let wanted = self.last_seq + 1;
+        if first > wanted {
+            self.last_seq = first - 1;
+            return Some(Err(first - wanted));
         }
+        let (seq, entry) = inner.ring.get(usize::try_from(wanted - first).ok()?)?;
+        self.last_seq = *seq;
+        Some(Ok(entry.clone()))
     }
 }
 
@@ -178,12 +189,12 @@ impl InstanceLog {
             }
         }
         inner.file = Some(file);
-        let (live, _) = broadcast::channel(FOLLOW_BUFFER);
+        let (newest, _) = watch::channel(0);
         Ok(InstanceLog {
             instance_id: instance_id.to_owned(),
             path: path.to_path_buf(),
             inner: Mutex::new(inner),
-            live,
+            newest,
         })
     }
 
@@ -217,9 +228,8 @@ impl InstanceLog {
                 }
             }
         }
-        let seq = push_ring(&mut inner, entry.clone());
-        // Sent under the lock so followers see entries in sequence order.
-        let _ = self.live.send((seq, entry));
+        let seq = push_ring(&mut inner, entry);
+        self.newest.send_replace(seq);
     }
 
     /// Appends a `system` line.
@@ -236,32 +246,72 @@ impl InstanceLog {
         });
     }
 
-    /// Entries matching `filter`. Reads the files when the ring no longer holds everything: call
-    /// it off the async workers.
-    pub fn query(&self, filter: &LogFilter) -> Vec<LogEntry> {
-        let (source, last_seq) = {
-            let inner = self.lock();
-            (self.source(&inner, filter), inner.next_seq - 1)
-        };
-        self.history(source, filter, last_seq)
+    /// What matches `filter` now, to be read with [`InstanceLog::read`]. Cheap: it opens the
+    /// files (when the ring no longer holds everything) but reads nothing.
+    pub fn history(&self, filter: &LogFilter) -> History {
+        let inner = self.lock();
+        History {
+            source: self.source(&inner, filter),
+            last_seq: inner.next_seq - 1,
+        }
     }
 
-    /// History matching `filter` plus a live feed of what follows. Reads the files when the ring
-    /// no longer holds everything: call it off the async workers.
-    pub fn subscribe(&self, filter: &LogFilter) -> LogSubscription {
-        let (source, last_seq, rx) = {
-            let inner = self.lock();
-            (
-                self.source(&inner, filter),
-                inner.next_seq - 1,
-                self.live.subscribe(),
-            )
+    /// The history matching `filter` and a live feed of what follows it.
+    pub fn subscribe(self: &Arc<Self>, filter: &LogFilter) -> (History, LogSubscription) {
+        let history = self.history(filter);
+        let sub = LogSubscription {
+            last_seq: history.last_seq,
+            log: Arc::clone(self),
+            newest: self.newest.subscribe(),
         };
-        LogSubscription {
-            history: self.history(source, filter, last_seq),
-            last_seq,
-            rx,
+        (history, sub)
+    }
+
+    /// Calls `each` with the entries of `history`, oldest first, until it returns `false`.
+    /// Entries read from the files are handed on one by one, so a query holds at most its
+    /// `tail` of them: call it off the async workers.
+    pub fn read(
+        &self,
+        history: History,
+        filter: &LogFilter,
+        mut each: impl FnMut(LogEntry) -> bool,
+    ) {
+        let cut = match history.source {
+            Source::Ring(entries) => {
+                for entry in entries {
+                    if !each(entry) {
+                        return;
+                    }
+                }
+                return;
+            }
+            Source::Files(cut) => cut,
+        };
+        let mut delivered = false;
+        let read = read_cut(cut, filter, |entry| {
+            delivered = true;
+            each(entry)
+        });
+        if let Err(e) = read {
+            tracing::warn!(instance = %self.instance_id, error = %e, "cannot read the log files; answering from memory");
+            if !delivered {
+                for entry in select(&self.lock(), filter, history.last_seq) {
+                    if !each(entry) {
+                        return;
+                    }
+                }
+            }
         }
+    }
+
+    /// Entries matching `filter`, collected (tests and small queries).
+    pub fn query(&self, filter: &LogFilter) -> Vec<LogEntry> {
+        let mut out = Vec::new();
+        self.read(self.history(filter), filter, |e| {
+            out.push(e);
+            true
+        });
+        out
     }
 
     /// The ring's answer, or the files to read when entries have left the ring (and the files
@@ -302,16 +352,6 @@ impl InstanceLog {
         }
     }
 
-    fn history(&self, source: Source, filter: &LogFilter, last_seq: u64) -> Vec<LogEntry> {
-        match source {
-            Source::Ring(entries) => entries,
-            Source::Files(cut) => read_cut(cut, filter).unwrap_or_else(|e| {
-                tracing::warn!(instance = %self.instance_id, error = %e, "cannot read the log files; answering from memory");
-                select(&self.lock(), filter, last_seq)
-            }),
-        }
-    }
-
     /// Moves the full file to `<name>.1` and starts a new one. On failure the current file
     /// keeps growing (logged once): losing lines would be worse than a large file.
     fn rotate(&self, inner: &mut Inner) {
@@ -347,31 +387,62 @@ fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Calls `each` with every entry of an NDJSON log. A torn or garbled line (a crash mid-write)
-/// is skipped, not fatal.
-fn for_each_entry(reader: impl BufRead, mut each: impl FnMut(LogEntry)) -> std::io::Result<()> {
+/// Calls `each` with every entry of an NDJSON log until it returns `false`. A torn or garbled
+/// line (a crash mid-write) is skipped, not fatal.
+fn for_each_entry(
+    reader: impl BufRead,
+    mut each: impl FnMut(LogEntry) -> bool,
+) -> std::io::Result<()> {
     for line in reader.split(b'\n') {
         if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line?) {
-            each(entry);
+            if !each(entry) {
+                break;
+            }
         }
     }
     Ok(())
 }
 
-/// Entries of the files matching `filter`, the last `tail` of them when asked.
-fn read_cut(cut: FileCut, filter: &LogFilter) -> std::io::Result<Vec<LogEntry>> {
-    let mut out = VecDeque::new();
+/// Hands on the entries of the files matching `filter` (the last `tail` of them when asked)
+/// until `each` returns `false`.
+fn read_cut(
+    cut: FileCut,
+    filter: &LogFilter,
+    mut each: impl FnMut(LogEntry) -> bool,
+) -> std::io::Result<()> {
+    let Some(tail) = filter.tail else {
+        for (file, len) in cut.0 {
+            let mut wanted = true;
+            for_each_entry(BufReader::new(file.take(len)), |entry| {
+                if filter.matches(&entry) {
+                    wanted = each(entry);
+                }
+                wanted
+            })?;
+            if !wanted {
+                break;
+            }
+        }
+        return Ok(());
+    };
+    let mut last = VecDeque::new();
     for (file, len) in cut.0 {
         for_each_entry(BufReader::new(file.take(len)), |entry| {
             if filter.matches(&entry) {
-                out.push_back(entry);
-                if filter.tail.is_some_and(|t| out.len() > t) {
-                    out.pop_front();
+                last.push_back(entry);
+                if last.len() > tail {
+                    last.pop_front();
                 }
             }
+            true
         })?;
     }
-    Ok(out.into())
+    for entry in last {
+        if !each(entry) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Loads the entries of the last `budget` bytes of a log file into the ring. What is left out
@@ -388,6 +459,7 @@ fn load(inner: &mut Inner, file: &File, budget: u64) -> std::io::Result<()> {
     }
     for_each_entry(reader, |entry| {
         push_ring(inner, entry);
+        true
     })
 }
 
@@ -422,6 +494,44 @@ fn push_ring(inner: &mut Inner, entry: LogEntry) -> u64 {
 mod tests {
     use super::*;
 
+    fn read_all(log: &InstanceLog, history: History) -> Vec<LogEntry> {
+        let mut out = Vec::new();
+        log.read(history, &LogFilter::default(), |e| {
+            out.push(e);
+            true
+        });
+        out
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_stops_reading_holds_nothing_and_is_told_what_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(InstanceLog::open("inst-1", &dir.path().join("logs.ndjson")).unwrap());
+        let (_, mut sub) = log.subscribe(&LogFilter::default());
+        let flood = RING_ENTRIES * 3;
+        for i in 0..flood {
+            log.append(entry(&format!("line {i}"), None));
+        }
+        // What it missed is gone from memory: only the ring holds entries.
+        assert_eq!(log.lock().ring.len(), RING_ENTRIES);
+        assert_eq!(sub.next().await, Some(Err((flood - RING_ENTRIES) as u64)));
+        assert_eq!(
+            sub.next().await.unwrap().unwrap().line,
+            format!("line {}", flood - RING_ENTRIES)
+        );
+        // A query stops reading when its reader says so.
+        let mut seen = 0;
+        log.read(
+            log.history(&LogFilter::default()),
+            &LogFilter::default(),
+            |_| {
+                seen += 1;
+                seen < 5
+            },
+        );
+        assert_eq!(seen, 5);
+    }
+
     /// The text of each entry.
     fn lines(entries: Vec<LogEntry>) -> Vec<String> {
         entries.into_iter().map(|e| e.line).collect()
@@ -448,12 +558,12 @@ mod tests {
     async fn persists_filters_and_follows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs.ndjson");
-        let log = InstanceLog::open("inst-1", &path).unwrap();
+        let log = Arc::new(InstanceLog::open("inst-1", &path).unwrap());
         log.append(entry("a", None));
         log.append(entry("b", Some("e1")));
         log.system("process exited (code=0)");
-        let mut sub = log.subscribe(&LogFilter::default());
-        assert_eq!(sub.history.len(), 3);
+        let (history, mut sub) = log.subscribe(&LogFilter::default());
+        assert_eq!(read_all(&log, history).len(), 3);
         log.append(entry("c", None));
         assert_eq!(sub.next().await.unwrap().unwrap().line, "c");
         let only_exec = log.query(&LogFilter {
@@ -491,7 +601,7 @@ mod tests {
     fn history_past_the_ring_comes_from_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs.ndjson");
-        let log = InstanceLog::open("inst-1", &path).unwrap();
+        let log = Arc::new(InstanceLog::open("inst-1", &path).unwrap());
         let total = RING_ENTRIES + 500;
         for i in 0..total {
             let exec = (i % 100 == 0).then_some("e1");
@@ -521,8 +631,8 @@ mod tests {
             short_tail,
             [total - 3, total - 2, total - 1].map(|i| format!("line {i}"))
         );
-        let mut sub = log.subscribe(&LogFilter::default());
-        assert_eq!(sub.history.len(), total);
+        let (history, mut sub) = log.subscribe(&LogFilter::default());
+        assert_eq!(read_all(&log, history).len(), total);
         log.append(entry("after", None));
         assert_eq!(sub.try_next().unwrap().line, "after");
         drop((sub, log));

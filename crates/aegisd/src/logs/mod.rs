@@ -4,7 +4,7 @@
 mod book;
 mod lines;
 
-pub use book::{InstanceLog, LogFilter, LogSubscription};
+pub use book::{History, InstanceLog, LogFilter, LogSubscription};
 pub use lines::LineAssembler;
 
 /// Formats a timestamp the one way logs use: UTC, nanoseconds, `Z`. Fixed width, so string order

@@ -2,10 +2,16 @@
 //! when paused, boot when stopped — coalesced by the instance actor), then is relayed to the
 //! guest through the harness's ingress proxy. Nothing else accepts traffic for a VM.
 //!
+//! Connections are bounded: at most [`MAX_CONNECTIONS_PER_PORT`] per public port and a total
+//! the daemon derives from its descriptor limit; past either, further clients wait in the
+//! kernel's listen backlog instead of costing descriptors. A relayed connection on which nothing
+//! moves for [`CONNECTION_IDLE_TIMEOUT`] is closed.
+//!
 //! Ports are reserved in two steps — [`Router::listen`] binds (and so proves the port free),
 //! [`Router::serve`] starts accepting for an instance — so an instance can be created with its
 //! ports chosen before its actor exists.
 
+mod idle;
 mod relay;
 
 use std::collections::HashMap;
@@ -14,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use aegis_proto::api::Endpoint;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
 use crate::lifecycle::instances::InstanceHandle;
@@ -21,6 +28,21 @@ use crate::lifecycle::spec::{ExposeProtocol, ExposeSpec};
 
 /// Environment variable setting the address public listeners bind to (default 127.0.0.1).
 pub const BIND_ENV: &str = "AEGIS_ROUTER_BIND";
+
+/// Connections relayed at once through one public port (the harness's ingress proxy takes as
+/// many per guest).
+pub const MAX_CONNECTIONS_PER_PORT: usize = 1024;
+
+/// A relayed connection on which no byte moved in either direction for this long is closed.
+/// Long enough for a quiet WebSocket or a long poll; clients that keep a connection open for
+/// longer send keepalives anyway.
+pub const CONNECTION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Each relayed connection holds two descriptors (client and guest side).
+const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for everything but relayed connections: the API, VMs' control sockets and
+/// logs, images being pulled.
+const RESERVED_DESCRIPTORS: u64 = 1024;
 
 /// Where a public port leads.
 #[derive(Debug, Clone)]
@@ -67,15 +89,24 @@ struct Route {
 pub struct Router {
     bind: IpAddr,
     routes: Mutex<HashMap<u16, Route>>,
+    connections: Arc<Semaphore>,
 }
 
 impl Router {
-    /// A router binding its listeners to `bind`.
-    pub fn new(bind: IpAddr) -> Arc<Router> {
+    /// A router binding its listeners to `bind`, relaying as many connections at once as
+    /// `open_files` (the daemon's descriptor limit) leaves room for.
+    pub fn new(bind: IpAddr, open_files: u64) -> Arc<Router> {
         Arc::new(Router {
             bind,
             routes: Mutex::new(HashMap::new()),
+            connections: Arc::new(Semaphore::new(Self::connection_budget(open_files))),
         })
+    }
+
+    /// Connections relayed at once over all ports, for a descriptor limit.
+    pub fn connection_budget(open_files: u64) -> usize {
+        let spare = open_files.saturating_sub(RESERVED_DESCRIPTORS) / DESCRIPTORS_PER_CONNECTION;
+        usize::try_from(spare.clamp(64, 1 << 16)).unwrap_or(64)
     }
 
     /// The address from `AEGIS_ROUTER_BIND`, or loopback.
@@ -114,15 +145,35 @@ impl Router {
         };
         let instance_id = target.instance.id.clone();
         let target = Arc::new(target);
+        let all = Arc::clone(&self.connections);
+        let this_port = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
         let task = tokio::spawn(async move {
+            let mut full = false;
             loop {
+                // Permits before accept: past the caps clients wait in the backlog.
+                let (Ok(port_permit), Ok(permit)) = (
+                    Arc::clone(&this_port).acquire_owned().await,
+                    Arc::clone(&all).acquire_owned().await,
+                ) else {
+                    return;
+                };
                 match listener.accept().await {
                     Ok((client, _)) => {
+                        full = false;
                         let _ = client.set_nodelay(true);
-                        tokio::spawn(relay::serve_connection(client, Arc::clone(&target)));
+                        let target = Arc::clone(&target);
+                        tokio::spawn(async move {
+                            relay::serve_connection(client, target).await;
+                            drop((port_permit, permit));
+                        });
                     }
                     Err(e) => {
-                        tracing::warn!(port, error = %e, "accept failed");
+                        // Out of descriptors or memory: noted once, then retried gently
+                        // rather than in a busy loop.
+                        if !full {
+                            tracing::warn!(port, error = %e, "accept failed; retrying");
+                            full = true;
+                        }
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
                 }

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aegis_proto::control::{IngressStatus, INGRESS_MAGIC};
+use aegis_proto::control::{ingress_header, IngressStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::RouteTarget;
+use super::idle::{self, RelayEnd};
+use super::{RouteTarget, CONNECTION_IDLE_TIMEOUT};
 use crate::images::error_chain;
+use crate::lifecycle::boot::IngressForward;
 use crate::lifecycle::command::Command;
 use crate::lifecycle::spec::ExposeProtocol;
 
@@ -56,8 +58,14 @@ pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
     };
     match open_guest(ingress, target.guest_port, link.woke).await {
         Ok(mut upstream) => {
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(instance = %target.instance.id, error = %e, "relay ended with an error");
+            match idle::relay(&mut client, &mut upstream, CONNECTION_IDLE_TIMEOUT).await {
+                Ok(RelayEnd::Closed) => {}
+                Ok(RelayEnd::Idle) => {
+                    tracing::debug!(instance = %target.instance.id, "closed an idle connection");
+                }
+                Err(e) => {
+                    tracing::debug!(instance = %target.instance.id, error = %e, "relay ended with an error");
+                }
             }
         }
         Err(status) => {
@@ -80,7 +88,7 @@ pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
 /// woke the instance, a refused port is retried for [`WOKEN_LISTEN_GRACE`]: the guest's server
 /// is most likely still starting, and the request that woke it should be served, not refused.
 async fn open_guest(
-    ingress: std::net::SocketAddr,
+    ingress: IngressForward,
     guest_port: u16,
     woke: bool,
 ) -> Result<TcpStream, IngressStatus> {
@@ -109,14 +117,13 @@ async fn open_guest(
 }
 
 async fn try_open(
-    ingress: std::net::SocketAddr,
+    ingress: IngressForward,
     guest_port: u16,
 ) -> Result<TcpStream, Option<IngressStatus>> {
-    let mut stream = TcpStream::connect(ingress).await.map_err(|_| None)?;
+    let mut stream = TcpStream::connect(ingress.addr).await.map_err(|_| None)?;
     let _ = stream.set_nodelay(true);
-    let [hi, lo] = guest_port.to_be_bytes();
     stream
-        .write_all(&[INGRESS_MAGIC[0], INGRESS_MAGIC[1], hi, lo])
+        .write_all(&ingress_header(&ingress.key, guest_port))
         .await
         .map_err(|_| None)?;
     let mut status = [0u8; 1];

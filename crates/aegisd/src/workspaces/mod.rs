@@ -468,6 +468,37 @@ impl WorkspaceStore {
         Ok(())
     }
 
+    /// Why a (canonical) host directory must not be given to a guest, if it must not: the
+    /// daemon's home holds the master key and every secret, so neither it, nor anything in it,
+    /// nor a directory that contains it may be shared; nor the kernel's views of the host.
+    fn unshareable(&self, dir: &Path) -> Option<String> {
+        if dir == Path::new("/") {
+            return Some("the root directory cannot be shared".to_owned());
+        }
+        for kernel in ["/proc", "/sys", "/dev"] {
+            if dir.starts_with(kernel) {
+                return Some(format!(
+                    "{kernel} is the host kernel's and cannot be shared"
+                ));
+            }
+        }
+        let home = self.root.parent()?;
+        let home = home.canonicalize().unwrap_or_else(|_| home.to_path_buf());
+        if dir.starts_with(&home) {
+            return Some(format!(
+                "it is inside the Aegis home {}, which holds the master key and secrets",
+                home.display()
+            ));
+        }
+        if home.starts_with(dir) {
+            return Some(format!(
+                "it contains the Aegis home {}, which holds the master key and secrets",
+                home.display()
+            ));
+        }
+        None
+    }
+
     /// Checks an instance's workspace before the instance is stored: a host directory must
     /// exist and is stored canonical (so a symlink swapped later cannot redirect it); a named
     /// workspace is created as a directory on first use. `users` lists the other instances that
@@ -492,11 +523,8 @@ impl WorkspaceStore {
                         why: "not a directory".to_owned(),
                     });
                 }
-                if canonical == Path::new("/") {
-                    return Err(WorkspaceError::HostDir {
-                        path,
-                        why: "the root directory cannot be shared".to_owned(),
-                    });
+                if let Some(why) = self.unshareable(&canonical) {
+                    return Err(WorkspaceError::HostDir { path, why });
                 }
                 Ok(WorkspaceSpec::Host { path: canonical })
             }
@@ -736,9 +764,40 @@ mod tests {
     }
 
     #[test]
+    fn the_home_its_parents_and_the_kernels_views_are_never_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home/.aegis");
+        std::fs::create_dir_all(home.join("secrets")).unwrap();
+        std::fs::create_dir_all(dir.path().join("home/project")).unwrap();
+        let store = WorkspaceStore::new(home.join("workspaces"));
+        let share = |path: PathBuf| store.prepare(WorkspaceSpec::Host { path }, |_| None);
+        for refused in [
+            home.clone(),
+            home.join("secrets"),
+            dir.path().join("home"),
+            dir.path().to_path_buf(),
+            PathBuf::from("/"),
+            PathBuf::from("/proc"),
+            PathBuf::from("/proc/self"),
+            PathBuf::from("/sys/kernel"),
+            PathBuf::from("/dev"),
+        ] {
+            let err = share(refused.clone()).unwrap_err();
+            assert!(
+                matches!(err, WorkspaceError::HostDir { .. }),
+                "{} was shared: {err}",
+                refused.display()
+            );
+        }
+        let err = share(home.join("secrets")).unwrap_err().to_string();
+        assert!(err.contains("master key"), "{err}");
+        assert!(share(dir.path().join("home/project")).is_ok());
+    }
+
+    #[test]
     fn host_directories_are_canonical_and_must_exist() {
         let dir = tempfile::tempdir().unwrap();
-        let store = WorkspaceStore::new(dir.path().join("workspaces"));
+        let store = WorkspaceStore::new(dir.path().join("home/workspaces"));
         std::fs::create_dir(dir.path().join("real")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
         let spec = store
