@@ -38,8 +38,28 @@ const WRITE_QUEUE: usize = 64;
 /// must exceed it; [`crate::lifecycle`]'s router gives it 1,024.
 pub const EXIT_RESERVE: usize = 256;
 
-/// Where notifications from the guest are delivered.
-pub type NotificationSink = mpsc::Sender<Notification>;
+/// Where notifications from the guest are delivered, with the count of those dropped on the way
+/// (shared with the consumer, which reports it in the instance's log).
+#[derive(Debug, Clone)]
+pub struct NotificationSink {
+    tx: mpsc::Sender<Notification>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl NotificationSink {
+    /// A sink feeding `tx`.
+    pub fn new(tx: mpsc::Sender<Notification>) -> NotificationSink {
+        NotificationSink {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The number of notifications dropped so far, kept up to date.
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
+}
 
 /// Failures of control calls.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +109,6 @@ struct Shared {
     writer: mpsc::Sender<Vec<u8>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
-    dropped_notifications: AtomicU64,
     oversized_output: AtomicU64,
     closed: watch::Receiver<bool>,
 }
@@ -127,7 +146,6 @@ impl ControlChannel {
             writer,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            dropped_notifications: AtomicU64::new(0),
             oversized_output: AtomicU64::new(0),
             closed,
         });
@@ -250,11 +268,6 @@ impl ControlChannel {
         self.shared.closed.clone()
     }
 
-    /// Notifications dropped because the sink was full.
-    pub fn dropped_notifications(&self) -> u64 {
-        self.shared.dropped_notifications.load(Ordering::Relaxed)
-    }
-
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
         lock(&self.shared.pending)
     }
@@ -340,7 +353,7 @@ async fn read_loop(
 /// consumer falls behind; output chunks larger than the harness ever sends are refused, so the
 /// queue holds at most `(capacity - EXIT_RESERVE) * OUTPUT_CHUNK_BYTES` of text.
 fn queue(shared: &Shared, sink: &NotificationSink, note: Notification) {
-    let room = sink.capacity();
+    let room = sink.tx.capacity();
     let refused = match &note {
         Notification::Exit(_) => room == 0,
         Notification::Output(o) if o.data.len() > OUTPUT_CHUNK_BYTES => {
@@ -355,8 +368,8 @@ fn queue(shared: &Shared, sink: &NotificationSink, note: Notification) {
         }
         _ => room <= EXIT_RESERVE,
     };
-    if refused || sink.try_send(note).is_err() {
-        let dropped = shared.dropped_notifications.fetch_add(1, Ordering::Relaxed);
+    if refused || sink.tx.try_send(note).is_err() {
+        let dropped = sink.dropped.fetch_add(1, Ordering::Relaxed);
         if dropped == 0 {
             tracing::warn!(
                 "guest notifications arrive faster than they are consumed; dropping output"
@@ -389,7 +402,7 @@ mod tests {
     async fn routes_responses_and_notifications_and_survives_garbage() {
         let (host, guest) = UnixStream::pair().unwrap();
         let (sink, mut notes) = mpsc::channel(EXIT_RESERVE + 8);
-        let chan = ControlChannel::from_stream(host, sink);
+        let chan = ControlChannel::from_stream(host, NotificationSink::new(sink));
         let (gr, mut gw) = guest.into_split();
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(gr).lines();
@@ -426,7 +439,9 @@ mod tests {
     async fn exits_get_through_a_queue_full_of_output_and_oversized_chunks_are_refused() {
         let (host, mut guest) = UnixStream::pair().unwrap();
         let capacity = EXIT_RESERVE + 16;
-        let (sink, mut notes) = mpsc::channel(capacity);
+        let (tx, mut notes) = mpsc::channel(capacity);
+        let sink = NotificationSink::new(tx);
+        let dropped = sink.dropped();
         let chan = ControlChannel::from_stream(host, sink);
         let mut flood = output_frame(&"x".repeat(OUTPUT_CHUNK_BYTES + 1));
         for i in 0..1000 {
@@ -453,7 +468,7 @@ mod tests {
             "{:?}",
             got[16]
         );
-        assert_eq!(chan.dropped_notifications(), 1000 - 16);
+        assert_eq!(dropped.load(Ordering::Relaxed), 1000 - 16);
         assert_eq!(chan.shared.oversized_output.load(Ordering::Relaxed), 1);
     }
 
@@ -463,7 +478,7 @@ mod tests {
         // a send would wait for ever.
         let (host, _guest) = UnixStream::pair().unwrap();
         let (sink, _notes) = mpsc::channel(EXIT_RESERVE + 1);
-        let chan = ControlChannel::from_stream(host, sink);
+        let chan = ControlChannel::from_stream(host, NotificationSink::new(sink));
         let big = serde_json::json!({ "argv": ["x".repeat(512 * 1024)] });
         let mut timeouts = 0;
         for _ in 0..(WRITE_QUEUE + 8) {

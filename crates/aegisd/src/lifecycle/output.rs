@@ -15,7 +15,43 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use super::command::Command;
-use crate::control::EXIT_RESERVE;
+use crate::control::{NotificationSink, EXIT_RESERVE};
+
+/// How often at most the instance log is told that output was dropped.
+const DROP_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tells the instance's log when the guest's output outran the daemon and some was dropped,
+/// so a reader knows the log has gaps and why.
+struct Drops {
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    reported: u64,
+    last: tokio::time::Instant,
+}
+
+impl Drops {
+    fn new(dropped: Arc<std::sync::atomic::AtomicU64>) -> Drops {
+        Drops {
+            dropped,
+            reported: 0,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    fn report(&mut self, log: &InstanceLog, now: bool) {
+        if !now && self.last.elapsed() < DROP_REPORT_INTERVAL {
+            return;
+        }
+        self.last = tokio::time::Instant::now();
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > self.reported {
+            log.system(format!(
+                "{} output chunks were dropped: the guest wrote faster than aegisd could keep them (the log has a gap here)",
+                dropped - self.reported
+            ));
+            self.reported = dropped;
+        }
+    }
+}
 use crate::logs::{now_ts, InstanceLog, LineAssembler};
 
 /// Notifications buffered between the channel's demuxer and the router, of which
@@ -62,10 +98,12 @@ impl OutputRouter {
         log: Arc<InstanceLog>,
         actor: mpsc::Sender<Command>,
         generation: u64,
-    ) -> (mpsc::Sender<Notification>, OutputRouter) {
-        let (sink, notes) = mpsc::channel(NOTIFICATION_BUFFER);
+    ) -> (NotificationSink, OutputRouter) {
+        let (tx, notes) = mpsc::channel(NOTIFICATION_BUFFER);
+        let sink = NotificationSink::new(tx);
         let (register, registrations) = mpsc::channel(64);
-        tokio::spawn(route(log, actor, generation, notes, registrations));
+        let drops = Drops::new(sink.dropped());
+        tokio::spawn(route(log, actor, generation, notes, registrations, drops));
         (sink, OutputRouter { register })
     }
 
@@ -126,6 +164,7 @@ async fn route(
     generation: u64,
     mut notes: mpsc::Receiver<Notification>,
     mut registrations: mpsc::Receiver<(ExecId, ExecStream)>,
+    mut drops: Drops,
 ) {
     let mut lines = LineAssembler::default();
     let mut execs: HashMap<ExecId, ExecStream> = HashMap::new();
@@ -144,6 +183,7 @@ async fn route(
                 let Some(note) = note else { break };
                 match note {
                     Notification::Output(o) => {
+                        drops.report(&log, false);
                         for (text, eol) in lines.push(o.exec_id.clone(), o.stream, &o.data, o.eol) {
                             emit(&log, &mut execs, o.exec_id.as_ref(), o.stream, text, !eol);
                         }
@@ -152,6 +192,7 @@ async fn route(
                         let _ = actor.try_send(Command::Heartbeat { generation, activity });
                     }
                     Notification::Exit(e) => {
+                        drops.report(&log, true);
                         for (stream, text) in lines.finish(&e.exec_id) {
                             emit(&log, &mut execs, e.exec_id.as_ref(), stream, text, true);
                         }
