@@ -91,9 +91,11 @@ fn tail(d: &Daemon, target: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Waits for `marker` among the last entries. Few of them: past the ring a `tail` query holds
+/// the entries it answers with, and here they are pieces of 4 MiB.
 fn wait_for_marker(d: &Daemon, target: &str, marker: &str, within: Duration) {
     wait_until(within, &format!("{target} to log {marker:?}"), || {
-        let lines = tail(d, target, 20);
+        let lines = tail(d, target, 3);
         if lines.iter().any(|l| l == marker) {
             Ok(())
         } else {
@@ -144,6 +146,7 @@ fn a_hostile_guest_cannot_hurt_the_host() {
         .unwrap_or(1 << 30);
     let script = format!(
         "head -c {line_bytes} /dev/zero | tr '\\0' x; echo; echo marker-line-done; \
+         while [ ! -e /root/flood ]; do sleep 0.2; done; \
          timeout 30 yes 'flood flood flood flood flood flood flood flood'; echo marker-flood-done; \
          exec sleep infinity"
     );
@@ -169,6 +172,8 @@ fn a_hostile_guest_cannot_hurt_the_host() {
 
     calm_answers(calm_port, "while the hostile guest writes its long line");
     wait_for_marker(&d, "hostile", "marker-line-done", Duration::from_secs(900));
+    d.aegis(["exec", "hostile", "--", "touch", "/root/flood"])
+        .expect_success();
     calm_answers(calm_port, "while the hostile guest floods its log");
     wait_for_marker(&d, "hostile", "marker-flood-done", Duration::from_secs(300));
     let on_disk = log_bytes(&logs_dir);

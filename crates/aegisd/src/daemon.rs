@@ -98,8 +98,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         return Err(DaemonError::AlreadyRunning { socket });
     }
     let _ = std::fs::remove_file(&socket);
-    std::fs::write(config.pid_file(), format!("{}\n", std::process::id()))
-        .map_err(io(&config.pid_file()))?;
+    crate::durable::write(
+        &config.pid_file(),
+        format!("{}\n", std::process::id()).as_bytes(),
+        0o644,
+    )
+    .map_err(io(&config.pid_file()))?;
 
     let open_files = raise_open_file_limit();
     let accel = AcceleratorChoice::detect()?;

@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod durable;
 pub mod images;
 pub mod kits;
 pub mod lifecycle;

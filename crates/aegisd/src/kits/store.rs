@@ -280,12 +280,10 @@ impl KitStore {
         };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.dir.join(format!("{name}.json"));
-        let tmp = self.dir.join(format!(".{name}.json.tmp"));
         let mut text = serde_json::to_string_pretty(&manifest)
             .expect("a kit manifest is plain data and always serializes");
         text.push('\n');
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        crate::durable::write(&path, text.as_bytes(), 0o644).map_err(io(&path))?;
         for other in self.files_of(&name) {
             if other != path {
                 std::fs::remove_file(&other).map_err(io(&other))?;

@@ -355,7 +355,9 @@ pub async fn launch(
     let vm = vm.map_err(BootError::Vmm)?;
     // And what it was started with, so a re-attached VM can still be snapshotted.
     if let Ok(text) = serde_json::to_vec(&spec) {
-        let _ = std::fs::write(spec.run_dir.join(SPEC_FILE), text);
+        if let Err(e) = crate::durable::write(&spec.run_dir.join(SPEC_FILE), &text, 0o600) {
+            tracing::warn!(error = %e, "cannot keep the VM's start parameters; a re-attached VM stops without a snapshot");
+        }
     }
     let forward = IngressForward {
         addr: SocketAddr::from(([127, 0, 0, 1], ingress_port)),
@@ -498,11 +500,15 @@ async fn set_ingress_key(
             other => Err(BootError::Control(other)),
         };
     }
-    let kept = write_private(
+    let kept = crate::durable::write(
         &run_dir.join(INGRESS_KEY_FILE),
         hex::encode(forward.key).as_bytes(),
+        0o600,
     )
-    .and_then(|()| std::fs::write(run_dir.join(INGRESS_FILE), forward.addr.port().to_string()));
+    .and_then(|()| {
+        let port = forward.addr.port().to_string();
+        crate::durable::write(&run_dir.join(INGRESS_FILE), port.as_bytes(), 0o600)
+    });
     if let Err(e) = kept {
         tracing::warn!(error = %e, "cannot keep the ingress forward beside the VM; a daemon restart loses it");
     }
@@ -520,21 +526,6 @@ fn read_ingress(run_dir: &Path) -> Option<IngressForward> {
     })
 }
 
-/// Writes a file only its owner can read, replacing it whole.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
 /// The VM's [`VmSpec`] as JSON, beside the VM.
 const SPEC_FILE: &str = "vm-spec.json";
 

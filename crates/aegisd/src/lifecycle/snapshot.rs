@@ -173,9 +173,7 @@ impl SnapshotFiles {
             key: saved.key.clone(),
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
-        let tmp = self.manifest.with_extension("json.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.manifest)?;
+        crate::durable::write(&self.manifest, &text, 0o600)?;
         Ok(manifest)
     }
 

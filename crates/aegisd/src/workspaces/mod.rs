@@ -425,14 +425,11 @@ impl WorkspaceStore {
             created_at: crate::logs::now_ts(),
         };
         let meta_path = dir.join(META_FILE);
-        let tmp = dir.join(".workspace.json.tmp");
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| WorkspaceError::Corrupt {
             path: meta_path.clone(),
             why: e.to_string(),
         })?;
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &meta_path))
-            .map_err(io(&meta_path))?;
+        crate::durable::write(&meta_path, &text, 0o644).map_err(io(&meta_path))?;
         tracing::info!(workspace = %name, kind = kind.as_str(), "workspace created");
         Ok(Named {
             name: name.to_owned(),
