@@ -12,6 +12,7 @@ use aegis_proto::control::{ExecId, ExecParams, Method, Notification, ProcessSpec
 use aegis_testkit::{env_usize, report_ms};
 use aegis_vmm::qemu::QemuVmm;
 use aegis_vmm::{Accelerator, AcceleratorChoice};
+use aegisd::control::NotificationSink;
 use aegisd::lifecycle::boot::{boot, BootEnv, BootPlan, HARNESS_READY_TIMEOUT};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -65,9 +66,14 @@ async fn main() {
         std::fs::create_dir_all(&vm_dir).expect("vm dir");
         let (sink, rx) = mpsc::channel(4096);
         let t = Instant::now();
-        let guest = boot(&env, &plan, sink, &CancellationToken::new())
-            .await
-            .expect("boot");
+        let guest = boot(
+            &env,
+            &plan,
+            NotificationSink::new(sink),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("boot");
         boot_times.push(t.elapsed());
         if let Some((old, _)) = kept.replace((guest, rx)) {
             let old: aegisd::lifecycle::boot::Guest = old;

@@ -18,7 +18,7 @@ use aegis_proto::control::{
 };
 use aegis_vmm::qemu::QemuVmm;
 use aegis_vmm::{Accelerator, AcceleratorChoice};
-use aegisd::control::ControlChannel;
+use aegisd::control::{ControlChannel, NotificationSink};
 use aegisd::lifecycle::boot::{boot, BootEnv, BootError, BootPlan, Guest, HARNESS_READY_TIMEOUT};
 use aegisd::logs::LineAssembler;
 use tokio::sync::mpsc;
@@ -199,7 +199,7 @@ async fn one_guest_end_to_end() {
     let guest: Guest = boot(
         &env(dir.path()),
         &plan(dir.path(), default_base_image()),
-        sink,
+        NotificationSink::new(sink),
         &CancellationToken::new(),
     )
     .await
@@ -409,7 +409,7 @@ async fn missing_kernel_is_a_clear_error() {
     let err = boot(
         &env,
         &plan(dir.path(), dir.path().join("x.ext4")),
-        sink,
+        NotificationSink::new(sink),
         &CancellationToken::new(),
     )
     .await
@@ -436,7 +436,7 @@ async fn missing_qemu_is_a_clear_error() {
     let err = boot(
         &env,
         &plan(dir.path(), base),
-        sink,
+        NotificationSink::new(sink),
         &CancellationToken::new(),
     )
     .await
@@ -461,7 +461,7 @@ async fn corrupt_root_image_fails_boot_with_the_console_reason() {
     let err = boot(
         &env(dir.path()),
         &plan(dir.path(), base),
-        sink,
+        NotificationSink::new(sink),
         &CancellationToken::new(),
     )
     .await
@@ -506,7 +506,7 @@ async fn a_harness_that_never_answers_times_out() {
     let err = boot(
         &env,
         &plan(dir.path(), default_base_image()),
-        sink,
+        NotificationSink::new(sink),
         &CancellationToken::new(),
     )
     .await
