@@ -275,6 +275,20 @@ pub enum PullError {
         /// The size its descriptor declares.
         size: u64,
     },
+    /// The layers together declare more bytes than an image may unpack to: refused before any
+    /// is downloaded, so a hostile manifest cannot fill the disk with blobs (compressed layers
+    /// are never larger than what they unpack to by more than a header).
+    #[error(
+        "{reference} declares {declared} bytes of layers, more than the {limit}-byte limit on an image's unpacked size"
+    )]
+    LayersTooLarge {
+        /// The reference pulled.
+        reference: ImageRef,
+        /// The sum of the layers' declared sizes.
+        declared: u64,
+        /// [`crate::unpack::UnpackLimits::max_unpacked_bytes`].
+        limit: u64,
+    },
     /// The exchange with the registry took longer than [`PullOptions::deadline`].
     #[error(
         "pull of {reference} from {registry} did not finish within {deadline:?}, the pull deadline"
@@ -392,7 +406,8 @@ impl PullError {
             | Self::Manifest { .. }
             | Self::Interrupted { .. }
             | Self::ManifestTooLarge { .. }
-            | Self::ConfigTooLarge { .. } => None,
+            | Self::ConfigTooLarge { .. }
+            | Self::LayersTooLarge { .. } => None,
         }
     }
 }
@@ -478,6 +493,18 @@ pub async fn pull(
         .check_platform(&resolved.digest)
         .map_err(|e| session.manifest_err(e))?;
 
+    let declared = manifest
+        .layers
+        .iter()
+        .fold(0u64, |sum, layer| sum.saturating_add(layer.size));
+    let limit = store.unpack_limits().max_unpacked_bytes;
+    if declared > limit {
+        return Err(PullError::LayersTooLarge {
+            reference: reference.clone(),
+            declared,
+            limit,
+        });
+    }
     let missing: Vec<&Descriptor> = manifest
         .layers
         .iter()

@@ -659,3 +659,58 @@ async fn a_dripping_registry_stalls_out_or_meets_the_deadline_and_the_pull_keeps
     let record = pull(&store, &reference, &options, |_| {}).await.unwrap();
     assert_eq!(record.manifest_digest.to_string(), image.manifest_digest());
 }
+
+#[tokio::test]
+async fn layers_declaring_more_than_the_size_limit_are_refused_before_any_download() {
+    let registry = Registry::start();
+    // 8 KiB that gzip cannot shrink, in a store that allows 4 KiB unpacked.
+    let mut seed: u32 = 0x9E37_79B9;
+    let noise: Vec<u8> = (0..8192)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed.to_le_bytes()[0]
+        })
+        .collect();
+    let mut layer = Layer::new();
+    layer.file("noise", 0o644, 0, 0, &noise);
+    let image = TestImage::new(vec![LayerBlob::gzip(layer)], json!({"Cmd": ["/noise"]}));
+    registry.push_image("hostile/wide", "v1", &image);
+    let dir = tempfile::tempdir().unwrap();
+    aegis_testkit::tool("mke2fs");
+    let store = ImageStore::open(dir.path().join("images"))
+        .unwrap()
+        .with_unpack_limits(UnpackLimits {
+            max_unpacked_bytes: 4096,
+            ..TEST_LIMITS
+        });
+    let reference = ImageRef::parse(&format!("{}/hostile/wide:v1", registry.host())).unwrap();
+    let options = PullOptions {
+        credentials: CredentialSource::Anonymous,
+        ..PullOptions::default()
+    };
+    let err = pull(&store, &reference, &options, |_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        PullError::LayersTooLarge {
+            declared, limit, ..
+        } => {
+            assert!(*declared > 4096, "{declared}");
+            assert_eq!(*limit, 4096);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        chain(&err).contains("more than the 4096-byte limit on an image's unpacked size"),
+        "{}",
+        chain(&err)
+    );
+    let blobs = std::fs::read_dir(store.root().join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(blobs, 0, "a blob was kept from a refused pull");
+    assert!(store.references().unwrap().is_empty());
+    assert_no_leftovers(&store);
+}

@@ -60,6 +60,15 @@ pub enum DaemonError {
     Images(#[source] aegis_image::store::StoreError),
 }
 
+/// A file removed when the value is dropped.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Raises the soft limit on open descriptors to the hard limit (often 1,024 soft, far more
 /// hard): each routed connection and each VM costs descriptors. Returns the limit in force.
 fn raise_open_file_limit() -> u64 {
@@ -104,6 +113,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         0o644,
     )
     .map_err(io(&config.pid_file()))?;
+    // Removed however start-up or the daemon ends, so no stale pid is left for the CLI.
+    let _pid_file = RemoveOnDrop(config.pid_file());
 
     let open_files = raise_open_file_limit();
     let accel = AcceleratorChoice::detect()?;
@@ -187,7 +198,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     ctx.daemons.stop_all().await;
     connections.close();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connections.wait()).await;
-    let _ = std::fs::remove_file(config.pid_file());
     tracing::info!("aegisd stopped");
     Ok(())
 }

@@ -250,6 +250,7 @@ fn image_status(e: &ImageError) -> StatusCode {
             | PullError::Oversized { .. }
             | PullError::ManifestTooLarge { .. }
             | PullError::ConfigTooLarge { .. }
+            | PullError::LayersTooLarge { .. }
             | PullError::Registry { .. }
             | PullError::Manifest { .. } => StatusCode::BAD_GATEWAY,
             PullError::DeadlineExceeded { .. } | PullError::Stalled { .. } => {
