@@ -23,7 +23,7 @@ mod wait;
 pub use daemon::{Daemon, SHARED_HOME_ENV};
 pub use http::ApiResponse;
 pub use measure::{env_usize, print_load, quantile, report, report_ms, report_rate};
-pub use net::free_port;
+pub use net::{free_port, get_status_line};
 pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
 pub use tools::{provider, tool, venv_dir};
 pub use wait::{try_wait_until, wait_until};

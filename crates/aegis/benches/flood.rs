@@ -5,28 +5,22 @@
 //! `cargo bench -p aegis --bench flood`; `AEGIS_BENCH_REQUESTS` (default 200) sets the number of
 //! requests per phase.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use aegis_proto::api::InstanceStatus;
-use aegis_testkit::{env_usize, free_port, print_load, report_ms, wait_until, Daemon};
+use aegis_testkit::{
+    env_usize, free_port, get_status_line, print_load, report_ms, wait_until, Daemon,
+};
 
 const BOOT: Duration = Duration::from_secs(150);
 
 fn get(port: u16) -> Result<Duration, String> {
     let t = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    if answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200") {
+    let status = get_status_line(port)?;
+    if status.contains(" 200 ") {
         Ok(t.elapsed())
     } else {
-        Err(String::from_utf8_lossy(&answer[..answer.len().min(80)]).into_owned())
+        Err(status)
     }
 }
 

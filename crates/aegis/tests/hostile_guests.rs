@@ -5,13 +5,11 @@
 //! the whole time, aegisd's peak memory stays within the documented bound, the instance's log
 //! files stay within their rotation, and the hostile instance can still be removed.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aegis_proto::api::InstanceStatus;
-use aegis_testkit::{free_port, wait_until, Daemon};
+use aegis_testkit::{free_port, get_status_line, wait_until, Daemon};
 
 /// A boot under TCG on a loaded 2-core machine, with room to spare.
 const BOOT: Duration = Duration::from_secs(150);
@@ -30,23 +28,11 @@ fn daemon() -> Daemon {
     Daemon::start().use_cli(env!("CARGO_BIN_EXE_aegis"))
 }
 
-/// One HTTP GET through the router; the status line.
-fn get(port: u16) -> Result<String, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&answer);
-    Ok(text.lines().next().unwrap_or("").to_owned())
-}
-
 /// The calm instance still answers through the router.
 fn calm_answers(port: u16, during: &str) {
     let started = Instant::now();
-    let status = get(port).unwrap_or_else(|e| panic!("calm instance unreachable {during}: {e}"));
+    let status =
+        get_status_line(port).unwrap_or_else(|e| panic!("calm instance unreachable {during}: {e}"));
     assert!(
         status.contains(" 200 "),
         "calm instance answered {status:?} {during}"
@@ -130,12 +116,14 @@ fn a_hostile_guest_cannot_hurt_the_host() {
     ])
     .expect_success();
     d.wait_state("calm", InstanceStatus::Running, BOOT);
-    wait_until(BOOT, "the calm instance to serve", || {
-        match get(calm_port) {
+    wait_until(
+        BOOT,
+        "the calm instance to serve",
+        || match get_status_line(calm_port) {
             Ok(status) if status.contains(" 200 ") => Ok(()),
             other => Err(other),
-        }
-    });
+        },
+    );
 
     // The workload: a 1 GiB line without a newline, then 30 s of the fastest log flood a shell
     // can make, each step marked in the log. Run as the primary process, so its output goes to
