@@ -503,6 +503,28 @@ mod tests {
         out
     }
 
+    #[test]
+    fn a_full_disk_keeps_lines_in_memory_and_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(InstanceLog::open("inst-1", &dir.path().join("logs.ndjson")).unwrap());
+        log.append(entry("before", None));
+        // Every write from now on fails with ENOSPC, as on a full disk.
+        log.lock().file = Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+        for i in 0..3 {
+            log.append(entry(&format!("while full {i}"), None));
+        }
+        assert!(log.lock().write_failed);
+        assert_eq!(
+            lines(log.query(&LogFilter::default())),
+            ["before", "while full 0", "while full 1", "while full 2"]
+        );
+    }
+
     #[tokio::test]
     async fn a_follower_that_stops_reading_holds_nothing_and_is_told_what_it_missed() {
         let dir = tempfile::tempdir().unwrap();
