@@ -170,6 +170,16 @@ impl Daemon {
         self
     }
 
+    /// Bytes an instance's log files (current and rotated) take on disk.
+    pub fn log_bytes_on_disk(&self, instance_id: &str) -> u64 {
+        let dir = self.home().join("instances").join(instance_id);
+        ["logs.ndjson", "logs.ndjson.1"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// The temporary `AEGIS_HOME`.
     pub fn home(&self) -> &Path {
         &self.home

@@ -117,12 +117,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(5));
     phase("another guest flooding its log", pid, port, requests);
     let info = d.instance("flood").expect("flood");
-    let logs = d.home().join("instances").join(&info.id);
-    let on_disk: u64 = ["logs.ndjson", "logs.ndjson.1"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(logs.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
+    let on_disk = d.log_bytes_on_disk(&info.id);
     println!("flooding instance's logs on disk: {} MiB", on_disk >> 20);
     print_load("at end");
 }

@@ -5,7 +5,6 @@
 //! the whole time, aegisd's peak memory stays within the documented bound, the instance's log
 //! files stay within their rotation, and the hostile instance can still be removed.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aegis_proto::api::InstanceStatus;
@@ -49,14 +48,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no {field} in aegisd's status"))
-}
-
-fn log_bytes(dir: &Path) -> u64 {
-    ["logs.ndjson", "logs.ndjson.1"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// The last entries of an instance's log, as lines.
@@ -154,9 +145,7 @@ fn a_hostile_guest_cannot_hurt_the_host() {
     ])
     .expect_success();
     let hostile = d.wait_state("hostile", InstanceStatus::Running, BOOT);
-    let instance_dir = d.home().join("instances").join(&hostile.id);
-    let run_dir = instance_dir.join("run");
-    let logs_dir = instance_dir.clone();
+    let run_dir = d.home().join("instances").join(&hostile.id).join("run");
 
     calm_answers(calm_port, "while the hostile guest writes its long line");
     wait_for_marker(&d, "hostile", "marker-line-done", Duration::from_secs(900));
@@ -164,7 +153,7 @@ fn a_hostile_guest_cannot_hurt_the_host() {
         .expect_success();
     calm_answers(calm_port, "while the hostile guest floods its log");
     wait_for_marker(&d, "hostile", "marker-flood-done", Duration::from_secs(300));
-    let on_disk = log_bytes(&logs_dir);
+    let on_disk = d.log_bytes_on_disk(&hostile.id);
     assert!(
         on_disk <= LOG_DISK_BOUND,
         "the hostile instance's logs take {on_disk} bytes on disk, over {LOG_DISK_BOUND}"

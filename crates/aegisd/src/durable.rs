@@ -34,14 +34,19 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// A temporary name beside `path`, hidden, unique to this process.
+/// A temporary name beside `path`, hidden, unique to this write: two writers of one file (two
+/// requests in this daemon) must not share it.
 fn temporary(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(Default::default, |n| n.to_os_string());
     let mut tmp = std::ffi::OsString::from(".");
     tmp.push(name);
-    tmp.push(format!(".{}.tmp", std::process::id()));
+    tmp.push(format!(
+        ".{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     path.with_file_name(tmp)
 }
 
