@@ -144,6 +144,9 @@ kernel_package() {
 }
 kernel_ok() { [ "$(cat "$kernel_dir/package" 2>/dev/null)" = "$1" ] && [ -f "$kernel_dir/vmlinuz" ]; }
 virtiofsd_ok() { "$tools/bin/virtiofsd" --version 2>/dev/null | grep -q "$virtiofsd_version"; }
+# The unprivileged user a root aegisd hands each QEMU to (aegis-vmm's qemu/confinement.rs).
+vm_user=aegis-vm
+vm_user_ok() { id -u "$vm_user" >/dev/null 2>&1; }
 
 # --- check mode ---------------------------------------------------------------------------
 if [ "$mode" = check ]; then
@@ -196,6 +199,8 @@ if [ "$mode" = check ]; then
       fi
     done
   fi
+  if vm_user_ok; then report "ok" "VM user" "$vm_user (uid $(id -u "$vm_user")): QEMU runs as it"
+  else report "would create" "VM user" "$vm_user (system user QEMU runs as)"; problems=1; fi
   kpkg="$(kernel_package)"
   if [ -z "$kpkg" ]; then report "would fetch" "guest kernel" "(run apt-get update first)"; problems=1
   elif kernel_ok "$kpkg"; then report "ok" "guest kernel" "$kpkg in $kernel_dir"
@@ -259,6 +264,16 @@ if [ ${#pips[@]} -gt 0 ]; then
   else
     say "PyPI packages present: ${pips[*]}"
   fi
+fi
+# --- 1c. the user QEMU runs as --------------------------------------------------------------
+# A root aegisd switches each QEMU to this user once it has opened its files, so a guest that
+# escapes QEMU cannot read ~/.aegis (master key, secrets, other disks).
+if ! vm_user_ok; then
+  say "creating the system user $vm_user (QEMU runs as it)"
+  "${sudo[@]}" useradd --system --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin "$vm_user" || die "useradd could not create the user $vm_user"
+else
+  say "VM user $vm_user present"
 fi
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain (rustup) first"
 

@@ -81,6 +81,46 @@ fn wait_for_marker(d: &Daemon, target: &str, marker: &str, within: Duration) {
     });
 }
 
+/// A root daemon's QEMU runs as the unprivileged VM user, which cannot enter the daemon's home,
+/// with no core dumps and few descriptors.
+fn qemu_is_confined(pid: u32, home: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("QEMU's status");
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|id| id.parse().ok())
+        .expect("QEMU's effective uid");
+    if nix::unistd::geteuid().is_root() {
+        let user = nix::unistd::User::from_uid(uid.into())
+            .expect("users")
+            .map(|u| u.name);
+        assert_eq!(user.as_deref(), Some("aegis-vm"), "QEMU runs as uid {uid}");
+        let mode = std::fs::metadata(home).expect("home").permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the daemon's home is open to others: {mode:o}"
+        );
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("QEMU's limits");
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l[name.len()..]
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    assert!(limit("Max core file size").starts_with("0 0"), "{limits}");
+    assert!(limit("Max open files").starts_with("4096 4096"), "{limits}");
+}
+
 #[test]
 fn a_hostile_guest_cannot_hurt_the_host() {
     let d = daemon();
@@ -106,7 +146,8 @@ fn a_hostile_guest_cannot_hurt_the_host() {
         "127.0.0.1",
     ])
     .expect_success();
-    d.wait_state("calm", InstanceStatus::Running, BOOT);
+    let calm = d.wait_state("calm", InstanceStatus::Running, BOOT);
+    qemu_is_confined(calm.vmm_pid.expect("calm's VMM pid"), d.home());
     wait_until(
         BOOT,
         "the calm instance to serve",

@@ -33,7 +33,7 @@ pub struct RunFiles {
     pub qemu_log: PathBuf,
     /// QEMU's pid file.
     pub pid: PathBuf,
-    /// Socket a snapshot's state passes through (QEMU migration over a unix socket).
+    /// Socket QEMU listens on for a snapshot's state when it restores one (`-incoming`).
     pub migration: PathBuf,
 }
 
@@ -84,8 +84,58 @@ pub fn hostfwd(forward: PortForward) -> String {
     )
 }
 
+/// Who QEMU runs as once it has opened its files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// The unprivileged user QEMU switches to after opening its disks, sockets and logs and
+    /// before the guest runs; `None` keeps the daemon's user.
+    pub user: Option<String>,
+    /// QEMU 9.1 and later spell the switch `-run-with user=`, earlier ones `-runas`.
+    pub run_with: bool,
+}
+
+/// The root disk, then the extra disks, in the order the guest sees them.
+pub fn disks(spec: &VmSpec) -> impl Iterator<Item = &crate::vmm::DiskSpec> {
+    std::iter::once(&spec.root_disk).chain(&spec.extra_disks)
+}
+
+/// A disk file the daemon opens and QEMU inherits as `child_fd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskFd {
+    /// Index into [`disks`].
+    pub disk: usize,
+    /// Opened for writing (else read-only).
+    pub writable: bool,
+    /// Its number in QEMU.
+    pub child_fd: i32,
+}
+
+/// The descriptors QEMU gets for its disks, in `-add-fd` fd sets, instead of paths. QEMU opens
+/// a disk again whenever the access it needs changes (read-only when a snapshot finishes,
+/// read-write when a restored guest resumes), and a QEMU running as another user cannot open
+/// the daemon's files: from an fd set it takes a copy of a descriptor with the access asked
+/// for. A writable disk gets one of each kind, a read-only one a read-only one.
+pub fn disk_fds(spec: &VmSpec) -> Vec<DiskFd> {
+    let mut fds = Vec::new();
+    let mut next = 3;
+    for (disk, spec) in disks(spec).enumerate() {
+        for writable in [true, false] {
+            if writable && spec.read_only {
+                continue;
+            }
+            fds.push(DiskFd {
+                disk,
+                writable,
+                child_fd: next,
+            });
+            next += 1;
+        }
+    }
+    fds
+}
+
 /// The full argument list (without the program name).
-pub fn build(spec: &VmSpec, files: &RunFiles) -> Vec<OsString> {
+pub fn build(spec: &VmSpec, files: &RunFiles, confinement: &Confinement) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     let cpu = match spec.accelerator {
@@ -109,11 +159,29 @@ pub fn build(spec: &VmSpec, files: &RunFiles) -> Vec<OsString> {
         "-no-user-config",
         "-nographic",
         "-no-reboot",
-        // QEMU parses everything the guest sends; if the guest breaks it, the seccomp filter
-        // keeps it from starting programs, gaining privileges or changing its own limits.
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
+    // QEMU parses everything the guest sends; if the guest breaks it, the seccomp filter keeps
+    // it from starting programs or changing its own limits, and a QEMU of another user from
+    // reaching the daemon's files. The switch of user is QEMU's own set*id calls, made after
+    // the filter is in place, so those must stay allowed; once made, QEMU has no privilege
+    // left to raise.
+    args.push("-sandbox".into());
+    match &confinement.user {
+        Some(user) => {
+            args.push(
+                "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny".into(),
+            );
+            if confinement.run_with {
+                args.push("-run-with".into());
+                args.push(format!("user={user}").into());
+            } else {
+                args.push("-runas".into());
+                args.push(user.into());
+            }
+        }
+        None => args
+            .push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into()),
+    }
     path_arg(&mut args, "-kernel", "", &spec.kernel.image, "");
     path_arg(&mut args, "-initrd", "", &spec.initramfs, "");
     // Appending, so the console can be cut while QEMU writes it (see `bounded`).
@@ -133,22 +201,24 @@ pub fn build(spec: &VmSpec, files: &RunFiles) -> Vec<OsString> {
         ",server=on,wait=off",
     );
     path_arg(&mut args, "-pidfile", "", &files.pid, "");
-    for (i, disk) in std::iter::once(&spec.root_disk)
-        .chain(&spec.extra_disks)
-        .enumerate()
-    {
+    for (i, disk) in disks(spec).enumerate() {
         let format = if disk.path.extension().is_some_and(|e| e == "qcow2") {
             "qcow2"
         } else {
             "raw"
         };
         let ro = if disk.read_only { ",read-only=on" } else { "" };
-        path_arg(
-            &mut args,
-            "-drive",
-            "file=",
-            &disk.path,
-            &format!(",if=none,id=disk{i},format={format},cache=writeback,discard=unmap{ro}"),
+        let set = i + 1;
+        for fd in disk_fds(spec).into_iter().filter(|fd| fd.disk == i) {
+            args.push("-add-fd".into());
+            args.push(format!("fd={},set={set}", fd.child_fd).into());
+        }
+        args.push("-drive".into());
+        args.push(
+            format!(
+                "file=/dev/fdset/{set},if=none,id=disk{i},format={format},cache=writeback,discard=unmap{ro}"
+            )
+            .into(),
         );
         args.push("-device".into());
         args.push(format!("virtio-blk-pci,drive=disk{i}").into());
@@ -259,16 +329,17 @@ mod tests {
     #[test]
     fn argv_has_devices_sockets_and_cmdline() {
         let spec = spec();
-        let args: Vec<String> = build(&spec, &RunFiles::new(&spec.run_dir))
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect();
+        let args = strings(build(
+            &spec,
+            &RunFiles::new(&spec.run_dir),
+            &Confinement::default(),
+        ));
         let joined = args.join(" ");
         assert!(joined.contains("-accel tcg -cpu max -m 256 -smp 2"));
         assert!(joined.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
         assert!(joined.contains("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:80"));
         assert!(joined.contains("virtserialport,chardev=control,name=org.aegis.control"));
-        assert!(joined.contains("file=/d/root.qcow2,if=none,id=disk0,format=qcow2"));
+        assert!(joined.contains("-add-fd fd=3,set=1 -add-fd fd=4,set=1 -drive file=/dev/fdset/1,if=none,id=disk0,format=qcow2"));
         assert!(joined.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"));
         let cmdline = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
         assert!(cmdline.contains("aegis.hostname=web"));
@@ -277,5 +348,26 @@ mod tests {
         assert!(joined.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
         assert!(joined.contains("-chardev socket,id=fs0,path=/run/vm/virtiofs-0.sock"));
         assert!(joined.contains("vhost-user-fs-pci,chardev=fs0,tag=workspace"));
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_confined_qemu_switches_user_in_the_spelling_of_its_version() {
+        let spec = spec();
+        let files = RunFiles::new(&spec.run_dir);
+        let mut confinement = Confinement {
+            user: Some("aegis-vm".into()),
+            run_with: false,
+        };
+        let old = strings(build(&spec, &files, &confinement)).join(" ");
+        assert!(old.contains("elevateprivileges=allow,spawn=deny"));
+        assert!(old.contains("-runas aegis-vm"));
+        confinement.run_with = true;
+        let new = strings(build(&spec, &files, &confinement)).join(" ");
+        assert!(new.contains("-run-with user=aegis-vm"));
+        assert!(!new.contains("-runas"));
     }
 }

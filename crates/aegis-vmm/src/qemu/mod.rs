@@ -4,6 +4,7 @@
 
 pub mod argv;
 pub mod bounded;
+mod confinement;
 mod process;
 pub mod qmp;
 pub mod virtiofs;
@@ -38,7 +39,10 @@ pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// 256 MiB guest; the bound only catches a wedged host.
 pub const RESTORE_LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long QEMU gets to connect to, or listen on, the migration socket. It does either within
+/// The name under which the outgoing migration's socket is passed to QEMU.
+const MIGRATION_FD_NAME: &str = "aegis-migration";
+
+/// How long QEMU gets to listen on the incoming migration socket. It does within
 /// milliseconds; the bound only catches a wedged host.
 const MIGRATION_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -78,6 +82,7 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 pub struct QemuVmm {
     program: String,
     identity: std::sync::OnceLock<String>,
+    confinement: std::sync::OnceLock<argv::Confinement>,
 }
 
 impl QemuVmm {
@@ -86,6 +91,7 @@ impl QemuVmm {
         QemuVmm {
             program,
             identity: std::sync::OnceLock::new(),
+            confinement: std::sync::OnceLock::new(),
         }
     }
 
@@ -111,7 +117,10 @@ impl QemuVmm {
         ] {
             let _ = std::fs::remove_file(stale);
         }
-        let mut args = argv::build(spec, &files);
+        let confinement = self
+            .confinement
+            .get_or_init(|| confinement::detect(&program));
+        let mut args = argv::build(spec, &files, confinement);
         if incoming {
             args.extend(argv::incoming(&files.migration));
         }
@@ -128,13 +137,22 @@ impl QemuVmm {
         // Until QEMU has connected, a failed start leaves the share daemons waiting for ever.
         let kill_shares = || shares.iter().for_each(virtiofs::Virtiofsd::kill);
         tracing::debug!(program = %program.display(), ?args, "starting qemu");
-        let mut child = match process::spawn_detached(&program, &args, &files.qemu_log) {
-            Ok(child) => child,
+        let disk_fds = match open_disks(spec) {
+            Ok(fds) => fds,
             Err(e) => {
                 kill_shares();
                 return Err(e);
             }
         };
+        let limits = confinement::limits(spec);
+        let mut child =
+            match process::spawn_detached(&program, &args, &files.qemu_log, &limits, disk_fds) {
+                Ok(child) => child,
+                Err(e) => {
+                    kill_shares();
+                    return Err(e);
+                }
+            };
         let pid = child.id().unwrap_or(0);
         let (exit_tx, exit_rx) = watch::channel(None);
         let deadline = tokio::time::Instant::now() + QMP_READY_TIMEOUT;
@@ -180,6 +198,26 @@ impl QemuVmm {
             exit_rx,
         ))
     }
+}
+
+/// Opens the disks of `spec` as [`argv::disk_fds`] lays them out.
+fn open_disks(spec: &VmSpec) -> Result<Vec<(std::os::fd::OwnedFd, i32)>, VmmError> {
+    let disks: Vec<_> = argv::disks(spec).collect();
+    argv::disk_fds(spec)
+        .into_iter()
+        .map(|fd| {
+            let path = &disks[fd.disk].path;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(fd.writable)
+                .open(path)
+                .map(|file| (file.into(), fd.child_fd))
+                .map_err(|source| VmmError::Io {
+                    path: path.clone(),
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// Feeds `source` to QEMU's migration socket, which it listens on since its start.
@@ -244,7 +282,16 @@ fn identify(program: &Path) -> String {
         .and_then(|m| m.modified().ok())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let version = std::process::Command::new(program)
+    let version = version_line(program);
+    format!(
+        "{} ({size} bytes, mtime {mtime}): {version}",
+        program.display()
+    )
+}
+
+/// The first line of `program --version` (empty when it cannot be run).
+fn version_line(program: &Path) -> String {
+    std::process::Command::new(program)
         .arg("--version")
         .output()
         .ok()
@@ -255,11 +302,7 @@ fn identify(program: &Path) -> String {
                 .unwrap_or("")
                 .to_owned()
         })
-        .unwrap_or_default();
-    format!(
-        "{} ({size} bytes, mtime {mtime}): {version}",
-        program.display()
-    )
+        .unwrap_or_default()
 }
 
 impl Default for QemuVmm {
@@ -516,39 +559,29 @@ impl Vm for QemuVm {
         }
     }
 
-    /// `migrate` to a unix socket this side listens on, copying what arrives into `sink` while
+    /// `migrate` into one end of a socket pair handed to QEMU over QMP (so QEMU, which may run
+    /// as another user, needs no path of ours), copying what arrives into `sink` while
     /// `query-migrate` is polled until the migration completed, failed or ran past
     /// [`SNAPSHOT_TIMEOUT`] (then cancelled).
     async fn snapshot(&self, mut sink: SnapshotSink) -> Result<SnapshotInfo, VmmError> {
         let started = std::time::Instant::now();
         let failed = |message: String| VmmError::Snapshot { message };
-        let socket = &self.files.migration;
-        let _ = std::fs::remove_file(socket);
-        let listener = tokio::net::UnixListener::bind(socket).map_err(|source| VmmError::Io {
-            path: socket.clone(),
-            source,
-        })?;
-        let mut uri = String::from("unix:");
-        uri.push_str(&socket.to_string_lossy());
-        let accepted = async {
-            self.qmp("migrate", serde_json::json!({ "uri": uri }))
-                .await?;
-            match tokio::time::timeout(MIGRATION_CONNECT_TIMEOUT, listener.accept()).await {
-                Ok(Ok((conn, _))) => Ok(conn),
-                Ok(Err(e)) => Err(failed(format!("accepting QEMU's connection: {e}"))),
-                Err(_) => {
-                    let _ = self.qmp("migrate_cancel", Value::Null).await;
-                    Err(failed(format!(
-                        "QEMU did not connect within {}s",
-                        MIGRATION_CONNECT_TIMEOUT.as_secs()
-                    )))
-                }
-            }
-        }
-        .await;
-        drop(listener);
-        let _ = std::fs::remove_file(socket);
-        let mut conn = accepted?;
+        let pair_failed = |e: std::io::Error| failed(format!("creating the migration socket: {e}"));
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(pair_failed)?;
+        ours.set_nonblocking(true).map_err(pair_failed)?;
+        let mut conn = tokio::net::UnixStream::from_std(ours).map_err(pair_failed)?;
+        self.qmp
+            .pass_fd(MIGRATION_FD_NAME, theirs.into())
+            .await
+            .map_err(|message| VmmError::Command {
+                command: "getfd".to_owned(),
+                message,
+            })?;
+        self.qmp(
+            "migrate",
+            serde_json::json!({ "uri": format!("fd:{MIGRATION_FD_NAME}") }),
+        )
+        .await?;
         let copying = async {
             let mut conn = tokio::io::BufReader::with_capacity(STREAM_BUFFER, &mut conn);
             let bytes = tokio::io::copy_buf(&mut conn, &mut sink).await?;

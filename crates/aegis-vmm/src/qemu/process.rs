@@ -6,13 +6,29 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
 
+use std::os::fd::OwnedFd;
+
+use command_fds::{CommandFdExt, FdMapping};
+use nix::sys::resource::{setrlimit, Resource};
+
 use crate::vmm::{VmExit, VmmError};
 
-/// Starts `program` in a new session with stdout and stderr appended to `log`.
+/// A resource limit set on a child before it runs (soft and hard alike, so the child cannot
+/// raise it again).
+pub type Limit = (Resource, u64);
+
+/// Limits every helper process gets: no core files (a crashed QEMU would dump the guest's whole
+/// memory onto the host's disk).
+pub const COMMON_LIMITS: &[Limit] = &[(Resource::RLIMIT_CORE, 0)];
+
+/// Starts `program` in a new session with stdout and stderr appended to `log`, under `limits`,
+/// with each of `pass` as the given descriptor number.
 pub fn spawn_detached(
     program: &Path,
     args: &[OsString],
     log: &Path,
+    limits: &[Limit],
+    pass: Vec<(OwnedFd, i32)>,
 ) -> Result<tokio::process::Child, VmmError> {
     let io_err = |source| VmmError::Io {
         path: log.to_path_buf(),
@@ -30,11 +46,27 @@ pub fn spawn_detached(
         .stdout(out)
         .stderr(err)
         .kill_on_drop(false);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it makes QEMU a
-    // session leader so it neither dies with the daemon nor receives its terminal's signals.
+    let mappings = pass
+        .into_iter()
+        .map(|(parent_fd, child_fd)| FdMapping {
+            parent_fd,
+            child_fd,
+        })
+        .collect();
+    cmd.fd_mappings(mappings).map_err(|e| VmmError::Spawn {
+        program: program.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let limits = limits.to_vec();
+    // SAFETY: setsid and setrlimit are async-signal-safe system calls and touch no memory of the
+    // parent (the limits were copied before the fork). setsid makes QEMU a session leader so it
+    // neither dies with the daemon nor receives its terminal's signals.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            for &(resource, value) in &limits {
+                setrlimit(resource, value, value).map_err(std::io::Error::from)?;
+            }
             Ok(())
         });
     }

@@ -2,6 +2,7 @@
 //! commands are sent to it through a bounded channel and answered in order (QMP executes commands
 //! sequentially). When the socket closes, QEMU is gone; [`Qmp::closed`] reports it.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,10 +20,14 @@ const MAX_QMP_LINE: usize = 1024 * 1024;
 
 type Pending = oneshot::Sender<Result<Value, String>>;
 
+/// One command for the connection task: the message, a descriptor to pass with it
+/// (`SCM_RIGHTS`, for `getfd`), and where the answer goes.
+type Request = (Value, Option<OwnedFd>, Pending);
+
 /// A handle to the QMP connection task.
 #[derive(Debug, Clone)]
 pub struct Qmp {
-    commands: mpsc::Sender<(Value, Pending)>,
+    commands: mpsc::Sender<Request>,
     closed: watch::Receiver<bool>,
 }
 
@@ -64,13 +69,34 @@ impl Qmp {
     /// # Errors
     /// The QMP error description, or a note that QEMU is gone or did not answer in time.
     pub async fn execute(&self, command: &str, arguments: Value) -> Result<Value, String> {
+        self.send(command, arguments, None).await
+    }
+
+    /// Hands `fd` to QEMU under `name` (QMP `getfd`), for commands that take `fd:NAME`. QEMU
+    /// needs no access to any path: this is how a QEMU running as another user reaches a
+    /// socket of the daemon's.
+    ///
+    /// # Errors
+    /// As [`Qmp::execute`].
+    pub async fn pass_fd(&self, name: &str, fd: OwnedFd) -> Result<(), String> {
+        self.send("getfd", json!({ "fdname": name }), Some(fd))
+            .await
+            .map(drop)
+    }
+
+    async fn send(
+        &self,
+        command: &str,
+        arguments: Value,
+        fd: Option<OwnedFd>,
+    ) -> Result<Value, String> {
         let mut msg = json!({ "execute": command });
         if !arguments.is_null() {
             msg["arguments"] = arguments;
         }
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send((msg, tx))
+            .send((msg, fd, tx))
             .await
             .map_err(|_| "QMP connection closed".to_owned())?;
         match tokio::time::timeout(QMP_COMMAND_TIMEOUT, rx).await {
@@ -109,17 +135,21 @@ impl Qmp {
 async fn run(
     mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     mut write: tokio::net::unix::OwnedWriteHalf,
-    mut commands: mpsc::Receiver<(Value, Pending)>,
+    mut commands: mpsc::Receiver<Request>,
     closed: watch::Sender<bool>,
 ) {
     let mut pending: std::collections::VecDeque<Pending> = Default::default();
     loop {
         tokio::select! {
             cmd = commands.recv() => {
-                let Some((msg, reply)) = cmd else { break };
+                let Some((msg, fd, reply)) = cmd else { break };
                 let mut text = msg.to_string();
                 text.push('\n');
-                if let Err(e) = write.write_all(text.as_bytes()).await {
+                let sent = match fd {
+                    Some(fd) => write_with_fd(&mut write, text.as_bytes(), &fd).await,
+                    None => write.write_all(text.as_bytes()).await,
+                };
+                if let Err(e) = sent {
                     let _ = reply.send(Err(format!("QMP write failed: {e}")));
                     break;
                 }
@@ -152,4 +182,31 @@ async fn run(
         let _ = reply.send(Err("QMP connection closed".to_owned()));
     }
     let _ = closed.send(true);
+}
+
+/// Writes `bytes` with `fd` attached to the first of them (QEMU takes a passed descriptor from
+/// the message it arrives with).
+async fn write_with_fd(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    bytes: &[u8],
+    fd: &OwnedFd,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let stream: &UnixStream = write.as_ref();
+    let fds = [fd.as_raw_fd()];
+    let sent = loop {
+        stream.writable().await?;
+        let attempt = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(bytes)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map_err(std::io::Error::from)
+        });
+        match attempt {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    write.write_all(&bytes[sent..]).await
 }

@@ -92,7 +92,8 @@ pub async fn start(share: &ShareSpec, run_dir: &Path, index: usize) -> Result<Vi
         args.push("--readonly".into());
     }
     tracing::debug!(program = %program.display(), ?args, "starting virtiofsd");
-    let mut child = process::spawn_detached(&program, &args, &log)?;
+    let mut child =
+        process::spawn_detached(&program, &args, &log, process::COMMON_LIMITS, Vec::new())?;
     let pid = child.id().unwrap_or(0);
     let deadline = tokio::time::Instant::now() + SOCKET_TIMEOUT;
     loop {
