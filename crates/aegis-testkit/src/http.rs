@@ -7,6 +7,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+/// Deadline of one request sent with [`ApiResponse::fetch`]: as long as the daemon's own, for
+/// requests that wait for a boot on a loaded machine.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One response: status and body (de-chunked).
 #[derive(Debug, Clone)]
 pub struct ApiResponse {
@@ -20,6 +24,21 @@ impl ApiResponse {
     /// The body as JSON (`Null` when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Sends one request to the API listening on `socket` (any of them: an instance daemon's
+    /// scoped `AEGIS_SOCKET`, say, where [`crate::Daemon::api`] uses the main socket) and
+    /// reads the whole response, within a minute.
+    ///
+    /// # Errors
+    /// When nothing answers on `socket` or the answer is not HTTP.
+    pub fn fetch(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<ApiResponse> {
+        request(socket, method, path, body, REQUEST_TIMEOUT)
     }
 
     /// The body as NDJSON records (lines that are not JSON are skipped).

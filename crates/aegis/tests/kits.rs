@@ -4,10 +4,12 @@
 //! a missing required secret and resources above a kit's maximum refused; and the instance
 //! daemon of the repository's example kit started, surviving a pause and a stop, restarted
 //! after being killed, told of a config change, restored after a daemon restart, and stopped
-//! on disable and delete. `aegis run -- echo hello` works with no kit installed.
+//! on disable and delete; its `AEGIS_SOCKET` reaches only its own instance, and the main socket
+//! is nowhere in its environment. `aegis run -- echo hello` works with no kit installed.
 //!
 //! Each test owns one daemon in a temporary `AEGIS_HOME` and boots as few VMs as it can.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use serde_json::Value;
 
 use aegis_proto::api::{Instance, InstanceStatus};
 use aegis_proto::kit::{DaemonState, DaemonStatus, KitInfo};
-use aegis_testkit::{free_port, wait_until, Daemon, Output};
+use aegis_testkit::{free_port, wait_until, ApiResponse, Daemon, Output};
 
 /// A boot under TCG on a loaded 2-core machine, with room to spare.
 const BOOT: Duration = Duration::from_secs(150);
@@ -122,6 +124,97 @@ fn wait_gone(pid: u32) {
             Ok(())
         }
     });
+}
+
+/// The environment of process `pid`, as `KEY=VALUE` entries.
+fn environ(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_else(|e| panic!("cannot read the environment of pid {pid}: {e}"));
+    raw.split(|&b| b == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .collect()
+}
+
+/// The `AEGIS_SOCKET` of the instance daemon `pid`, after checking that the main socket of `d`
+/// is nowhere in its environment.
+fn daemon_socket(d: &Daemon, pid: u32) -> PathBuf {
+    let env = environ(pid);
+    let main = d.socket().display().to_string();
+    assert!(
+        env.iter().all(|entry| !entry.contains(&main)),
+        "the main socket {main} is in the daemon's environment: {env:?}"
+    );
+    env.iter()
+        .find_map(|entry| entry.strip_prefix("AEGIS_SOCKET="))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no AEGIS_SOCKET in the daemon's environment: {env:?}"))
+}
+
+/// What the scoped socket of the daemons of instance `id` (handle `handle`) answers: its own
+/// instance, by id or handle, and the daemon's status; 403 naming the scope for creating an
+/// instance with every secret, the secrets, another instance, the list of instances, and the
+/// own instance's disable and delete, and shutdown.
+fn assert_scoped(d: &Daemon, socket: &Path, id: &str, handle: &str) {
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        ApiResponse::fetch(socket, method, path, body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path} on {}: {e}\n--- aegisd.log ---\n{}",
+                socket.display(),
+                d.log_tail()
+            )
+        })
+    };
+    for path in [
+        format!("/v1/instances/{id}"),
+        format!("/v1/instances/{handle}"),
+    ] {
+        let r = call("GET", &path, None);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        assert_eq!(r.json()["id"], id, "{}", r.body);
+    }
+    let r = call("GET", "/v1/status", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let create = r#"{"command": ["true"], "secrets": ["*"]}"#;
+    let exec = r#"{"command": ["true"]}"#;
+    let own = format!("/v1/instances/{id}");
+    let own_disable = format!("/v1/instances/{id}/disable");
+    let refused: [(&str, &str, Option<&str>); 9] = [
+        ("POST", "/v1/instances", Some(create)),
+        ("GET", "/v1/secrets", None),
+        ("GET", "/v1/instances", None),
+        ("GET", "/v1/instances/other-instance", None),
+        ("POST", "/v1/instances/other-instance/exec", Some(exec)),
+        ("GET", "/v1/instances/other-instance/../ex1", None),
+        ("POST", &own_disable, None),
+        ("DELETE", &own, None),
+        ("POST", "/v1/shutdown", None),
+    ];
+    for (method, path, body) in refused {
+        let r = call(method, path, body);
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
+        assert_eq!(
+            r.json()["error"],
+            format!("this socket is scoped to instance {id}: {method} {path} is not allowed"),
+            "{method} {path}"
+        );
+    }
+    // The daemon is still there to be asked (no shutdown got through).
+    assert_eq!(d.api("GET", "/v1/status", None).status, 200);
+}
+
+fn wait_removed(socket: &Path) {
+    wait_until(
+        DAEMON_WAIT,
+        &format!("{} to be removed", socket.display()),
+        || {
+            if socket.exists() {
+                Err(socket.display().to_string())
+            } else {
+                Ok(())
+            }
+        },
+    );
 }
 
 /// The test kit: required and optional secrets, defaults, maxima, a port and egress hints.
@@ -379,6 +472,13 @@ fn instance_daemons_follow_their_instance() {
     // The daemon runs as soon as the instance exists, with its environment and config.
     let first = wait_daemon_running(&d, "ex1", None);
     assert_eq!((first.name.as_str(), first.restarts), ("announce", 0));
+    // Its AEGIS_SOCKET is a private socket scoped to its instance, not the main socket.
+    let id = d.instance("ex1").unwrap().id;
+    let scoped = daemon_socket(&d, first.pid.unwrap());
+    assert_eq!(scoped, d.home().join(format!("run/kit-api/{id}.sock")));
+    let mode = std::fs::metadata(&scoped).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", scoped.display());
+    assert_scoped(&d, &scoped, &id, "ex1");
     wait_line(&d, "ex1", "daemon", "announce: instance ex1 (inst-");
     wait_line(&d, "ex1", "daemon", "of kit example 1.0.0");
     wait_line(
@@ -441,6 +541,10 @@ fn instance_daemons_follow_their_instance() {
     let third = wait_daemon_running(&d, "ex1", Some(old));
     assert_eq!(third.restarts, 0);
     assert_eq!(d.instance("ex1").unwrap().state, InstanceStatus::Paused);
+    // The next aegisd gives it a scoped socket at the same place.
+    assert_eq!(daemon_socket(&d, third.pid.unwrap()), scoped);
+    let r = ApiResponse::fetch(&scoped, "GET", &format!("/v1/instances/{id}"), None).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
 
     // It survives the VM being stopped (as an idle stop would).
     d.aegis(["instance", "stop", "ex1"]).expect_success();
@@ -451,12 +555,16 @@ fn instance_daemons_follow_their_instance() {
     // Disabled, it stops; started again, it runs again; deleted, it is gone.
     d.aegis(["instance", "disable", "ex1"]).expect_success();
     wait_gone(third.pid.unwrap());
+    // Its scoped socket goes with it.
+    wait_removed(&scoped);
     assert!(d.instance("ex1").unwrap().daemons.is_empty());
     wait_line(&d, "ex1", "daemon", "announce: stopping");
     d.aegis(["instance", "start", "ex1"]).expect_success();
     let fourth = wait_daemon_running(&d, "ex1", third.pid);
+    assert_eq!(daemon_socket(&d, fourth.pid.unwrap()), scoped);
     d.aegis(["instance", "delete", "ex1"]).expect_success();
     wait_gone(fourth.pid.unwrap());
+    wait_removed(&scoped);
     // Its config directory belongs to the user and stays.
     assert!(config_dir.join("greeting.txt").is_file());
 }

@@ -106,6 +106,17 @@ impl Config {
         self.home.join("workspaces")
     }
 
+    /// Files that mean nothing once the daemon is gone (sockets).
+    pub fn run_dir(&self) -> PathBuf {
+        self.home.join("run")
+    }
+    /// The API sockets of kit instance daemons, one per instance (`ID.sock`), each scoped to
+    /// its instance; emptied when the daemon starts. Short, so `HOME/run/kit-api/inst-….sock` stays well under the 108 bytes
+    /// of a unix socket path.
+    pub fn kit_api_dir(&self) -> PathBuf {
+        self.run_dir().join("kit-api")
+    }
+
     /// Caches (initramfs).
     pub fn cache_dir(&self) -> PathBuf {
         self.home.join("cache")

@@ -1,5 +1,6 @@
 //! Wiring: open the registry and image store, re-attach to running VMs, serve the API on the
-//! unix socket, and own shutdown.
+//! main unix socket and the sockets scoped to one instance that kit instance daemons get, and
+//! own shutdown.
 //!
 //! Two ways to end: `POST /v1/shutdown` (`aegis down`) stops every VM gracefully first; SIGTERM
 //! or SIGINT (an upgrade, a service manager) leaves the VMs running for the next daemon to
@@ -12,12 +13,10 @@ use std::sync::Arc;
 use aegis_image::store::ImageStore;
 use aegis_vmm::qemu::QemuVmm;
 use aegis_vmm::AcceleratorChoice;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, OnStop, ScopedSockets, Server};
 use crate::config::{Config, DEFAULT_IMAGE};
 use crate::images::Images;
 use crate::kits::{Daemons, KitStore};
@@ -59,6 +58,10 @@ pub enum DaemonError {
     #[error("cannot open the image store")]
     Images(#[source] aegis_image::store::StoreError),
 }
+
+/// How long open API connections get to finish once the daemon has stopped its VMs and
+/// instance daemons.
+const CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A file removed when the value is dropped.
 struct RemoveOnDrop(std::path::PathBuf);
@@ -121,6 +124,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(accelerator = %accel.accelerator, reason = %accel.reason, "accelerator chosen");
     let registry = Registry::open(&config.database())?;
     let store = ImageStore::open(config.images_dir()).map_err(DaemonError::Images)?;
+    let server = Server::new();
+    let scoped = Arc::new(
+        ScopedSockets::open(config.kit_api_dir(), server.clone())
+            .map_err(io(&config.kit_api_dir()))?,
+    );
     let ctx = Arc::new(Ctx {
         boot: BootEnv {
             vmm: Arc::new(QemuVmm::default()),
@@ -142,6 +150,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         workspaces: crate::workspaces::WorkspaceStore::new(config.workspaces_dir()),
         config: config.clone(),
     });
+    // Before the instances load: their actors start instance daemons as they come up. The
+    // sockets serve once `attach` gives them the state below.
+    ctx.daemons.set_scoped_api(scoped.clone());
     let instances = Instances::load(Arc::clone(&ctx)).await?;
 
     let listener = UnixListener::bind(&socket).map_err(io(&socket))?;
@@ -154,39 +165,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         accel,
         shutdown: shutdown.clone(),
     };
+    scoped.attach(&state);
     let app = api::router(state);
-    tracing::info!(socket = %socket.display(), pid = std::process::id(), "aegisd ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io(&socket))?;
-    let connections = tokio_util::task::TaskTracker::new();
-    let stop_vms = loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors: a retry at once would fail the same way, in a
-                        // busy loop. The router's caps make this rare; say so and wait.
-                        tracing::warn!(error = %e, "cannot accept an API connection; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let service = TowerToHyperService::new(app.clone());
-                connections.spawn(async move {
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-                        tracing::debug!(error = %e, "api connection ended with an error");
-                    }
-                });
-            }
-            () = shutdown.cancelled() => break true,
-            _ = sigterm.recv() => break false,
-            _ = tokio::signal::ctrl_c() => break false,
-        }
+    let stop_accepting = CancellationToken::new();
+    let main_socket = server.spawn(server.clone().serve(
+        listener,
+        app,
+        stop_accepting.clone(),
+        OnStop::Finish,
+    ));
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "aegisd ready");
+    let stop_vms = tokio::select! {
+        () = shutdown.cancelled() => true,
+        _ = sigterm.recv() => false,
+        _ = tokio::signal::ctrl_c() => false,
     };
-    drop(listener);
+    stop_accepting.cancel();
+    // The listener is dropped when its accept loop has seen the cancel.
+    let _ = main_socket.await;
     let _ = std::fs::remove_file(&socket);
     if stop_vms {
         tracing::info!("stopping all instances");
@@ -194,10 +193,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         tracing::info!("leaving VMs running; the next aegisd re-attaches to them");
     }
-    // Instance daemons are not left behind like VMs: the next daemon starts them again.
+    // Instance daemons are not left behind like VMs: the next daemon starts them again. Their
+    // scoped sockets go with them.
     ctx.daemons.stop_all().await;
-    connections.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connections.wait()).await;
+    server.wait(CONNECTION_GRACE).await;
     tracing::info!("aegisd stopped");
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `{"error": "<chain>", "hint": "..."}`.
 
 use aegis_proto::api::ErrorBody;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::images::{error_chain, ImageError};
@@ -56,6 +56,17 @@ pub enum ApiError {
     /// A workspace route failed.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// A socket scoped to one instance (an instance daemon's `AEGIS_SOCKET`) refused a request
+    /// outside its scope.
+    #[error("this socket is scoped to instance {instance}: {method} {path} is not allowed")]
+    Forbidden {
+        /// The instance the socket is scoped to.
+        instance: String,
+        /// The request's method.
+        method: Method,
+        /// The request's path, as sent (shortened when long).
+        path: String,
+    },
     /// The daemon failed in a way the request could not cause.
     #[error("internal error: {0}")]
     Internal(String),
@@ -69,6 +80,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::UnknownInstance(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Lifecycle(e) => lifecycle_status(e),
             ApiError::Image(e) => image_status(e),
             ApiError::Create(e) => match e {
@@ -125,6 +137,12 @@ impl ApiError {
             }
             ApiError::Workspace(WorkspaceError::Volume(e)) => e.hint(),
             ApiError::Workspace(_) => None,
+            ApiError::Forbidden { .. } => Some(
+                "an instance daemon's socket allows `GET /v1/status`, `GET /v1/openapi.json` and, \
+                 for its own instance only: info, start, stop, restart, pause, resume, exec, \
+                 logs, expose and unexpose"
+                    .to_owned(),
+            ),
             ApiError::BadRequest(_)
             | ApiError::Name(_)
             | ApiError::NoRoute(_)
@@ -477,6 +495,14 @@ mod tests {
                 400,
             ),
             (ApiError::UnknownInstance("x".into()), 404),
+            (
+                ApiError::Forbidden {
+                    instance: "inst-1".into(),
+                    method: Method::GET,
+                    path: "/v1/secrets".into(),
+                },
+                403,
+            ),
             (ApiError::Spawn("x".into()), 400),
             (ApiError::Create(CreateError::Spec(SpecError::Command)), 400),
             (

@@ -1,5 +1,7 @@
-//! The REST API: axum routes, one file per resource, served over a unix socket. Handlers only
-//! translate between HTTP and typed lifecycle commands.
+//! The REST API: axum routes, one file per resource, served over unix sockets ([`server`]): the
+//! main socket with every route, and one socket per kit instance with daemons that reaches only
+//! that instance ([`scoped`]). Handlers only translate between HTTP and typed lifecycle
+//! commands.
 
 mod error;
 mod exec;
@@ -8,7 +10,9 @@ mod instances;
 mod json;
 mod kits;
 mod logs;
+pub mod scoped;
 mod secrets;
+pub mod server;
 mod status;
 mod workspaces;
 
@@ -20,6 +24,8 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use scoped::ScopedSockets;
+pub use server::{serve_connection, OnStop, Server};
 
 use crate::lifecycle::instances::Instances;
 use crate::lifecycle::Ctx;

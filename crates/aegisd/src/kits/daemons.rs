@@ -15,14 +15,22 @@
 //!   outlives the supervisor that would restart it twice.
 //! - Config changes: the config directory is checked every [`CONFIG_POLL_INTERVAL`]; when a file
 //!   in it (or one level below) was added, removed or changed, the daemon gets SIGHUP.
+//! - API access: the daemons of an instance share one socket scoped to that instance (its
+//!   `AEGIS_SOCKET`), bound when the first of them starts and removed when they are stopped.
+//!   Binding it is left to a [`ScopedApi`] the daemon's wiring sets once
+//!   ([`Daemons::set_scoped_api`]), so this module knows nothing of the API it serves. The main
+//!   socket never reaches a daemon's environment.
 //!
 //! One supervisor task per daemon owns its process; [`Daemons`] only keeps the tasks' handles
 //! and status boards (short synchronous lock, never held across `.await`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use aegis_proto::api::{LogEntry, LogSource, LogStream};
@@ -34,6 +42,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::images::error_chain;
 use crate::logs::{now_ts, InstanceLog};
 
 /// How often a daemon's config directory is checked for changes. A second is quick enough
@@ -120,15 +129,94 @@ struct Supervised {
 struct InstanceDaemons {
     cancel: CancellationToken,
     daemons: Vec<Supervised>,
+    /// The socket scoped to the instance, while its daemons run (none when binding failed).
+    socket: Option<ScopedSocket>,
+}
+
+/// Binds sockets that reach only one instance's part of the API. The daemon's wiring
+/// implements it with the API (which `kits` must not import: the API imports `kits`) and sets
+/// it once with [`Daemons::set_scoped_api`].
+pub trait ScopedApi: Send + Sync + std::fmt::Debug {
+    /// Binds a socket (mode 0600) that answers only requests about the instance `instance_id`
+    /// and starts serving it; the returned guard stops serving and removes it.
+    ///
+    /// # Errors
+    /// [`ScopedSocketError`] when the socket cannot be bound.
+    fn bind(&self, instance_id: &str) -> Result<ScopedSocket, ScopedSocketError>;
+}
+
+/// Why no socket scoped to an instance could be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopedSocketError {
+    /// The directory of the scoped sockets could not be prepared.
+    #[error("cannot prepare the directory {}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket could not be bound (a path over the 107 bytes a unix socket path may have,
+    /// say).
+    #[error("cannot bind the socket {}", path.display())]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A socket scoped to one instance, served until this guard is dropped. Dropping it stops the
+/// serving (cancels `stop`: no new connection, the open ones closed) and removes the socket
+/// file, unless another socket has taken its path since.
+#[derive(Debug)]
+pub struct ScopedSocket {
+    path: PathBuf,
+    /// Device and inode of the socket file when it was bound.
+    file: Option<(u64, u64)>,
+    stop: CancellationToken,
+}
+
+impl ScopedSocket {
+    /// The guard of the socket just bound at `path`, whose serving ends when `stop` is
+    /// cancelled.
+    pub fn new(path: PathBuf, stop: CancellationToken) -> ScopedSocket {
+        let file = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        ScopedSocket { path, file, stop }
+    }
+
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScopedSocket {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let now = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.file {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Everything the supervisors of one `aegisd` share.
 #[derive(Debug)]
 struct Env {
-    socket: PathBuf,
+    /// The main API socket: kept out of every daemon's environment.
+    main_socket: PathBuf,
     home: PathBuf,
     kits_dir: PathBuf,
     policy: RestartPolicy,
+    scoped: OnceLock<Arc<dyn ScopedApi>>,
 }
 
 /// The instance daemons of one `aegisd`; cheap to clone.
@@ -139,27 +227,37 @@ pub struct Daemons {
 }
 
 impl Daemons {
-    /// Supervisors for the daemon whose API listens on `socket`, with data in `home` and
-    /// per-instance config directories in `kits_dir`.
-    pub fn new(socket: PathBuf, home: PathBuf, kits_dir: PathBuf) -> Daemons {
-        Daemons::with_policy(socket, home, kits_dir, RestartPolicy::DEFAULT)
+    /// Supervisors for the daemon whose main API socket is `main_socket` (which no daemon
+    /// gets), with data in `home` and per-instance config directories in `kits_dir`.
+    pub fn new(main_socket: PathBuf, home: PathBuf, kits_dir: PathBuf) -> Daemons {
+        Daemons::with_policy(main_socket, home, kits_dir, RestartPolicy::DEFAULT)
     }
 
     /// [`Daemons::new`] with another restart policy (tests).
     pub fn with_policy(
-        socket: PathBuf,
+        main_socket: PathBuf,
         home: PathBuf,
         kits_dir: PathBuf,
         policy: RestartPolicy,
     ) -> Daemons {
         Daemons {
             env: Arc::new(Env {
-                socket,
+                main_socket,
                 home,
                 kits_dir,
                 policy,
+                scoped: OnceLock::new(),
             }),
             running: Arc::default(),
+        }
+    }
+
+    /// Sets what binds the socket scoped to each instance (its daemons' `AEGIS_SOCKET`). Set it
+    /// once, before the first [`Daemons::ensure`]: until then daemons start without
+    /// `AEGIS_SOCKET`. A second call is ignored.
+    pub fn set_scoped_api(&self, api: Arc<dyn ScopedApi>) {
+        if self.env.scoped.set(api).is_err() {
+            tracing::debug!("the scoped API of the instance daemons is already set");
         }
     }
 
@@ -193,7 +291,12 @@ impl Daemons {
             .or_insert_with(|| InstanceDaemons {
                 cancel: CancellationToken::new(),
                 daemons: Vec::new(),
+                socket: None,
             });
+        if set.socket.is_none() {
+            set.socket = self.bind_scoped(ctx);
+        }
+        let socket = set.socket.as_ref().map(|s| s.path().to_path_buf());
         for spec in &ctx.daemons {
             let existing = set.daemons.iter().position(|d| d.name == spec.name);
             if let Some(i) = existing {
@@ -215,6 +318,7 @@ impl Daemons {
                 spec: spec.clone(),
                 ctx: ctx.clone(),
                 config_dir: config_dir.clone(),
+                socket: socket.clone(),
                 status: Arc::clone(&status),
                 cancel: set.cancel.clone(),
             };
@@ -227,8 +331,29 @@ impl Daemons {
         }
     }
 
-    /// Stops the instance's daemons (SIGTERM, then SIGKILL after [`DAEMON_STOP_GRACE`]) and
-    /// waits for them.
+    /// The socket scoped to the instance, or `None` (said on the instance's log) when it
+    /// cannot be bound: the daemons then run without `AEGIS_SOCKET` rather than with the main
+    /// socket.
+    fn bind_scoped(&self, ctx: &DaemonContext) -> Option<ScopedSocket> {
+        let api = self.env.scoped.get()?;
+        match api.bind(&ctx.instance_id) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                let line = format!(
+                    "cannot bind the API socket of the instance daemons: {}; they run without \
+                     AEGIS_SOCKET",
+                    error_chain(&e)
+                );
+                tracing::warn!(instance = %ctx.instance_id, "{line}");
+                ctx.log.system(line);
+                None
+            }
+        }
+    }
+
+    /// Stops the instance's daemons (SIGTERM, then SIGKILL after [`DAEMON_STOP_GRACE`]), waits
+    /// for them, then closes and removes their scoped socket (kept until then: a daemon may
+    /// use the API while it stops).
     pub async fn stop(&self, instance_id: &str) {
         let removed = self.lock().remove(instance_id);
         if let Some(set) = removed {
@@ -236,6 +361,7 @@ impl Daemons {
             for d in set.daemons {
                 let _ = d.task.await;
             }
+            drop(set.socket);
         }
     }
 
@@ -274,15 +400,18 @@ impl Daemons {
 /// | `AEGIS_KIT`, `AEGIS_KIT_VERSION` | the kit it was created from |
 /// | `AEGIS_DAEMON_NAME` | the daemon's name in the manifest |
 /// | `AEGIS_KIT_CONFIG_DIR` | `~/.aegis/kits/HANDLE` (also its working directory) |
-/// | `AEGIS_SOCKET` | the API socket of `aegisd` (exec, logs, wake through it) |
+/// | `AEGIS_SOCKET` | a socket of the API scoped to this instance (`~/.aegis/run/kit-api/ID.sock`): `GET /v1/status`, `GET /v1/openapi.json`, and for this instance only info, start, stop, restart, pause, resume, exec, logs, expose and unexpose; anything else is a 403. Absent when it could not be bound (a system line says why) |
 /// | `AEGIS_HOME` | `aegisd`'s data directory |
 /// | `AEGIS_EXPOSES` | `GUEST:PUBLIC/PROTO` for each exposed port, comma-separated |
 /// | `AEGIS_PUBLIC_PORT_<GUEST>` | the public port of each exposed guest port |
+///
+/// The main API socket is never among them, and variables `aegisd` itself inherited that name
+/// it (or are `AEGIS_SOCKET`) are removed from the daemon's environment when it is spawned.
 pub fn daemon_env(
     spec: &InstanceDaemonSpec,
     ctx: &DaemonContext,
     config_dir: &Path,
-    socket: &Path,
+    socket: Option<&Path>,
     home: &Path,
 ) -> BTreeMap<String, String> {
     let mut env = spec.env.clone();
@@ -295,7 +424,9 @@ pub fn daemon_env(
         "AEGIS_KIT_CONFIG_DIR".into(),
         config_dir.display().to_string(),
     );
-    env.insert("AEGIS_SOCKET".into(), socket.display().to_string());
+    if let Some(socket) = socket {
+        env.insert("AEGIS_SOCKET".into(), socket.display().to_string());
+    }
     env.insert("AEGIS_HOME".into(), home.display().to_string());
     let exposes: Vec<String> = ctx
         .ports
@@ -315,6 +446,8 @@ struct Supervisor {
     spec: InstanceDaemonSpec,
     ctx: DaemonContext,
     config_dir: PathBuf,
+    /// The instance's scoped API socket, if one could be bound.
+    socket: Option<PathBuf>,
     status: Arc<Mutex<DaemonStatus>>,
     cancel: CancellationToken,
 }
@@ -402,12 +535,18 @@ impl Supervisor {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.spec.command[0]);
+        // What `aegisd` inherited must not hand a daemon the main socket.
+        for (key, value) in std::env::vars_os() {
+            if key == "AEGIS_SOCKET" || names_path(&value, &self.env.main_socket) {
+                cmd.env_remove(key);
+            }
+        }
         cmd.args(&self.spec.command[1..])
             .envs(daemon_env(
                 &self.spec,
                 &self.ctx,
                 &self.config_dir,
-                &self.env.socket,
+                self.socket.as_deref(),
                 &self.env.home,
             ))
             .current_dir(&self.config_dir)
@@ -527,6 +666,16 @@ impl Supervisor {
             .log
             .system(format!("instance daemon {} stopped ({how})", self.name()));
     }
+}
+
+/// Whether `value` contains the path `path`.
+fn names_path(value: &OsStr, path: &Path) -> bool {
+    let needle = path.as_os_str().as_bytes();
+    !needle.is_empty()
+        && value
+            .as_bytes()
+            .windows(needle.len())
+            .any(|window| window == needle)
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
@@ -714,6 +863,125 @@ mod tests {
         .await;
         daemons.stop("inst-1").await;
         assert!(daemons.status("inst-1").is_empty());
+    }
+
+    /// Binds plain sockets in `dir`, or fails every bind.
+    #[derive(Debug)]
+    struct FakeScopedApi {
+        dir: PathBuf,
+        fail: bool,
+    }
+
+    impl ScopedApi for FakeScopedApi {
+        fn bind(&self, instance_id: &str) -> Result<ScopedSocket, ScopedSocketError> {
+            let path = self.dir.join(format!("{instance_id}.sock"));
+            if self.fail {
+                return Err(ScopedSocketError::Bind {
+                    path,
+                    source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                });
+            }
+            std::os::unix::net::UnixListener::bind(&path).unwrap();
+            Ok(ScopedSocket::new(path, CancellationToken::new()))
+        }
+    }
+
+    const SHOW_SOCKET: &str = "echo \"socket=${AEGIS_SOCKET:-none}\"; \
+                               env | grep -q main.sock && echo leaked; \
+                               while :; do sleep 0.1; done";
+
+    #[tokio::test]
+    async fn daemons_get_their_scoped_socket_until_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(InstanceLog::open("inst-1", &dir.path().join("log")).unwrap());
+        let daemons = Daemons::new(
+            dir.path().join("main.sock"),
+            dir.path().to_path_buf(),
+            dir.path().join("kits"),
+        );
+        daemons.set_scoped_api(Arc::new(FakeScopedApi {
+            dir: dir.path().to_path_buf(),
+            fail: false,
+        }));
+        daemons.ensure(&ctx(Arc::clone(&log), &["sh", "-c", SHOW_SOCKET]));
+        let scoped = dir.path().join("inst-1.sock");
+        let want = format!("Daemon:socket={}", scoped.display());
+        wait_for("the socket line", || lines(&log).contains(&want)).await;
+        assert!(scoped.exists());
+        daemons.stop("inst-1").await;
+        assert!(!scoped.exists(), "the scoped socket outlived its daemons");
+        let text = lines(&log).join("\n");
+        assert!(!text.contains("leaked"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn daemons_run_without_a_socket_when_none_can_be_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(InstanceLog::open("inst-1", &dir.path().join("log")).unwrap());
+        let daemons = Daemons::new(
+            dir.path().join("main.sock"),
+            dir.path().to_path_buf(),
+            dir.path().join("kits"),
+        );
+        daemons.set_scoped_api(Arc::new(FakeScopedApi {
+            dir: dir.path().to_path_buf(),
+            fail: true,
+        }));
+        daemons.ensure(&ctx(Arc::clone(&log), &["sh", "-c", SHOW_SOCKET]));
+        wait_for("the socket line", || {
+            lines(&log).iter().any(|l| l == "Daemon:socket=none")
+        })
+        .await;
+        let want = format!(
+            "System:cannot bind the API socket of the instance daemons: cannot bind the socket \
+             {}: permission denied; they run without AEGIS_SOCKET",
+            dir.path().join("inst-1.sock").display()
+        );
+        let text = lines(&log).join("\n");
+        assert!(text.contains(&want), "{text}");
+        daemons.stop_all().await;
+    }
+
+    #[test]
+    fn scoped_socket_guard_removes_its_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inst-1.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let stop = CancellationToken::new();
+        let guard = ScopedSocket::new(path.clone(), stop.clone());
+        assert_eq!(guard.path(), path);
+        drop(guard);
+        assert!(stop.is_cancelled());
+        assert!(!path.exists());
+        // Another socket took the path since: it stays.
+        let guard = ScopedSocket::new(path.clone(), CancellationToken::new());
+        let _newer = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(guard);
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn env_has_the_scoped_socket_or_none_and_never_the_main_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(InstanceLog::open("inst-1", &dir.path().join("log")).unwrap());
+        let c = ctx(log, &["true"]);
+        let spec = &c.daemons[0];
+        let scoped = Path::new("/h/run/kit-api/inst-1.sock");
+        let env = daemon_env(
+            spec,
+            &c,
+            Path::new("/h/kits/web"),
+            Some(scoped),
+            Path::new("/h"),
+        );
+        assert_eq!(env["AEGIS_SOCKET"], "/h/run/kit-api/inst-1.sock");
+        let env = daemon_env(spec, &c, Path::new("/h/kits/web"), None, Path::new("/h"));
+        assert!(!env.contains_key("AEGIS_SOCKET"), "{env:?}");
+        let main = Path::new("/h/aegisd.sock");
+        assert!(names_path(OsStr::new("/h/aegisd.sock"), main));
+        assert!(names_path(OsStr::new("unix:/h/aegisd.sock?x"), main));
+        assert!(!names_path(OsStr::new("/h/run/kit-api/inst-1.sock"), main));
+        assert!(!names_path(OsStr::new("/h"), main));
     }
 
     #[tokio::test]

@@ -9,7 +9,9 @@ pub mod manifest;
 pub mod preset;
 pub mod store;
 
-pub use daemons::{DaemonContext, Daemons, RestartPolicy};
+pub use daemons::{
+    DaemonContext, Daemons, RestartPolicy, ScopedApi, ScopedSocket, ScopedSocketError,
+};
 pub use manifest::ManifestError;
 pub use preset::{KitBinding, PresetError, SelectError};
 pub use store::{InstalledKit, KitError, KitStore};
