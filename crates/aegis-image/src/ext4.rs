@@ -133,6 +133,9 @@ impl Ext4Error {
             Self::ToolMissing { package, .. } => {
                 Some(format!("install it: `sudo apt-get install {package}`"))
             }
+            Self::Io { source, .. } if crate::store::is_disk_full(source) => {
+                Some(crate::store::DISK_FULL_HINT.to_owned())
+            }
             Self::Spawn { .. }
             | Self::Mke2fs { .. }
             | Self::Debugfs { .. }

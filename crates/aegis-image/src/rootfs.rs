@@ -63,7 +63,11 @@ impl BuildError {
         match self {
             Self::Store { source, .. } => source.hint(),
             Self::Ext4 { source, .. } => source.hint(),
-            Self::Unpack { .. } | Self::Install { .. } => None,
+            Self::Unpack { source, .. } => source.hint(),
+            Self::Install { source, .. } if crate::store::is_disk_full(source) => {
+                Some(crate::store::DISK_FULL_HINT.to_owned())
+            }
+            Self::Install { .. } => None,
         }
     }
 }

@@ -138,10 +138,26 @@ pub enum StoreError {
     },
 }
 
+/// True when `error` says the file system is full (or the user's quota on it is used up).
+pub(crate) fn is_disk_full(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENOSPC | Errno::EDQUOT)
+    )
+}
+
+/// The remedy for a write into the store that found the disk full (the error names the file).
+pub(crate) const DISK_FULL_HINT: &str = "that disk is full: free space on it (`aegis image \
+     prune` removes what no image or instance uses), then try again; nothing half-written was \
+     kept";
+
 impl StoreError {
     /// What the user can do about the error, when there is something.
     pub fn hint(&self) -> Option<String> {
         match self {
+            Self::CreateDir { source, .. } | Self::Write { source, .. } if is_disk_full(source) => {
+                Some(DISK_FULL_HINT.to_owned())
+            }
             Self::Busy { .. } => Some("retry when the running pull or import finishes".to_owned()),
             Self::Corrupt { path, .. } => Some(format!(
                 "remove {} and pull the affected images again",

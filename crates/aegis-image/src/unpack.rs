@@ -259,6 +259,37 @@ pub enum UnpackError {
     },
 }
 
+impl UnpackError {
+    /// What the user can do about the error, when there is something: only a full disk under
+    /// the staging directory has a remedy; a bad layer is the image's fault.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Staging { source, .. } | Self::Write { source, .. }
+                if crate::store::is_disk_full(source) =>
+            {
+                Some(crate::store::DISK_FULL_HINT.to_owned())
+            }
+            Self::Staging { .. }
+            | Self::OpenLayer { .. }
+            | Self::UnsupportedCompression { .. }
+            | Self::CompressionMismatch { .. }
+            | Self::Read { .. }
+            | Self::UnsafePath { .. }
+            | Self::BadHardLink { .. }
+            | Self::SymlinkLoop { .. }
+            | Self::NotADirectory { .. }
+            | Self::BadHeader { .. }
+            | Self::BadWhiteout { .. }
+            | Self::BadXattr { .. }
+            | Self::TooLarge { .. }
+            | Self::TooManyEntries { .. }
+            | Self::TooMuchMetadata { .. }
+            | Self::HeaderTooLarge { .. }
+            | Self::Write { .. } => None,
+        }
+    }
+}
+
 /// A byte count in the largest binary unit that divides it, for error messages (`64 MiB`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ByteSize(pub u64);

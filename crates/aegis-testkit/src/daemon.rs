@@ -18,10 +18,11 @@ use crate::wait::try_wait_until;
 /// (default `~/.aegis`).
 pub const SHARED_HOME_ENV: &str = "AEGIS_TEST_SHARED_HOME";
 
-/// Prefix of temporary homes. Short and under `/tmp`: a unix socket path must fit in 108 bytes.
-const HOME_PREFIX: &str = "aegis-t-";
+/// Prefix of temporary homes (and of the testkit's other directories in `/tmp`). Short and under
+/// `/tmp`: a unix socket path must fit in 108 bytes.
+pub(crate) const HOME_PREFIX: &str = "aegis-t-";
 /// File in a temporary home holding the pid of the test process that owns it.
-const OWNER_FILE: &str = "testkit.owner";
+pub(crate) const OWNER_FILE: &str = "testkit.owner";
 /// File in a temporary home holding the pid of the last daemon started there.
 const DAEMON_PID_FILE: &str = "testkit.daemon";
 /// A home without an owner file older than this is a leftover (its creator died before writing
@@ -38,12 +39,70 @@ const API_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_TAIL_LINES: usize = 60;
 
 /// Where a test daemon's image store comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 enum Images {
     /// A link to the set-up home's store (the default image is there).
+    #[default]
     Shared,
     /// An empty store in the temporary home (the daemon creates it).
     Own,
+    /// An empty store in this directory (the home's `images` links to it).
+    At(PathBuf),
+}
+
+/// How a test daemon's home is set up: [`Daemon::builder`].
+#[derive(Debug, Default)]
+pub struct DaemonBuilder {
+    images: Images,
+    env: Vec<(String, String)>,
+    parent: Option<PathBuf>,
+}
+
+impl DaemonBuilder {
+    /// An empty image store of the daemon's own (see [`Daemon::start_with_own_images`]).
+    pub fn own_images(mut self) -> DaemonBuilder {
+        self.images = Images::Own;
+        self
+    }
+
+    /// An empty image store of the daemon's own in `dir` (e.g. on a small [`crate::Tmpfs`]):
+    /// the home's `images` links there.
+    pub fn images_in(mut self, dir: &Path) -> DaemonBuilder {
+        self.images = Images::At(dir.to_path_buf());
+        self
+    }
+
+    /// `key=value` in the daemon's environment.
+    pub fn env(mut self, key: &str, value: &str) -> DaemonBuilder {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Creates the home inside `dir` instead of `/tmp` (e.g. on a small [`crate::Tmpfs`]). The
+    /// path of the socket in it must stay under 108 bytes.
+    pub fn home_in(mut self, dir: &Path) -> DaemonBuilder {
+        self.parent = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Prepares the home and starts the daemon, waiting until it answers.
+    ///
+    /// # Panics
+    /// As [`Daemon::start`].
+    pub fn start(self) -> Daemon {
+        let mut daemon = self.unstarted();
+        daemon.spawn();
+        daemon
+    }
+
+    /// Prepares the home and starts nothing: the test puts files there first (a corrupt
+    /// `aegis.db`, …), then calls [`Daemon::launch`] or [`Daemon::launch_expecting_failure`].
+    ///
+    /// # Panics
+    /// As [`Daemon::start`], except that no daemon is started.
+    pub fn unstarted(self) -> Daemon {
+        Daemon::prepare(self)
+    }
 }
 
 /// A running `aegisd` with its own temporary `AEGIS_HOME`.
@@ -68,7 +127,13 @@ impl Daemon {
     /// When a binary, the guest kernel or the default image is missing (the message names the
     /// command that provides it), or the daemon does not come up.
     pub fn start() -> Daemon {
-        Daemon::start_with(Images::Shared, &[])
+        Daemon::builder().start()
+    }
+
+    /// A daemon set up step by step: its image store, environment and where its home lives,
+    /// started or not.
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder::default()
     }
 
     /// [`Daemon::start`] with these variables in the daemon's environment (e.g. `AEGIS_QEMU`
@@ -77,7 +142,7 @@ impl Daemon {
     /// # Panics
     /// As [`Daemon::start`].
     pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_with(Images::Shared, env)
+        with_env(Daemon::builder(), env).start()
     }
 
     /// [`Daemon::start`] with an empty image store of the daemon's own instead of a link to the
@@ -88,7 +153,7 @@ impl Daemon {
     /// # Panics
     /// As [`Daemon::start`].
     pub fn start_with_own_images() -> Daemon {
-        Daemon::start_with(Images::Own, &[])
+        Daemon::builder().own_images().start()
     }
 
     /// [`Daemon::start_with_own_images`] with these variables in the daemon's environment: with
@@ -97,7 +162,7 @@ impl Daemon {
     /// # Panics
     /// As [`Daemon::start`].
     pub fn start_with_own_images_and_env(env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_with(Images::Own, env)
+        with_env(Daemon::builder().own_images(), env).start()
     }
 
     /// The image store of the set-up home (`$AEGIS_TEST_SHARED_HOME/images`, default
@@ -106,7 +171,12 @@ impl Daemon {
         shared_home().join("images")
     }
 
-    fn start_with(images: Images, env: &[(&str, &str)]) -> Daemon {
+    fn prepare(options: DaemonBuilder) -> Daemon {
+        let DaemonBuilder {
+            images,
+            env,
+            parent,
+        } = options;
         remove_leftovers();
         let workspace = workspace_root();
         let release = release_dir(&workspace);
@@ -128,7 +198,7 @@ impl Daemon {
         let images_filled = std::fs::read_dir(shared.join("images"))
             .is_ok_and(|mut entries| entries.next().is_some());
         assert!(
-            images_filled || images == Images::Own,
+            images_filled || images != Images::Shared,
             "no default image in {}: run ./setup.sh (or point {SHARED_HOME_ENV} at a set-up \
              AEGIS_HOME)",
             shared.join("images").display()
@@ -136,31 +206,32 @@ impl Daemon {
 
         let dir = tempfile::Builder::new()
             .prefix(HOME_PREFIX)
-            .tempdir_in("/tmp")
-            .unwrap_or_else(|e| panic!("cannot create a temporary AEGIS_HOME in /tmp: {e}"));
+            .tempdir_in(parent.as_deref().unwrap_or(Path::new("/tmp")))
+            .unwrap_or_else(|e| panic!("cannot create a temporary AEGIS_HOME: {e}"));
         let home = dir.path().to_path_buf();
         write_pid(&home.join(OWNER_FILE), std::process::id());
-        let linked: &[&str] = match images {
-            Images::Shared => &["kernel", "images"],
-            Images::Own => &["kernel"],
-        };
-        for name in linked {
-            std::os::unix::fs::symlink(shared.join(name), home.join(name))
+        let mut linked = vec![(shared.join("kernel"), "kernel")];
+        match images {
+            Images::Shared => linked.push((shared.join("images"), "images")),
+            Images::Own => {}
+            Images::At(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+                linked.push((dir, "images"));
+            }
+        }
+        for (target, name) in linked {
+            std::os::unix::fs::symlink(&target, home.join(name))
                 .unwrap_or_else(|e| panic!("cannot link {} into {}: {e}", name, home.display()));
         }
-        let mut daemon = Daemon {
+        Daemon {
             home,
             cli: release.join("aegis"),
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            env,
             workspace,
             child: None,
             dir: Some(dir),
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
     /// Runs this CLI binary instead of `target/release/aegis` (e.g. `env!("CARGO_BIN_EXE_aegis")`,
@@ -351,6 +422,34 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Starts the daemon of an [unstarted](DaemonBuilder::unstarted) home and waits until it
+    /// answers.
+    ///
+    /// # Panics
+    /// When a daemon of this testkit runs already, or the daemon does not come up.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "aegisd runs already");
+        self.spawn();
+    }
+
+    /// Starts the daemon of an [unstarted](DaemonBuilder::unstarted) home that must refuse to
+    /// start, and returns how it ended and what it printed once it exited.
+    ///
+    /// # Panics
+    /// When a daemon of this testkit runs already, or this one is still running after `within`
+    /// (it is killed first).
+    pub fn launch_expecting_failure(&mut self, within: Duration) -> Output {
+        assert!(self.child.is_none(), "aegisd runs already");
+        let mut command = Command::new(self.release("aegisd"));
+        command
+            .env("AEGIS_HOME", &self.home)
+            .env("AEGIS_HARNESS", self.release("guest/aegis-harness"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let background = Background::spawn(command);
+        write_pid(&self.home.join(DAEMON_PID_FILE), background.pid());
+        background.wait(within)
+    }
+
     fn release(&self, binary: &str) -> PathBuf {
         release_dir(&self.workspace).join(binary)
     }
@@ -471,6 +570,10 @@ impl Drop for Daemon {
     }
 }
 
+fn with_env(builder: DaemonBuilder, env: &[(&str, &str)]) -> DaemonBuilder {
+    env.iter().fold(builder, |b, (k, v)| b.env(k, v))
+}
+
 /// SIGKILL to the VMM processes (QEMU) whose command line names `home`: only this test's.
 fn kill_vmms_of(home: &Path) {
     for pid in process::pids_with_cmdline(home) {
@@ -507,17 +610,26 @@ fn remove_leftovers() {
         if !orphaned {
             continue;
         }
-        if let Some(pid) = read_pid(&path.join(DAEMON_PID_FILE)) {
-            if process::alive(pid) && process::runs_binary(pid, "aegisd") {
-                process::kill_group(pid);
+        // The home itself, or the homes inside a test's tmpfs.
+        let nested = std::fs::read_dir(&path)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path());
+        for home in std::iter::once(path.clone()).chain(nested) {
+            if let Some(pid) = read_pid(&home.join(DAEMON_PID_FILE)) {
+                if process::alive(pid) && process::runs_binary(pid, "aegisd") {
+                    process::kill_group(pid);
+                }
             }
         }
         kill_vmms_of(&path);
+        crate::disk::unmount_leftover(&path);
         let _ = std::fs::remove_dir_all(&path);
     }
 }
 
-fn write_pid(path: &Path, pid: u32) {
+pub(crate) fn write_pid(path: &Path, pid: u32) {
     std::fs::write(path, pid.to_string())
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }

@@ -1,8 +1,9 @@
 //! Helpers for end-to-end tests that drive the built binaries as a user would: a real `aegisd`
 //! in a temporary `AEGIS_HOME` ([`Daemon`]), the `aegis` CLI with a hard timeout
-//! ([`Daemon::aegis`]), and polling with a deadline instead of sleeping ([`wait_until`]); and
-//! for benchmarks, p50/p95/p99 lines ([`report_ms`], [`report`], [`report_rate`]) and sample
-//! sizes from the environment ([`env_usize`]). [`free_port`] serves both, and [`tool`] finds
+//! ([`Daemon::aegis`]), polling with a deadline instead of sleeping ([`wait_until`]) and a small
+//! tmpfs for full-disk tests to fill ([`Tmpfs`]); and for benchmarks, p50/p95/p99 lines
+//! ([`report_ms`], [`report`], [`report_rate`]) and sample sizes from the environment
+//! ([`env_usize`]). [`free_port`] serves both, and [`tool`] finds
 //! the host programs a test may run (those `scripts/requirements` lists).
 //!
 //! Prerequisites are never skipped: a missing binary, guest kernel or default image fails the
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod daemon;
+mod disk;
 mod http;
 mod measure;
 mod net;
@@ -20,7 +22,8 @@ mod process;
 mod tools;
 mod wait;
 
-pub use daemon::{Daemon, SHARED_HOME_ENV};
+pub use daemon::{Daemon, DaemonBuilder, SHARED_HOME_ENV};
+pub use disk::{Filler, Tmpfs};
 pub use http::ApiResponse;
 pub use measure::{env_usize, print_load, quantile, report, report_ms, report_rate};
 pub use net::{free_port, get_status_line};

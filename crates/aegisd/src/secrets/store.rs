@@ -90,12 +90,12 @@ impl SecretError {
                  replaced, restore the original"
             )),
             SecretError::Key(e) => e.hint(),
+            SecretError::Registry(e) => e.hint(),
             SecretError::InvalidName(_)
             | SecretError::InvalidValue { .. }
             | SecretError::Encrypt { .. }
             | SecretError::WrappedKey { .. }
             | SecretError::TooLarge { .. }
-            | SecretError::Registry(_)
             | SecretError::Task(_) => None,
         }
     }
