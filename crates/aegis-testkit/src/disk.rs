@@ -73,6 +73,29 @@ impl Tmpfs {
         stat.blocks_available() * stat.fragment_size()
     }
 
+    /// Bytes in use.
+    pub fn used_bytes(&self) -> u64 {
+        let stat = nix::sys::statvfs::statvfs(self.path())
+            .unwrap_or_else(|e| panic!("cannot statvfs {}: {e}", self.path().display()));
+        (stat.blocks() - stat.blocks_free()) * stat.fragment_size()
+    }
+
+    /// Gives the file system a new size, its files kept (a disk that was full has room again).
+    ///
+    /// # Panics
+    /// When the remount fails.
+    pub fn resize(&self, size_bytes: u64) {
+        let options = format!("size={size_bytes}");
+        mount(
+            None::<&str>,
+            self.path(),
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("cannot resize the tmpfs on {:?}: {e}", self.path()));
+    }
+
     /// Writes a file until the file system is full (ENOSPC), so that no page is left.
     ///
     /// # Panics

@@ -27,7 +27,8 @@ const QEMU_OPEN_FILES: u64 = 4096;
 
 /// Address space a QEMU may map beyond its guest's memory: TCG's translation buffer (1 GiB by
 /// default), thread stacks, the block layer's caches and QEMU itself. Measured: a TCG QEMU
-/// with a 512 MiB guest maps about 2.3 GiB.
+/// with a 512 MiB guest maps 2.1 GiB at its peak (`VmPeak`), the 4 GiB slack leaves room for
+/// larger guests' page tables and caches.
 const QEMU_ADDRESS_SPACE_SLACK: u64 = 4 << 30;
 
 /// Who the QEMU at `program` runs as, and how its version spells the switch.

@@ -569,7 +569,7 @@ impl Vm for QemuVm {
         let pair_failed = |e: std::io::Error| failed(format!("creating the migration socket: {e}"));
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(pair_failed)?;
         ours.set_nonblocking(true).map_err(pair_failed)?;
-        let mut conn = tokio::net::UnixStream::from_std(ours).map_err(pair_failed)?;
+        let conn = tokio::net::UnixStream::from_std(ours).map_err(pair_failed)?;
         self.qmp
             .pass_fd(MIGRATION_FD_NAME, theirs.into())
             .await
@@ -582,8 +582,10 @@ impl Vm for QemuVm {
             serde_json::json!({ "uri": format!("fd:{MIGRATION_FD_NAME}") }),
         )
         .await?;
+        // The copy owns our end of the socket: when the copy fails (the sink's disk is full),
+        // the end closes with it, QEMU's next write fails and so does the migration.
         let copying = async {
-            let mut conn = tokio::io::BufReader::with_capacity(STREAM_BUFFER, &mut conn);
+            let mut conn = tokio::io::BufReader::with_capacity(STREAM_BUFFER, conn);
             let bytes = tokio::io::copy_buf(&mut conn, &mut sink).await?;
             sink.shutdown().await?;
             Ok::<u64, std::io::Error>(bytes)
@@ -616,8 +618,9 @@ impl Vm for QemuVm {
         // Neither side can hang the other: a failed copy breaks QEMU's write and fails the
         // migration; a failed or cancelled migration closes the connection and ends the copy.
         let (copied, polled) = tokio::join!(copying, polling);
-        polled?;
+        // A failed copy is the cause of the failed migration that follows it.
         let bytes = copied.map_err(|e| failed(format!("cannot store the state: {e}")))?;
+        polled?;
         Ok(SnapshotInfo {
             bytes,
             took: started.elapsed(),

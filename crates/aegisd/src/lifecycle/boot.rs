@@ -38,6 +38,9 @@ pub const RESTORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a re-attached harness gets to answer (it is already running).
 pub const ATTACH_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a VM found but not answering gets to quit before it is killed.
+const ATTACH_KILL_GRACE: Duration = Duration::from_secs(3);
+
 /// What every boot shares: the backend and the boot artifacts.
 #[derive(Debug, Clone)]
 pub struct BootEnv {
@@ -408,8 +411,24 @@ pub async fn attach(
     paused: bool,
 ) -> Result<Guest, BootError> {
     let vm = env.vmm.attach(run_dir).await.map_err(BootError::Vmm)?;
+    if !paused {
+        // A daemon killed while it saved a snapshot left the VM paused (the save pauses it
+        // first); resuming a running VM does nothing.
+        if let Err(e) = vm.resume().await {
+            tracing::warn!(error = %e, "cannot resume the VM found");
+        }
+    }
     // A paused guest cannot answer `health`; its harness is asked once it is resumed.
-    let (control, health) = connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT, !paused).await?;
+    let (control, health) =
+        match connect_ready(vm.as_ref(), sink, ATTACH_READY_TIMEOUT, !paused).await {
+            Ok(ready) => ready,
+            Err(e) => {
+                // Left running, the lost VM would hold its disks and a fresh boot could not
+                // open them.
+                vm.kill(ATTACH_KILL_GRACE).await;
+                return Err(e);
+            }
+        };
     let ingress = read_ingress(run_dir);
     // Missing (a VM started by an older daemon) or unreadable: the VM runs on, and stops
     // without a snapshot.

@@ -112,9 +112,15 @@ impl SnapshotFiles {
                 tokio::io::BufWriter::with_capacity(PIPE_BYTES, file)
             )
         );
-        let info = written.map_err(|e| crate::images::error_chain(&e))?;
+        // A failed write of the file (a full disk) breaks the VMM's stream too: say the cause.
         let size_bytes =
             sealed.map_err(|e| format!("cannot write {}: {e}", self.memory.display()))?;
+        let info = written.map_err(|e| crate::images::error_chain(&e))?;
+        // On disk before the manifest that makes it restorable is written.
+        let synced = async { tokio::fs::File::open(&self.memory).await?.sync_all().await };
+        synced
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", self.memory.display()))?;
         Ok(Saved {
             info,
             size_bytes,
