@@ -175,6 +175,9 @@ fn filtered(app: Router, scope: Scope) -> Router {
     app.layer(axum::middleware::from_fn_with_state(scope, enforce))
 }
 
+/// Most of a refused request's body read before the refusal is sent.
+const REFUSED_BODY_READ: usize = 1 << 20;
+
 async fn enforce(State(scope): State<Scope>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     match check(&scope.instance_id, req.method(), path, |r| {
@@ -188,7 +191,12 @@ async fn enforce(State(scope): State<Scope>, req: Request, next: Next) -> Respon
                 path,
                 "scoped socket refused a request"
             );
-            refusal(&scope.instance_id, req.method(), path).into_response()
+            let response = refusal(&scope.instance_id, req.method(), path).into_response();
+            // Read what the client sends before answering, so that it gets the answer: a
+            // connection closed on an unread body breaks the client's write (EPIPE). Bounded:
+            // past the bound the connection closes.
+            let _ = axum::body::to_bytes(req.into_body(), REFUSED_BODY_READ).await;
+            response
         }
     }
 }
