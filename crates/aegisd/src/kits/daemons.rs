@@ -557,11 +557,16 @@ impl Supervisor {
             .kill_on_drop(true);
         let parent = nix::unistd::getpid();
         // SAFETY: the closure runs in the forked child before exec and only makes the
-        // async-signal-safe calls prctl(2) and getppid(2); it allocates nothing and takes no
-        // lock.
+        // async-signal-safe calls prctl(2), sigaction(2) and getppid(2); it allocates nothing
+        // and takes no lock.
         unsafe {
             cmd.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+                // SIGHUP is how a daemon learns of a config change, and a shell cannot trap a
+                // signal that was ignored when it started: an aegisd started under `nohup`
+                // must not pass its ignored SIGHUP on.
+                nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigDfl)
+                    .map_err(std::io::Error::from)?;
                 // The parent may have died before the prctl: then nobody supervises us.
                 if nix::unistd::getppid() != parent {
                     return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
