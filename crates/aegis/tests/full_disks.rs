@@ -187,14 +187,19 @@ fn secret_names(d: &Daemon) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_full_disk_fails_secret_set_clearly_and_keeps_the_stored_secrets() {
-    let disk = Tmpfs::mount(HOME_TMPFS_BYTES);
-    let d = Daemon::builder()
+/// A daemon with its own image store whose whole home is on `disk`.
+fn daemon_on(disk: &Tmpfs) -> Daemon {
+    Daemon::builder()
         .own_images()
         .home_in(disk.path())
         .start()
-        .use_cli(cli());
+        .use_cli(cli())
+}
+
+#[test]
+fn a_full_disk_fails_secret_set_clearly_and_keeps_the_stored_secrets() {
+    let disk = Tmpfs::mount(HOME_TMPFS_BYTES);
+    let d = daemon_on(&disk);
     let db = d.home().join("aegis.db");
     d.aegis(["secret", "set", "FIRST", "first-value"])
         .expect_success();
@@ -239,11 +244,7 @@ fn a_full_disk_fails_secret_set_clearly_and_keeps_the_stored_secrets() {
 #[test]
 fn a_full_disk_fails_kit_install_clearly_and_leaves_no_manifest() {
     let disk = Tmpfs::mount(HOME_TMPFS_BYTES);
-    let d = Daemon::builder()
-        .own_images()
-        .home_in(disk.path())
-        .start()
-        .use_cli(cli());
+    let d = daemon_on(&disk);
     let kit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kits/example");
     let kits = d.home().join("kits");
     let before = if kits.is_dir() {

@@ -891,6 +891,17 @@ mod tests {
         }
     }
 
+    /// Daemons in `dir` whose scoped sockets a [`FakeScopedApi`] binds (or, with `fail`,
+    /// cannot).
+    fn with_fake_scoped_api(dir: &Path, fail: bool) -> Daemons {
+        let daemons = Daemons::new(dir.join("main.sock"), dir.to_path_buf(), dir.join("kits"));
+        daemons.set_scoped_api(Arc::new(FakeScopedApi {
+            dir: dir.to_path_buf(),
+            fail,
+        }));
+        daemons
+    }
+
     const SHOW_SOCKET: &str = "echo \"socket=${AEGIS_SOCKET:-none}\"; \
                                env | grep -q main.sock && echo leaked; \
                                while :; do sleep 0.1; done";
@@ -899,15 +910,7 @@ mod tests {
     async fn daemons_get_their_scoped_socket_until_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(InstanceLog::open("inst-1", &dir.path().join("log")).unwrap());
-        let daemons = Daemons::new(
-            dir.path().join("main.sock"),
-            dir.path().to_path_buf(),
-            dir.path().join("kits"),
-        );
-        daemons.set_scoped_api(Arc::new(FakeScopedApi {
-            dir: dir.path().to_path_buf(),
-            fail: false,
-        }));
+        let daemons = with_fake_scoped_api(dir.path(), false);
         daemons.ensure(&ctx(Arc::clone(&log), &["sh", "-c", SHOW_SOCKET]));
         let scoped = dir.path().join("inst-1.sock");
         let want = format!("Daemon:socket={}", scoped.display());
@@ -923,15 +926,7 @@ mod tests {
     async fn daemons_run_without_a_socket_when_none_can_be_bound() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(InstanceLog::open("inst-1", &dir.path().join("log")).unwrap());
-        let daemons = Daemons::new(
-            dir.path().join("main.sock"),
-            dir.path().to_path_buf(),
-            dir.path().join("kits"),
-        );
-        daemons.set_scoped_api(Arc::new(FakeScopedApi {
-            dir: dir.path().to_path_buf(),
-            fail: true,
-        }));
+        let daemons = with_fake_scoped_api(dir.path(), true);
         daemons.ensure(&ctx(Arc::clone(&log), &["sh", "-c", SHOW_SOCKET]));
         wait_for("the socket line", || {
             lines(&log).iter().any(|l| l == "Daemon:socket=none")
