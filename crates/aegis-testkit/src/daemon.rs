@@ -396,6 +396,22 @@ impl Daemon {
         serde_json::from_str(&response.body).map_err(|e| format!("{e}: {}", response.body))
     }
 
+    /// The system lines (`source: "system"`) of `target`'s log that contain `needle`.
+    ///
+    /// # Panics
+    /// When `aegis logs` fails.
+    pub fn system_lines(&self, target: &str, needle: &str) -> Vec<String> {
+        let out = self.aegis(["logs", target, "--json"]);
+        out.expect_success();
+        out.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["source"] == "system")
+            .filter_map(|e| e["line"].as_str().map(str::to_owned))
+            .filter(|l| l.contains(needle))
+            .collect()
+    }
+
     /// The last lines of the daemon's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.home.join("aegisd.log")).unwrap_or_default();

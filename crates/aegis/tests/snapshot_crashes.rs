@@ -20,18 +20,6 @@ const BOOT: Duration = Duration::from_secs(150);
 /// state cannot fit; large enough that writing it takes seconds, so a kill lands mid-write.
 const FILL_MB: u64 = 320;
 
-fn system_lines(d: &Daemon, needle: &str) -> Vec<String> {
-    let out = d.aegis(["logs", "big", "--json"]);
-    out.expect_success();
-    out.stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["source"] == "system")
-        .filter_map(|e| e["line"].as_str().map(str::to_owned))
-        .filter(|l| l.contains(needle))
-        .collect()
-}
-
 /// Waits until the workload has filled its memory for the `n`th time.
 fn wait_filled(d: &Daemon, n: usize) {
     wait_until(BOOT, "the guest to fill its memory", || {
@@ -77,7 +65,7 @@ fn a_snapshot_that_cannot_be_written_loses_nothing() {
     let stopped = d.instance("big").unwrap();
     assert_eq!(stopped.state, InstanceStatus::Stopped);
     assert!(stopped.saved_snapshot.is_none(), "{stopped:?}");
-    let said = system_lines(&d, "cannot save a snapshot");
+    let said = d.system_lines("big", "cannot save a snapshot");
     assert!(
         said.iter().any(|l| l.contains("No space left on device")),
         "the log does not say the disk is full: {said:?}"
@@ -94,7 +82,9 @@ fn a_snapshot_that_cannot_be_written_loses_nothing() {
     d.aegis(["instance", "start", "big"]).expect_success();
     d.wait_state("big", InstanceStatus::Running, BOOT);
     wait_filled(&d, 2);
-    assert!(system_lines(&d, "restored from the snapshot").is_empty());
+    assert!(d
+        .system_lines("big", "restored from the snapshot")
+        .is_empty());
 
     // ... and aegisd killed while it writes the memory: the next aegisd finds the instance,
     // restores nothing half-written, and the instance still works.
@@ -135,7 +125,7 @@ fn a_snapshot_that_cannot_be_written_loses_nothing() {
     );
     d.aegis(["instance", "start", "big"]).expect_success();
     d.wait_state("big", InstanceStatus::Running, BOOT);
-    assert_eq!(system_lines(&d, "restored from the snapshot").len(), 1);
+    assert_eq!(d.system_lines("big", "restored from the snapshot").len(), 1);
     let out = d.aegis(["exec", "big", "--", "sh", "-c", "ls -l /dev/shm/fill"]);
     out.expect_success();
     d.aegis(["instance", "delete", "big"]).expect_success();

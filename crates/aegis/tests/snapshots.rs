@@ -80,20 +80,8 @@ fn counter(d: &Daemon) -> u64 {
     out.stdout.trim().parse().unwrap()
 }
 
-fn system_lines(d: &Daemon, needle: &str) -> Vec<String> {
-    let out = d.aegis(["logs", "mem", "--json"]);
-    out.expect_success();
-    out.stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["source"] == "system")
-        .filter_map(|e| e["line"].as_str().map(str::to_owned))
-        .filter(|l| l.contains(needle))
-        .collect()
-}
-
 fn boots(d: &Daemon) -> usize {
-    system_lines(d, "booting (").len()
+    d.system_lines("mem", "booting (").len()
 }
 
 fn snapshot_dir(d: &Daemon, id: &str) -> PathBuf {
@@ -176,8 +164,8 @@ fn memory_survives_stop_and_wake() {
         n => Err(n),
     });
     assert_eq!(boots(&d), boots_before, "a restore must not boot");
-    assert_eq!(system_lines(&d, "restored from the snapshot").len(), 1);
-    assert_eq!(system_lines(&d, "running (guest pid").len(), 1);
+    assert_eq!(d.system_lines("mem", "restored from the snapshot").len(), 1);
+    assert_eq!(d.system_lines("mem", "running (guest pid").len(), 1);
     let woke = d.instance("mem").unwrap();
     assert!(woke.saved_snapshot.is_none(), "used once: {woke:?}");
     assert!(!snapshot_dir(&d, &id).exists());
@@ -205,7 +193,7 @@ fn memory_survives_stop_and_wake() {
     assert_ne!(token3, token, "a cold boot starts a new Python process");
     assert_eq!(hits3, 1);
     assert_eq!(boots(&d), boots_before + 1);
-    let discarded = system_lines(&d, "snapshot discarded, cold-booting instead");
+    let discarded = d.system_lines("mem", "snapshot discarded, cold-booting instead");
     assert_eq!(discarded.len(), 1, "{discarded:?}");
     assert!(discarded[0].contains("bytes instead of"), "{discarded:?}");
     assert!(!snapshot_dir(&d, &id).exists());
@@ -227,7 +215,7 @@ fn memory_survives_stop_and_wake() {
         "a cold boot starts a new Python process"
     );
     assert_eq!(boots(&d), boots_before + 2);
-    let discarded = system_lines(&d, "snapshot discarded, cold-booting instead");
+    let discarded = d.system_lines("mem", "snapshot discarded, cold-booting instead");
     assert_eq!(discarded.len(), 2, "{discarded:?}");
     assert!(
         discarded[1].contains("the memory file does not open: chunk")
