@@ -256,7 +256,7 @@ pub struct Instance {
     pub egress_hints: Vec<String>,
     /// Its kit's instance daemons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub daemons: Vec<crate::kit::DaemonStatus>,
+    pub daemons: Vec<DaemonStatus>,
 }
 
 /// An instance's workspace.
@@ -526,6 +526,58 @@ pub fn validate_handle(handle: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What an instance daemon is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaemonState {
+    /// Its process runs.
+    Running,
+    /// It exited and will be started again after a backoff delay.
+    Restarting,
+    /// It crashed too often right after starting; Aegis gave up until the instance is started
+    /// again.
+    Failed,
+    /// Not running: its instance is disabled, or it is being stopped.
+    Stopped,
+}
+
+impl DaemonState {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DaemonState::Running => "running",
+            DaemonState::Restarting => "restarting",
+            DaemonState::Failed => "failed",
+            DaemonState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for DaemonState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An instance daemon as `instance info` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Its name in the kit.
+    pub name: String,
+    /// What it is doing.
+    pub state: DaemonState,
+    /// Host pid while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Times it was started again after exiting.
+    pub restarts: u32,
+    /// How its last run ended (`exit code 1`, `signal 9`), if it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// RFC 3339 time of the last change of state.
+    pub since: String,
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::IdleTimeout;
+pub use crate::api::{DaemonState, DaemonStatus};
 
 /// A kit manifest (schema v1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,58 +161,6 @@ pub struct KitInfo {
     /// Instances (ids) created from it.
     #[serde(default)]
     pub instances: Vec<String>,
-}
-
-/// What an instance daemon is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DaemonState {
-    /// Its process runs.
-    Running,
-    /// It exited and will be started again after a backoff delay.
-    Restarting,
-    /// It crashed too often right after starting; Aegis gave up until the instance is started
-    /// again.
-    Failed,
-    /// Not running: its instance is disabled, or it is being stopped.
-    Stopped,
-}
-
-impl DaemonState {
-    /// The wire spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DaemonState::Running => "running",
-            DaemonState::Restarting => "restarting",
-            DaemonState::Failed => "failed",
-            DaemonState::Stopped => "stopped",
-        }
-    }
-}
-
-impl std::fmt::Display for DaemonState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An instance daemon as `instance info` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonStatus {
-    /// Its name in the kit.
-    pub name: String,
-    /// What it is doing.
-    pub state: DaemonState,
-    /// Host pid while it runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    /// Times it was started again after exiting.
-    pub restarts: u32,
-    /// How its last run ended (`exit code 1`, `signal 9`), if it ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
-    /// RFC 3339 time of the last change of state.
-    pub since: String,
 }
 
 #[cfg(test)]

@@ -86,8 +86,8 @@ impl Config {
         self.home.join("instances")
     }
     /// The directory of one instance.
-    pub fn instance_dir(&self, id: &str) -> PathBuf {
-        self.instances_dir().join(id)
+    pub fn instance_dir(&self, id: impl AsRef<str>) -> PathBuf {
+        self.instances_dir().join(id.as_ref())
     }
     /// The image store.
     pub fn images_dir(&self) -> PathBuf {

@@ -23,6 +23,8 @@ use crate::kits::{Daemons, KitStore};
 use crate::lifecycle::boot::BootEnv;
 use crate::lifecycle::instances::Instances;
 use crate::lifecycle::Ctx;
+use crate::provision::policy::KitPolicy;
+use crate::provision::Provisioner;
 use crate::registry::{Registry, RegistryError};
 use crate::router::Router;
 use crate::secrets::SecretStore;
@@ -129,6 +131,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         ScopedSockets::open(config.kit_api_dir(), server.clone())
             .map_err(io(&config.kit_api_dir()))?,
     );
+    let secrets = SecretStore::new(registry.clone(), config.master_key());
     let ctx = Arc::new(Ctx {
         boot: BootEnv {
             vmm: Arc::new(QemuVmm::default()),
@@ -138,22 +141,29 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             cache_dir: config.cache_dir(),
             ready_timeout: crate::lifecycle::boot::HARNESS_READY_TIMEOUT,
         },
-        secrets: SecretStore::new(registry.clone(), config.master_key()),
+        policy: Arc::new(KitPolicy::new(secrets.clone())),
+        secrets,
         registry,
         images: Images::new(store, DEFAULT_IMAGE),
-        router: Router::new(
-            Router::bind_from_env().map_err(DaemonError::Config)?,
-            open_files,
-        ),
-        kits: KitStore::new(config.kits_dir()),
-        daemons: Daemons::new(socket.clone(), config.home.clone(), config.kits_dir()),
         workspaces: crate::workspaces::WorkspaceStore::new(config.workspaces_dir()),
         config: config.clone(),
     });
-    // Before the instances load: their actors start instance daemons as they come up. The
-    // sockets serve once `attach` gives them the state below.
-    ctx.daemons.set_scoped_api(scoped.clone());
+    let router = Router::new(
+        Router::bind_from_env().map_err(DaemonError::Config)?,
+        open_files,
+    );
+    let daemons = Daemons::new(socket.clone(), config.home.clone(), config.kits_dir());
+    // The sockets serve once `attach` gives them the state below.
+    daemons.set_scoped_api(scoped.clone());
     let instances = Instances::load(Arc::clone(&ctx)).await?;
+    let provision = Arc::new(Provisioner::new(
+        Arc::clone(&ctx),
+        Arc::clone(&instances),
+        KitStore::new(config.kits_dir()),
+        daemons.clone(),
+        router,
+    ));
+    provision.adopt_loaded().await;
 
     let listener = UnixListener::bind(&socket).map_err(io(&socket))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
@@ -162,6 +172,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let state = AppState {
         instances: Arc::clone(&instances),
         ctx: Arc::clone(&ctx),
+        provision: Arc::clone(&provision),
         accel,
         shutdown: shutdown.clone(),
     };
@@ -187,15 +198,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // The listener is dropped when its accept loop has seen the cancel.
     let _ = main_socket.await;
     let _ = std::fs::remove_file(&socket);
+    // Instance daemons are not left behind like VMs: the next daemon starts them again. Their
+    // scoped sockets go with them. They stop first: they may be using their instances.
+    daemons.stop_all().await;
     if stop_vms {
         tracing::info!("stopping all instances");
         instances.shutdown_all().await;
     } else {
         tracing::info!("leaving VMs running; the next aegisd re-attaches to them");
     }
-    // Instance daemons are not left behind like VMs: the next daemon starts them again. Their
-    // scoped sockets go with them.
-    ctx.daemons.stop_all().await;
     server.wait(CONNECTION_GRACE).await;
     tracing::info!("aegisd stopped");
     Ok(())

@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use crate::images::{error_chain, ImageError};
 use crate::kits::KitError;
 use crate::lifecycle::command::LifecycleError;
-use crate::lifecycle::instances::{CreateError, ExposeError};
 use crate::names::NameError;
+use crate::provision::{CreateError, ExposeError};
 use crate::router::RouterError;
 use crate::secrets::SecretError;
 use crate::workspaces::WorkspaceError;
@@ -180,7 +180,8 @@ fn lifecycle_status(e: &LifecycleError) -> StatusCode {
         | LifecycleError::AlreadyExposed { .. }
         | LifecycleError::Disabled { .. }
         | LifecycleError::Stopped { .. }
-        | LifecycleError::Kit { .. } => StatusCode::CONFLICT,
+        | LifecycleError::Refused { .. } => StatusCode::CONFLICT,
+        LifecycleError::Spawn { .. } => StatusCode::BAD_REQUEST,
         LifecycleError::Gone { .. } | LifecycleError::NotExposed { .. } => StatusCode::NOT_FOUND,
         LifecycleError::Image { source, .. } => image_status(source),
         LifecycleError::Secrets { source, .. } => secret_status(source, SecretUse::AtStart),
@@ -305,6 +306,7 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::InstanceId;
     use crate::lifecycle::spec::SpecError;
     use crate::lifecycle::state::{Event, InvalidTransition};
     use crate::names::{self, NameKind};
@@ -359,12 +361,10 @@ mod tests {
                 400,
             ),
             (
-                ApiError::Lifecycle(LifecycleError::Kit {
-                    id: "i".into(),
-                    source: PresetError::MissingSecrets {
-                        kit: "k".into(),
-                        missing: Vec::new(),
-                    },
+                ApiError::Lifecycle(LifecycleError::Refused {
+                    id: InstanceId::from_stored("i".into()),
+                    reason: "kit k needs secrets".into(),
+                    hint: None,
                 }),
                 409,
             ),
@@ -410,7 +410,7 @@ mod tests {
             (ApiError::InstanceSecrets(missing()), 400),
             (
                 ApiError::Lifecycle(LifecycleError::Secrets {
-                    id: "i".into(),
+                    id: InstanceId::from_stored("i".into()),
                     source: missing(),
                 }),
                 409,
@@ -418,7 +418,7 @@ mod tests {
             (ApiError::Secret(decrypt()), 500),
             (
                 ApiError::Lifecycle(LifecycleError::Secrets {
-                    id: "i".into(),
+                    id: InstanceId::from_stored("i".into()),
                     source: decrypt(),
                 }),
                 500,
@@ -444,7 +444,7 @@ mod tests {
     #[test]
     fn secret_errors_name_the_secret_and_the_fix() {
         let err = ApiError::Lifecycle(LifecycleError::Secrets {
-            id: "inst-1".into(),
+            id: InstanceId::from_stored("inst-1".into()),
             source: SecretError::NotFound {
                 names: vec!["API_KEY".into()],
             },
@@ -532,11 +532,15 @@ mod tests {
                 409,
             ),
             (
-                ApiError::Lifecycle(LifecycleError::Disabled { id: "i".into() }),
+                ApiError::Lifecycle(LifecycleError::Disabled {
+                    id: InstanceId::from_stored("i".into()),
+                }),
                 409,
             ),
             (
-                ApiError::Lifecycle(LifecycleError::Gone { id: "i".into() }),
+                ApiError::Lifecycle(LifecycleError::Gone {
+                    id: InstanceId::from_stored("i".into()),
+                }),
                 404,
             ),
         ];
@@ -548,7 +552,7 @@ mod tests {
     #[test]
     fn body_carries_chain_and_hint() {
         let err = ApiError::Lifecycle(LifecycleError::Disabled {
-            id: "inst-1".into(),
+            id: InstanceId::from_stored("inst-1".into()),
         });
         assert_eq!(err.to_string(), "instance inst-1 is disabled");
         assert_eq!(

@@ -4,26 +4,22 @@
 use std::convert::Infallible;
 
 use aegis_proto::api::{ExecEvent, ExecRequest};
-use aegis_proto::control::{codes, ExecId, ExecParams, Method, ProcessSpec, SpawnResult};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use rand::Rng;
-use zeroize::Zeroize;
 
 use super::error::ApiError;
 use super::instances::find;
 use super::json::{ApiJson, ApiPath};
 use super::AppState;
-use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::lifecycle::command::{Command, LifecycleError};
+use crate::lifecycle::exec::{ExecSpec, ExecStarted};
 use crate::lifecycle::output::ExecFeed;
 use crate::lifecycle::spec::{check_command, check_env};
 use crate::logs::now_ts;
-use crate::secrets::scrub_env;
 
 pub async fn exec(
     State(state): State<AppState>,
@@ -36,53 +32,21 @@ pub async fn exec(
     check_command(&req.command).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     check_env(&req.env).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let handle = find(&state, &id)?;
-    let link = handle.request(|reply| Command::Wake { reply }).await?;
-    let exec_id = ExecId(format!("exec-{:08x}", rand::thread_rng().gen::<u32>()));
-    let stopped = || {
-        ApiError::Lifecycle(LifecycleError::Stopped {
-            id: handle.id.clone(),
-            reason: "the VM stopped".to_owned(),
+    let spec = ExecSpec {
+        argv: req.command,
+        env: req.env,
+        workdir: req.workdir,
+    };
+    let ExecStarted { exec_id, feed } = handle
+        .request(|reply| Command::Exec {
+            request: spec,
+            reply,
         })
-    };
-    let events = link
-        .output
-        .subscribe(exec_id.clone())
         .await
-        .ok_or_else(stopped)?;
-    // The image's and the instance's variables, the boot's secrets, then this exec's own.
-    let mut env = link.defaults.env.clone();
-    link.secrets.inject_into(&mut env);
-    for (key, value) in req.env {
-        if let Some(mut replaced) = env.insert(key, value) {
-            replaced.zeroize();
-        }
-    }
-    let mut params = ExecParams {
-        exec_id: exec_id.clone(),
-        process: ProcessSpec {
-            argv: req.command,
-            env,
-            workdir: req.workdir.or(link.defaults.workdir.clone()),
-            user: link.defaults.user.clone(),
-        },
-    };
-    let spawned: Result<SpawnResult, ControlError> = link
-        .control
-        .call(Method::Exec, &params, CONTROL_CALL_TIMEOUT)
-        .await;
-    scrub_env(&mut params.process.env);
-    match spawned {
-        Ok(_) => {}
-        Err(ControlError::Rpc { error, .. }) if error.code == codes::SPAWN_FAILED => {
-            return Err(ApiError::Spawn(error.message));
-        }
-        Err(source) => {
-            return Err(ApiError::Lifecycle(LifecycleError::Control {
-                id: handle.id.clone(),
-                source,
-            }))
-        }
-    }
+        .map_err(|e| match e {
+            LifecycleError::Spawn { message, .. } => ApiError::Spawn(message),
+            e => ApiError::Lifecycle(e),
+        })?;
     // Held by the stream: a running exec keeps the instance from idling.
     let busy = handle.activity_started();
     let started = ExecEvent::Started {
@@ -90,7 +54,7 @@ pub async fn exec(
         started_at: now_ts(),
     };
     let toucher = handle.clone();
-    let rest = feed_stream(events).map(move |ev| {
+    let rest = feed_stream(feed).map(move |ev| {
         let _held = &busy;
         if matches!(ev, ExecEvent::Done { .. }) {
             toucher.notify(Command::Touch);

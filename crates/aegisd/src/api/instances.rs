@@ -10,12 +10,13 @@ use super::error::ApiError;
 use super::json::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::lifecycle::command::{Command, StopMode};
-use crate::lifecycle::instances::{Exposed, InstanceHandle};
+use crate::lifecycle::instances::InstanceHandle;
 use crate::names::{self, NameKind};
+use crate::provision::Exposed;
 
 /// The view with the current status of its instance daemons (they change without the actor).
 fn with_daemons(state: &AppState, mut view: Instance) -> Instance {
-    view.daemons = state.ctx.daemons.status(&view.id);
+    view.daemons = state.provision.daemons.status(&view.id);
     view
 }
 
@@ -33,7 +34,7 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateInstance>,
 ) -> Result<(StatusCode, Json<Instance>), ApiError> {
-    let (view, created) = state.instances.create(req).await?;
+    let (view, created) = state.provision.create(req).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -82,8 +83,8 @@ pub async fn delete(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let handle = find(&state, &id)?;
-    state.instances.delete(&handle).await?;
-    Ok(Json(serde_json::json!({ "deleted": handle.id })))
+    state.provision.delete(&handle).await?;
+    Ok(Json(serde_json::json!({ "deleted": handle.id.as_str() })))
 }
 
 pub async fn action(
@@ -117,11 +118,8 @@ pub async fn expose(
     ApiJson(req): ApiJson<ExposeRequest>,
 ) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
     let handle = find(&state, &id)?;
-    Ok(match state.instances.expose(&handle, &req).await? {
-        Exposed::New(exposed) => (
-            StatusCode::CREATED,
-            Json(crate::router::endpoint_view(&exposed)),
-        ),
+    Ok(match state.provision.expose(&handle, &req).await? {
+        Exposed::New(exposed) => (StatusCode::CREATED, Json(exposed.endpoint())),
         Exposed::Existing(endpoint) => (StatusCode::OK, Json(endpoint)),
     })
 }
@@ -134,6 +132,6 @@ pub async fn unexpose(
     let port: u16 = guest_port
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("invalid guest port {guest_port:?}")))?;
-    state.instances.unexpose(&handle, port).await?;
+    state.provision.unexpose(&handle, port).await?;
     Ok(Json(serde_json::json!({ "unexposed": port })))
 }

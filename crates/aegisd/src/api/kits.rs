@@ -28,7 +28,7 @@ fn info(state: &AppState, kit: InstalledKit) -> KitInfo {
 
 /// `GET /v1/kits` → the valid installed kits, by name.
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<KitInfo>>, ApiError> {
-    let kits = state.ctx.kits.list().await?;
+    let kits = state.provision.kits.list().await?;
     Ok(Json(kits.into_iter().map(|k| info(&state, k)).collect()))
 }
 
@@ -38,7 +38,7 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<KitInfo>, ApiError> {
-    let kit = state.ctx.kits.get(&name).await?;
+    let kit = state.provision.kits.get(&name).await?;
     Ok(Json(info(&state, kit)))
 }
 
@@ -48,7 +48,7 @@ pub async fn install(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<InstallKit>,
 ) -> Result<(StatusCode, Json<KitInfo>), ApiError> {
-    let (kit, replaced) = state.ctx.kits.install(req).await?;
+    let (kit, replaced) = state.provision.kits.install(req).await?;
     tracing::info!(kit = %kit.manifest.name, version = %kit.manifest.version, "kit installed");
     let status = if replaced {
         StatusCode::OK
@@ -64,7 +64,7 @@ pub async fn remove(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Deleted>, ApiError> {
-    state.ctx.kits.remove(&name).await?;
+    state.provision.kits.remove(&name).await?;
     tracing::info!(kit = %name, "kit removed");
     Ok(Json(Deleted { deleted: name }))
 }

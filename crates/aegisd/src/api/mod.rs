@@ -1,7 +1,7 @@
 //! The REST API: axum routes, one file per resource, served over unix sockets ([`server`]): the
 //! main socket with every route, and one socket per kit instance with daemons that reaches only
 //! that instance ([`scoped`]). Handlers only translate between HTTP and typed lifecycle
-//! commands.
+//! commands or calls of the application layer (`provision`).
 
 mod error;
 mod exec;
@@ -29,14 +29,17 @@ pub use server::{serve_connection, OnStop, Server};
 
 use crate::lifecycle::instances::Instances;
 use crate::lifecycle::Ctx;
+use crate::provision::Provisioner;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// All instances.
     pub instances: Arc<Instances>,
-    /// Daemon context.
+    /// The lifecycle's shared context (registry, images, secrets, workspaces).
     pub ctx: Arc<Ctx>,
+    /// Creating instances, kits, instance daemons, public ports.
+    pub provision: Arc<Provisioner>,
     /// The accelerator chosen at start-up, with its reason.
     pub accel: AcceleratorChoice,
     /// Cancelled by `POST /v1/shutdown`.

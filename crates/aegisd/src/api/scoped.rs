@@ -32,6 +32,7 @@ use super::AppState;
 use crate::kits::{ScopedApi, ScopedSocket, ScopedSocketError};
 use crate::lifecycle::instances::Instances;
 use crate::lifecycle::Ctx;
+use crate::provision::Provisioner;
 
 /// How much of a refused request's path the 403 message quotes; paths are the client's, and a
 /// message stays readable.
@@ -210,18 +211,19 @@ pub fn router(state: AppState, instance_id: String) -> Router {
         resolve: Arc::new(move |reference| {
             super::instances::find(&lookup, reference)
                 .ok()
-                .map(|handle| handle.id)
+                .map(|handle| handle.id.to_string())
         }),
     };
     filtered(super::router(state), scope)
 }
 
-/// [`AppState`] without keeping it alive: `Ctx` holds the `Daemons` that hold
-/// [`ScopedSockets`], which must not hold `Ctx` in turn.
+/// [`AppState`] without keeping it alive: the `Provisioner` holds the `Daemons` that hold
+/// [`ScopedSockets`], which must not hold it in turn.
 #[derive(Debug, Clone)]
 struct WeakState {
     instances: Weak<Instances>,
     ctx: Weak<Ctx>,
+    provision: Weak<Provisioner>,
     accel: AcceleratorChoice,
     shutdown: CancellationToken,
 }
@@ -231,6 +233,7 @@ impl WeakState {
         Some(AppState {
             instances: self.instances.upgrade()?,
             ctx: self.ctx.upgrade()?,
+            provision: self.provision.upgrade()?,
             accel: self.accel.clone(),
             shutdown: self.shutdown.clone(),
         })
@@ -273,6 +276,7 @@ impl ScopedSockets {
         self.state.send_replace(Some(WeakState {
             instances: Arc::downgrade(&state.instances),
             ctx: Arc::downgrade(&state.ctx),
+            provision: Arc::downgrade(&state.provision),
             accel: state.accel.clone(),
             shutdown: state.shutdown.clone(),
         }));

@@ -33,12 +33,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use aegis_proto::api::{LogEntry, LogSource, LogStream};
+use aegis_proto::api::{Instance, InstanceStatus, LogEntry, LogSource, LogStream};
 use aegis_proto::kit::{DaemonState, DaemonStatus, InstanceDaemonSpec};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +110,17 @@ pub struct DaemonContext {
     pub ports: Vec<(u16, u16, &'static str)>,
     /// The instance's log.
     pub log: Arc<InstanceLog>,
+}
+
+/// An instance's exposed ports as daemons get them: (guest, public, protocol).
+fn exposed_ports(view: &Instance) -> Vec<(u16, u16, &'static str)> {
+    view.endpoints
+        .iter()
+        .map(|e| {
+            let protocol = if e.protocol == "http" { "http" } else { "tcp" };
+            (e.guest_port, e.public_port, protocol)
+        })
+        .collect()
 }
 
 impl DaemonContext {
@@ -349,6 +361,40 @@ impl Daemons {
                 None
             }
         }
+    }
+
+    /// Runs the instance's daemons as its published views say: started when it is (or becomes)
+    /// enabled and again at each boot (which restarts those Aegis gave up on), stopped when it
+    /// is disabled and when it is gone (deleted, or aegisd shuts down). Must be called from
+    /// within the runtime.
+    pub fn follow(&self, mut ctx: DaemonContext, mut views: watch::Receiver<Instance>) {
+        if ctx.daemons.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut was: Option<(bool, InstanceStatus)> = None;
+            loop {
+                let (enabled, state, ports) = {
+                    let view = views.borrow_and_update();
+                    (view.enabled, view.state, exposed_ports(&view))
+                };
+                let enabled_now = enabled && was.is_none_or(|(e, _)| !e);
+                let booting = state == InstanceStatus::Starting
+                    && was.is_some_and(|(_, s)| s != InstanceStatus::Starting);
+                if enabled && (enabled_now || booting) {
+                    ctx.ports = ports;
+                    this.ensure(&ctx);
+                } else if !enabled && was.is_some_and(|(e, _)| e) {
+                    this.stop(&ctx.instance_id).await;
+                }
+                was = Some((enabled, state));
+                if views.changed().await.is_err() {
+                    break;
+                }
+            }
+            this.stop(&ctx.instance_id).await;
+        });
     }
 
     /// Stops the instance's daemons (SIGTERM, then SIGKILL after [`DAEMON_STOP_GRACE`]), waits

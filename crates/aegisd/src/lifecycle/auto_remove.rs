@@ -42,7 +42,7 @@ pub async fn watch(instances: Weak<Instances>, handle: InstanceHandle) {
     let Some(instances) = instances.upgrade() else {
         return;
     };
-    if instances.find(&handle.id).is_none() {
+    if instances.find(handle.id.as_str()).is_none() {
         return;
     }
     match instances.delete(&handle).await {

@@ -8,12 +8,13 @@ use tokio::sync::oneshot;
 use aegis_image::manifest::ImageConfig;
 
 use super::boot::{BootError, Guest};
+use super::exec::{ExecSpec, ExecStarted};
 use super::output::OutputRouter;
 use super::spec::ExposeSpec;
 use super::state::InvalidTransition;
 use crate::control::{ControlChannel, ControlError};
+use crate::ids::InstanceId;
 use crate::images::ImageError;
-use crate::kits::PresetError;
 use crate::registry::RegistryError;
 use crate::secrets::{SecretEnv, SecretError};
 
@@ -123,6 +124,13 @@ pub enum Command {
         /// Answered when the guest is ready.
         reply: Reply<GuestLink>,
     },
+    /// Wake the guest as [`Command::Wake`] does, then start a process in it.
+    Exec {
+        /// What to run.
+        request: ExecSpec,
+        /// Answered once the process runs.
+        reply: Reply<ExecStarted>,
+    },
     /// Record activity (exec, connection) for idle bookkeeping.
     Touch,
     /// Stop the VM, remove files and registry row, end the actor.
@@ -175,13 +183,13 @@ pub enum LifecycleError {
     #[error("instance {id} is disabled")]
     Disabled {
         /// The instance.
-        id: String,
+        id: InstanceId,
     },
     /// The guest could not be booted.
     #[error("cannot boot instance {id}")]
     Boot {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// Cause.
         #[source]
         source: BootError,
@@ -190,7 +198,7 @@ pub enum LifecycleError {
     #[error("cannot prepare the image of instance {id}")]
     Image {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// Cause.
         #[source]
         source: ImageError,
@@ -199,7 +207,7 @@ pub enum LifecycleError {
     #[error("instance {id}")]
     Control {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// Cause.
         #[source]
         source: ControlError,
@@ -208,7 +216,7 @@ pub enum LifecycleError {
     #[error("instance {id}: VMM operation failed")]
     Vmm {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// Cause.
         #[source]
         source: aegis_vmm::VmmError,
@@ -217,7 +225,7 @@ pub enum LifecycleError {
     #[error("instance {id}: cannot record the change")]
     Registry {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// Cause.
         #[source]
         source: RegistryError,
@@ -226,7 +234,7 @@ pub enum LifecycleError {
     #[error("instance {id} stopped: {reason}")]
     Stopped {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// Why.
         reason: String,
     },
@@ -234,25 +242,35 @@ pub enum LifecycleError {
     #[error("cannot inject the secrets of instance {id}")]
     Secrets {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// Cause (names the secret, never a value).
         #[source]
         source: SecretError,
     },
-    /// The instance's kit refuses the start (its required secrets are missing).
-    #[error("cannot start instance {id}")]
-    Kit {
+    /// The layer that created the instance refuses the start (its kit's required secrets are
+    /// missing).
+    #[error("cannot start instance {id}: {reason}")]
+    Refused {
         /// The instance.
-        id: String,
-        /// Cause.
-        #[source]
-        source: PresetError,
+        id: InstanceId,
+        /// Why.
+        reason: String,
+        /// What the user can do.
+        hint: Option<String>,
+    },
+    /// The guest cannot start the program of an exec.
+    #[error("instance {id} cannot start the process: {message}")]
+    Spawn {
+        /// The instance.
+        id: InstanceId,
+        /// The guest's reason.
+        message: String,
     },
     /// The guest port is already exposed.
     #[error("guest port {port} of instance {id} is already exposed")]
     AlreadyExposed {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// The port.
         port: u16,
     },
@@ -260,7 +278,7 @@ pub enum LifecycleError {
     #[error("guest port {port} of instance {id} is not exposed")]
     NotExposed {
         /// The instance.
-        id: String,
+        id: InstanceId,
         /// The port.
         port: u16,
     },
@@ -268,7 +286,7 @@ pub enum LifecycleError {
     #[error("instance {id} no longer exists")]
     Gone {
         /// The instance.
-        id: String,
+        id: InstanceId,
     },
 }
 
@@ -297,11 +315,12 @@ impl LifecycleError {
                     .unwrap_or_else(|| format!("`aegis logs {id}` shows why")),
             }),
             LifecycleError::Stopped { id, .. } => Some(format!("`aegis logs {id}` shows why")),
-            LifecycleError::Kit { source, .. } => Some(source.hint()),
+            LifecycleError::Refused { hint, .. } => hint.clone(),
             LifecycleError::AlreadyExposed { id, port } => Some(format!(
                 "remove it first: `aegis instance unexpose {id} {port}`"
             )),
             LifecycleError::Invalid(_)
+            | LifecycleError::Spawn { .. }
             | LifecycleError::NotExposed { .. }
             | LifecycleError::Control { .. }
             | LifecycleError::Vmm { .. }

@@ -46,13 +46,11 @@ pub struct InstanceSpec {
     /// existed: they get the default, the instance's own volume.
     #[serde(default)]
     pub workspace: Option<WorkspaceSpec>,
-    /// Kit.
-    #[serde(default)]
-    pub kit: Option<String>,
-    /// What the instance keeps of its kit (secrets, egress hints, instance daemons), resolved
-    /// when it was created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kit_config: Option<crate::kits::KitBinding>,
+    /// What the layer that created the instance keeps with it (a kit's name and what the
+    /// instance keeps of the kit): stored with the rest and handed back unchanged, never read
+    /// by the lifecycle. Its keys sit beside the fields above in the stored JSON.
+    #[serde(default, flatten)]
+    pub app: AppData,
     /// Exposed ports with their public ports (chosen once, kept across restarts).
     #[serde(default)]
     pub exposes: Vec<ExposeSpec>,
@@ -69,6 +67,9 @@ pub struct InstanceSpec {
     #[serde(default = "default_snapshot")]
     pub snapshot: bool,
 }
+
+/// Application data kept with an instance, by key.
+pub type AppData = BTreeMap<String, serde_json::Value>;
 
 /// Default idle pause: a minute without activity.
 pub const DEFAULT_IDLE_PAUSE_SECS: u64 = 60;
@@ -145,6 +146,20 @@ pub struct ExposeSpec {
 }
 
 impl ExposeSpec {
+    /// The API view of the exposed port.
+    pub fn endpoint(&self) -> aegis_proto::api::Endpoint {
+        let scheme = match self.protocol {
+            ExposeProtocol::Http => "http",
+            ExposeProtocol::Tcp => "tcp",
+        };
+        aegis_proto::api::Endpoint {
+            guest_port: self.guest_port,
+            public_port: self.public_port,
+            protocol: self.protocol.as_str().to_owned(),
+            url: format!("{scheme}://127.0.0.1:{}", self.public_port),
+        }
+    }
+
     /// Validates an API expose request (public port 0 = choose one).
     ///
     /// # Errors
@@ -344,8 +359,7 @@ impl InstanceSpec {
                 req.workspace.as_deref(),
                 req.workspace_size_mb,
             )?),
-            kit: req.kit.clone(),
-            kit_config: None,
+            app: AppData::new(),
         })
     }
 }

@@ -19,6 +19,10 @@ pub enum Event {
     Stop,
     /// The VMM process died on its own.
     VmExited,
+    /// A VM a previous daemon left running was found running.
+    Reattached,
+    /// A VM a previous daemon left running was found paused.
+    ReattachedPaused,
 }
 
 /// An event that is not allowed in a state.
@@ -39,6 +43,7 @@ fn verb(event: Event) -> &'static str {
         Event::Resume => "resume",
         Event::Stop => "stop",
         Event::VmExited => "lose the VM of",
+        Event::Reattached | Event::ReattachedPaused => "re-attach to",
     }
 }
 
@@ -56,11 +61,16 @@ pub fn next(from: InstanceStatus, event: Event) -> Result<InstanceStatus, Invali
         (Paused, Event::Resume) => Running,
         (Starting | Running | Paused, Event::Stop | Event::VmExited) => Stopped,
         (Stopped, Event::Stop) => Stopped,
+        (Stopped, Event::Reattached) => Running,
+        (Stopped, Event::ReattachedPaused) => Paused,
         (Stopped | Running | Paused, Event::BootSucceeded | Event::BootFailed)
         | (Starting | Running | Paused, Event::Boot)
         | (Stopped | Starting | Paused, Event::Pause)
         | (Stopped | Starting | Running, Event::Resume)
-        | (Stopped, Event::VmExited) => return Err(InvalidTransition { from, event }),
+        | (Stopped, Event::VmExited)
+        | (Starting | Running | Paused, Event::Reattached | Event::ReattachedPaused) => {
+            return Err(InvalidTransition { from, event })
+        }
     };
     Ok(to)
 }
@@ -80,6 +90,8 @@ mod tests {
             Event::Resume,
             Event::Stop,
             Event::VmExited,
+            Event::Reattached,
+            Event::ReattachedPaused,
         ];
         let allowed = [
             (Stopped, Event::Boot, Starting),
@@ -94,6 +106,8 @@ mod tests {
             (Starting, Event::VmExited, Stopped),
             (Running, Event::VmExited, Stopped),
             (Paused, Event::VmExited, Stopped),
+            (Stopped, Event::Reattached, Running),
+            (Stopped, Event::ReattachedPaused, Paused),
         ];
         for from in [Stopped, Starting, Running, Paused] {
             for event in events {

@@ -1,22 +1,25 @@
 //! The `instances` table.
 
+use aegis_proto::api::InstanceStatus;
+use rusqlite::types::Type;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::{Registry, RegistryError};
+use crate::ids::{Handle, InstanceId};
 
 /// One instance as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceRow {
     /// `inst-...`.
-    pub id: String,
+    pub id: InstanceId,
     /// Unique alias.
-    pub handle: Option<String>,
+    pub handle: Option<Handle>,
     /// RFC 3339.
     pub created_at: String,
     /// Configuration as JSON (see `lifecycle::spec::InstanceSpec`).
     pub spec: String,
-    /// Status spelling (`aegis_proto::api::InstanceStatus`).
-    pub status: String,
+    /// Status, stored by its wire spelling.
+    pub status: InstanceStatus,
     /// False once disabled.
     pub enabled: bool,
     /// Why stopped / why the last boot failed.
@@ -32,13 +35,25 @@ pub struct InstanceRow {
 const COLUMNS: &str =
     "id, handle, created_at, spec, status, enabled, reason, exit_code, stopped_at, last_active_at";
 
+/// A status column holding a spelling no version of Aegis writes.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown instance status {0:?} (expected starting, running, paused or stopped)")]
+pub struct UnknownStatus(pub String);
+
+fn status_column(r: &Row<'_>, i: usize) -> rusqlite::Result<InstanceStatus> {
+    let text: String = r.get(i)?;
+    InstanceStatus::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(UnknownStatus(text)))
+    })
+}
+
 fn from_row(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
     Ok(InstanceRow {
         id: r.get(0)?,
         handle: r.get(1)?,
         created_at: r.get(2)?,
         spec: r.get(3)?,
-        status: r.get(4)?,
+        status: status_column(r, 4)?,
         enabled: r.get(5)?,
         reason: r.get(6)?,
         exit_code: r.get(7)?,
@@ -65,7 +80,7 @@ impl Registry {
             let res = c.execute(
                 &format!("INSERT INTO instances ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
-                    row.id, row.handle, row.created_at, row.spec, row.status, row.enabled,
+                    row.id, row.handle, row.created_at, row.spec, row.status.as_str(), row.enabled,
                     row.reason, row.exit_code, row.stopped_at, row.last_active_at
                 ],
             );
@@ -74,7 +89,7 @@ impl Registry {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
-                    Ok(Err(HandleTaken(row.handle.unwrap_or_default())))
+                    Ok(Err(HandleTaken(row.handle.map(String::from).unwrap_or_default())))
                 }
                 Err(source) => Err(RegistryError::Query { what: "insert instance", source }),
             }
@@ -94,7 +109,7 @@ impl Registry {
                 params![
                     row.id,
                     row.spec,
-                    row.status,
+                    row.status.as_str(),
                     row.enabled,
                     row.reason,
                     row.exit_code,
@@ -115,7 +130,7 @@ impl Registry {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn delete_instance(&self, id: String) -> Result<(), RegistryError> {
+    pub async fn delete_instance(&self, id: InstanceId) -> Result<(), RegistryError> {
         self.with(move |c| {
             c.execute("DELETE FROM instances WHERE id = ?1", params![id])
                 .map(drop)
@@ -152,7 +167,7 @@ impl Registry {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn get_instance(&self, id: String) -> Result<Option<InstanceRow>, RegistryError> {
+    pub async fn get_instance(&self, id: InstanceId) -> Result<Option<InstanceRow>, RegistryError> {
         self.with(move |c| {
             c.query_row(
                 &format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"),
@@ -175,11 +190,11 @@ mod tests {
 
     fn row(id: &str, handle: Option<&str>) -> InstanceRow {
         InstanceRow {
-            id: id.into(),
-            handle: handle.map(Into::into),
+            id: InstanceId::from_stored(id.into()),
+            handle: handle.map(|h| Handle::parse(h).unwrap()),
             created_at: "2026-01-01T00:00:00Z".into(),
             spec: "{}".into(),
-            status: "stopped".into(),
+            status: InstanceStatus::Stopped,
             enabled: true,
             reason: None,
             exit_code: None,
@@ -210,22 +225,55 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut r = row("inst-1", Some("web"));
-        r.status = "running".into();
+        r.status = InstanceStatus::Running;
         r.exit_code = Some(3);
         reg.update_instance(r.clone()).await.unwrap();
-        assert_eq!(reg.get_instance("inst-1".into()).await.unwrap(), Some(r));
-        reg.delete_instance("inst-3".into()).await.unwrap();
+        assert_eq!(
+            reg.get_instance(InstanceId::from_stored("inst-1".into()))
+                .await
+                .unwrap(),
+            Some(r)
+        );
+        reg.delete_instance(InstanceId::from_stored("inst-3".into()))
+            .await
+            .unwrap();
         let ids: Vec<String> = reg
             .list_instances()
             .await
             .unwrap()
             .into_iter()
-            .map(|r| r.id)
+            .map(|r| r.id.as_str().to_owned())
             .collect();
         assert_eq!(ids, ["inst-1", "inst-4"]);
         drop(reg);
         // Survives reopening (migrations are idempotent).
         let reg = Registry::open(&dir.path().join("r.db")).unwrap();
         assert_eq!(reg.list_instances().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_status_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.db")).unwrap();
+        reg.insert_instance(row("inst-1", None))
+            .await
+            .unwrap()
+            .unwrap();
+        reg.with(|c| {
+            c.execute("UPDATE instances SET status = 'sleeping'", [])
+                .map(drop)
+                .map_err(|source| RegistryError::Query {
+                    what: "test",
+                    source,
+                })
+        })
+        .await
+        .unwrap();
+        let err = reg.list_instances().await.unwrap_err();
+        let chain = crate::images::error_chain(&err);
+        assert!(
+            chain.contains("unknown instance status \"sleeping\""),
+            "{chain}"
+        );
     }
 }

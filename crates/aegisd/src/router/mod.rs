@@ -18,13 +18,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use aegis_proto::api::Endpoint;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 
-use crate::lifecycle::instances::InstanceHandle;
-use crate::lifecycle::spec::{ExposeProtocol, ExposeSpec};
+use crate::lifecycle::instances::WakeHandle;
+use crate::lifecycle::spec::ExposeProtocol;
 
 /// Environment variable setting the address public listeners bind to (default 127.0.0.1).
 pub const BIND_ENV: &str = "AEGIS_ROUTER_BIND";
@@ -48,7 +47,7 @@ const RESERVED_DESCRIPTORS: u64 = 1024;
 #[derive(Debug, Clone)]
 pub struct RouteTarget {
     /// The instance.
-    pub instance: InstanceHandle,
+    pub instance: WakeHandle,
     /// Its port.
     pub guest_port: u16,
     /// How to answer when nothing listens there.
@@ -138,45 +137,20 @@ impl Router {
         })
     }
 
-    /// Starts accepting on `listener` for `target`.
+    /// Starts accepting on `listener` for `target`, until the port is unbound or the instance
+    /// is gone.
     pub fn serve(&self, listener: TcpListener, target: RouteTarget) {
         let Ok(port) = listener.local_addr().map(|a| a.port()) else {
             return;
         };
-        let instance_id = target.instance.id.clone();
+        let instance_id = target.instance.id().to_string();
         let target = Arc::new(target);
         let all = Arc::clone(&self.connections);
-        let this_port = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
         let task = tokio::spawn(async move {
-            let mut full = false;
-            loop {
-                // Permits before accept: past the caps clients wait in the backlog.
-                let (Ok(port_permit), Ok(permit)) = (
-                    Arc::clone(&this_port).acquire_owned().await,
-                    Arc::clone(&all).acquire_owned().await,
-                ) else {
-                    return;
-                };
-                match listener.accept().await {
-                    Ok((client, _)) => {
-                        full = false;
-                        let _ = client.set_nodelay(true);
-                        let target = Arc::clone(&target);
-                        tokio::spawn(async move {
-                            relay::serve_connection(client, target).await;
-                            drop((port_permit, permit));
-                        });
-                    }
-                    Err(e) => {
-                        // Out of descriptors or memory: noted once, then retried gently
-                        // rather than in a busy loop.
-                        if !full {
-                            tracing::warn!(port, error = %e, "accept failed; retrying");
-                            full = true;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                }
+            let instance = target.instance.clone();
+            tokio::select! {
+                () = accept_loop(port, listener, target, all) => {}
+                () = instance.gone() => {}
             }
         });
         let old = self.lock().insert(
@@ -216,16 +190,42 @@ impl Router {
     }
 }
 
-/// The API view of an exposed port.
-pub fn endpoint_view(e: &ExposeSpec) -> Endpoint {
-    let scheme = match e.protocol {
-        ExposeProtocol::Http => "http",
-        ExposeProtocol::Tcp => "tcp",
-    };
-    Endpoint {
-        guest_port: e.guest_port,
-        public_port: e.public_port,
-        protocol: e.protocol.as_str().to_owned(),
-        url: format!("{scheme}://127.0.0.1:{}", e.public_port),
+/// Accepts connections on one public port and relays each in its own task.
+async fn accept_loop(
+    port: u16,
+    listener: TcpListener,
+    target: Arc<RouteTarget>,
+    all: Arc<Semaphore>,
+) {
+    let this_port = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
+    let mut full = false;
+    loop {
+        // Permits before accept: past the caps clients wait in the backlog.
+        let (Ok(port_permit), Ok(permit)) = (
+            Arc::clone(&this_port).acquire_owned().await,
+            Arc::clone(&all).acquire_owned().await,
+        ) else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((client, _)) => {
+                full = false;
+                let _ = client.set_nodelay(true);
+                let target = Arc::clone(&target);
+                tokio::spawn(async move {
+                    relay::serve_connection(client, target).await;
+                    drop((port_permit, permit));
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or memory: noted once, then retried gently rather than in
+                // a busy loop.
+                if !full {
+                    tracing::warn!(port, error = %e, "accept failed; retrying");
+                    full = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
     }
 }

@@ -13,7 +13,6 @@ use super::idle::{self, RelayEnd};
 use super::{RouteTarget, CONNECTION_IDLE_TIMEOUT};
 use crate::images::error_chain;
 use crate::lifecycle::boot::IngressForward;
-use crate::lifecycle::command::Command;
 use crate::lifecycle::spec::ExposeProtocol;
 
 /// How long the harness gets to answer the ingress header. Its proxy answers at once; a guest
@@ -30,24 +29,20 @@ const SNIFF_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Handles one client connection to a public port.
 pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
-    let _active = target.instance.activity_started();
-    let link = match target
-        .instance
-        .request(|reply| Command::Wake { reply })
-        .await
-    {
+    let _active = target.instance.busy();
+    let link = match target.instance.wake().await {
         Ok(link) => link,
         Err(e) => {
             let reason = format!(
                 "instance {} is unavailable: {}",
-                target.instance.id,
+                target.instance.id(),
                 error_chain(&e)
             );
             unavailable(&mut client, target.protocol, &reason).await;
             return;
         }
     };
-    let Some(ingress) = link.ingress else {
+    let Some(ingress) = link.forward else {
         unavailable(
             &mut client,
             target.protocol,
@@ -61,10 +56,10 @@ pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
             match idle::relay(&mut client, &mut upstream, CONNECTION_IDLE_TIMEOUT).await {
                 Ok(RelayEnd::Closed) => {}
                 Ok(RelayEnd::Idle) => {
-                    tracing::debug!(instance = %target.instance.id, "closed an idle connection");
+                    tracing::debug!(instance = %target.instance.id(), "closed an idle connection");
                 }
                 Err(e) => {
-                    tracing::debug!(instance = %target.instance.id, error = %e, "relay ended with an error");
+                    tracing::debug!(instance = %target.instance.id(), error = %e, "relay ended with an error");
                 }
             }
         }
@@ -72,11 +67,13 @@ pub async fn serve_connection(mut client: TcpStream, target: Arc<RouteTarget>) {
             let reason = match status {
                 IngressStatus::Refused => format!(
                     "nothing is listening on port {} in instance {} yet",
-                    target.guest_port, target.instance.id
+                    target.guest_port,
+                    target.instance.id()
                 ),
                 IngressStatus::Connected | IngressStatus::Failed => format!(
                     "cannot reach port {} in instance {}",
-                    target.guest_port, target.instance.id
+                    target.guest_port,
+                    target.instance.id()
                 ),
             };
             unavailable(&mut client, target.protocol, &reason).await;
