@@ -5,21 +5,24 @@
 //! covers the client that never comes back (killed, lost its terminal, the daemon restarted
 //! under it).
 
-use std::sync::Weak;
+use std::future::Future;
 use std::time::Duration;
 
-use aegis_proto::api::InstanceStatus;
-
-use super::instances::{InstanceHandle, Instances};
+use aegis_proto::api::{Instance, InstanceStatus};
+use tokio::sync::watch;
 
 /// How long a stopped auto-remove instance is kept for its client to read how it ended. A
 /// client reconnecting to a restarted daemon finds it again within a few seconds.
 pub const GRACE: Duration = Duration::from_secs(30);
 
-/// Deletes `handle`'s instance once it has been stopped for [`GRACE`]; ends when the instance
-/// is deleted by anyone or the daemon is going away.
-pub async fn watch(instances: Weak<Instances>, handle: InstanceHandle) {
-    let mut views = handle.watch();
+/// Calls `remove` once the instance whose `views` these are has been stopped for [`GRACE`];
+/// ends without calling it when the instance's actor ends first (deleted by anyone, or the
+/// daemon going away).
+pub async fn watch<F, Fut>(mut views: watch::Receiver<Instance>, remove: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
     loop {
         if views
             .wait_for(|v| v.state == InstanceStatus::Stopped)
@@ -39,18 +42,5 @@ pub async fn watch(instances: Weak<Instances>, handle: InstanceHandle) {
             Err(_elapsed) => break,
         }
     }
-    let Some(instances) = instances.upgrade() else {
-        return;
-    };
-    if instances.find(handle.id.as_str()).is_none() {
-        return;
-    }
-    match instances.delete(&handle).await {
-        Ok(()) => tracing::info!(
-            instance = %handle.id,
-            grace_secs = GRACE.as_secs(),
-            "auto-remove instance deleted after it stayed stopped"
-        ),
-        Err(e) => tracing::warn!(instance = %handle.id, error = %e, "cannot auto-remove instance"),
-    }
+    remove().await;
 }

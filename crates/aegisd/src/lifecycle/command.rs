@@ -9,7 +9,7 @@ use aegis_image::manifest::ImageConfig;
 
 use super::boot::{BootError, Guest};
 use super::exec::{ExecSpec, ExecStarted};
-use super::output::OutputRouter;
+use super::output::{GuestNote, OutputRouter};
 use super::spec::ExposeSpec;
 use super::state::InvalidTransition;
 use crate::control::{ControlChannel, ControlError};
@@ -171,6 +171,23 @@ pub enum Command {
         /// How it ended.
         status: ExitStatus,
     },
+}
+
+impl From<GuestNote> for Command {
+    fn from(note: GuestNote) -> Command {
+        match note {
+            GuestNote::Activity {
+                generation,
+                activity,
+            } => Command::Heartbeat {
+                generation,
+                activity,
+            },
+            GuestNote::PrimaryExited { generation, status } => {
+                Command::PrimaryExited { generation, status }
+            }
+        }
+    }
 }
 
 /// Why a lifecycle operation failed.

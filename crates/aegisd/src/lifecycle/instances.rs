@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use aegis_proto::api::Instance;
@@ -273,7 +273,11 @@ impl Instances {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         actors.spawn(actor.run(recover));
         if auto_remove {
-            actors.spawn(super::auto_remove::watch(self.me.clone(), handle.clone()));
+            let instances = self.me.clone();
+            let doomed = handle.clone();
+            actors.spawn(super::auto_remove::watch(handle.watch(), move || {
+                remove_stopped(instances, doomed)
+            }));
         }
         drop(actors);
         handle
@@ -390,5 +394,24 @@ impl Instances {
             while actors.join_next().await.is_some() {}
         })
         .await;
+    }
+}
+
+/// Deletes an auto-remove instance that stayed stopped (see [`super::auto_remove`]), unless it
+/// is already gone or the daemon is.
+async fn remove_stopped(instances: Weak<Instances>, handle: InstanceHandle) {
+    let Some(instances) = instances.upgrade() else {
+        return;
+    };
+    if instances.find(handle.id.as_str()).is_none() {
+        return;
+    }
+    match instances.delete(&handle).await {
+        Ok(()) => tracing::info!(
+            instance = %handle.id,
+            grace_secs = super::auto_remove::GRACE.as_secs(),
+            "auto-remove instance deleted after it stayed stopped"
+        ),
+        Err(e) => tracing::warn!(instance = %handle.id, error = %e, "cannot auto-remove instance"),
     }
 }

@@ -10,11 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aegis_proto::api::{ExecEvent, LogEntry, LogSource, LogStream};
-use aegis_proto::control::{ExecId, Notification, Stream};
+use aegis_proto::control::{ActivityParams, ExecId, ExitStatus, Notification, Stream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
-use super::command::Command;
 use crate::control::{NotificationSink, EXIT_RESERVE};
 
 /// How often at most the instance log is told that output was dropped.
@@ -91,12 +90,32 @@ impl ExecFeed {
     }
 }
 
+/// What the router tells the guest's owner, tagged with the boot it belongs to. The owner's
+/// mailbox type converts it (the router does not know the owner's commands).
+#[derive(Debug)]
+pub enum GuestNote {
+    /// The guest reported activity.
+    Activity {
+        /// Which boot's guest.
+        generation: u64,
+        /// What the guest did.
+        activity: ActivityParams,
+    },
+    /// The primary process ended.
+    PrimaryExited {
+        /// Which boot's process.
+        generation: u64,
+        /// How it ended.
+        status: ExitStatus,
+    },
+}
+
 impl OutputRouter {
     /// Starts a router for one guest. Returns the sink to give the control channel and the
     /// router handle.
-    pub fn spawn(
+    pub fn spawn<C: From<GuestNote> + Send + 'static>(
         log: Arc<InstanceLog>,
-        actor: mpsc::Sender<Command>,
+        actor: mpsc::Sender<C>,
         generation: u64,
     ) -> (NotificationSink, OutputRouter) {
         let (tx, notes) = mpsc::channel(NOTIFICATION_BUFFER);
@@ -158,9 +177,9 @@ impl ExecStream {
     }
 }
 
-async fn route(
+async fn route<C: From<GuestNote> + Send + 'static>(
     log: Arc<InstanceLog>,
-    actor: mpsc::Sender<Command>,
+    actor: mpsc::Sender<C>,
     generation: u64,
     mut notes: mpsc::Receiver<Notification>,
     mut registrations: mpsc::Receiver<(ExecId, ExecStream)>,
@@ -189,7 +208,7 @@ async fn route(
                         }
                     }
                     Notification::Activity(activity) => {
-                        let _ = actor.try_send(Command::Heartbeat { generation, activity });
+                        let _ = actor.try_send(GuestNote::Activity { generation, activity }.into());
                     }
                     Notification::Exit(e) => {
                         drops.report(&log, true);
@@ -212,7 +231,7 @@ async fn route(
                                 primary_exited = true;
                                 log.system(format!("process exited (code={})", e.status.code));
                                 let _ = actor
-                                    .send(Command::PrimaryExited { generation, status: e.status })
+                                    .send(GuestNote::PrimaryExited { generation, status: e.status }.into())
                                     .await;
                             }
                         }

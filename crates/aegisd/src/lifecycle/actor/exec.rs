@@ -1,9 +1,17 @@
 //! `Command::Exec`: wakes the guest like any request, then starts the process from a task of
-//! its own, so a wake that has to boot never holds the mailbox.
+//! its own, so a wake that has to boot never holds the mailbox. The process's environment is
+//! the image's and the instance's variables, the boot's secrets, then the exec's own.
+
+use aegis_proto::control::{codes, ExecId, ExecParams, Method, ProcessSpec, SpawnResult};
+use rand::Rng;
+use zeroize::Zeroize;
 
 use super::Actor;
-use crate::lifecycle::command::{reply_channel, LifecycleError, Reply};
-use crate::lifecycle::exec::{self, ExecSpec, ExecStarted};
+use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
+use crate::ids::InstanceId;
+use crate::lifecycle::command::{reply_channel, GuestLink, LifecycleError, Reply};
+use crate::lifecycle::exec::{ExecSpec, ExecStarted};
+use crate::secrets::scrub_env;
 
 impl Actor {
     pub(super) async fn exec(&mut self, spec: ExecSpec, reply: Reply<ExecStarted>) {
@@ -12,11 +20,67 @@ impl Actor {
         let id = self.id();
         tokio::spawn(async move {
             let started = match link.await {
-                Ok(Ok(link)) => exec::spawn(&id, &link, spec).await,
+                Ok(Ok(link)) => spawn(&id, &link, spec).await,
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(LifecycleError::Gone { id }),
             };
             let _ = reply.send(started);
         });
+    }
+}
+
+/// Starts `spec` in the guest behind `link`. The secret values travel only in the call and are
+/// wiped from memory after it.
+///
+/// # Errors
+/// [`LifecycleError::Spawn`] when the guest cannot start the program; [`LifecycleError::Stopped`]
+/// when the guest went away; [`LifecycleError::Control`] for other channel failures.
+async fn spawn(
+    id: &InstanceId,
+    link: &GuestLink,
+    spec: ExecSpec,
+) -> Result<ExecStarted, LifecycleError> {
+    let exec_id = ExecId(format!("exec-{:08x}", rand::thread_rng().gen::<u32>()));
+    let feed = link
+        .output
+        .subscribe(exec_id.clone())
+        .await
+        .ok_or_else(|| LifecycleError::Stopped {
+            id: id.clone(),
+            reason: "the VM stopped".to_owned(),
+        })?;
+    let mut env = link.defaults.env.clone();
+    link.secrets.inject_into(&mut env);
+    for (key, value) in spec.env {
+        if let Some(mut replaced) = env.insert(key, value) {
+            replaced.zeroize();
+        }
+    }
+    let mut params = ExecParams {
+        exec_id: exec_id.clone(),
+        process: ProcessSpec {
+            argv: spec.argv,
+            env,
+            workdir: spec.workdir.or_else(|| link.defaults.workdir.clone()),
+            user: link.defaults.user.clone(),
+        },
+    };
+    let spawned: Result<SpawnResult, ControlError> = link
+        .control
+        .call(Method::Exec, &params, CONTROL_CALL_TIMEOUT)
+        .await;
+    scrub_env(&mut params.process.env);
+    match spawned {
+        Ok(_) => Ok(ExecStarted { exec_id, feed }),
+        Err(ControlError::Rpc { error, .. }) if error.code == codes::SPAWN_FAILED => {
+            Err(LifecycleError::Spawn {
+                id: id.clone(),
+                message: error.message,
+            })
+        }
+        Err(source) => Err(LifecycleError::Control {
+            id: id.clone(),
+            source,
+        }),
     }
 }
