@@ -278,21 +278,11 @@ impl Provisioner {
             });
         }
         let id = self.instances.new_id();
-        let row = InstanceRow {
-            id: id.clone(),
-            handle,
-            created_at: now_ts(),
-            spec: serde_json::to_string(&spec).map_err(|e| RegistryError::Corrupt {
-                id: id.to_string(),
-                reason: e.to_string(),
-            })?,
-            status: InstanceStatus::Stopped,
-            enabled: true,
-            reason: None,
-            exit_code: None,
-            stopped_at: None,
-            last_active_at: None,
-        };
+        let stored = serde_json::to_string(&spec).map_err(|e| RegistryError::Corrupt {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        let row = InstanceRow::created(id, handle, now_ts(), stored);
         let instance = match self.instances.add(row, spec).await {
             Ok(instance) => instance,
             Err(AddError::HandleTaken(taken)) => {

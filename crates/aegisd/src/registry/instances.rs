@@ -32,6 +32,29 @@ pub struct InstanceRow {
     pub last_active_at: Option<String>,
 }
 
+impl InstanceRow {
+    /// A new instance's row: stopped, enabled, never run.
+    pub fn created(
+        id: InstanceId,
+        handle: Option<Handle>,
+        created_at: String,
+        spec: String,
+    ) -> Self {
+        InstanceRow {
+            id,
+            handle,
+            created_at,
+            spec,
+            status: InstanceStatus::Stopped,
+            enabled: true,
+            reason: None,
+            exit_code: None,
+            stopped_at: None,
+            last_active_at: None,
+        }
+    }
+}
+
 const COLUMNS: &str =
     "id, handle, created_at, spec, status, enabled, reason, exit_code, stopped_at, last_active_at";
 
@@ -189,18 +212,12 @@ mod tests {
     use super::*;
 
     fn row(id: &str, handle: Option<&str>) -> InstanceRow {
-        InstanceRow {
-            id: InstanceId::from_stored(id.into()),
-            handle: handle.map(|h| Handle::parse(h).unwrap()),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            spec: "{}".into(),
-            status: InstanceStatus::Stopped,
-            enabled: true,
-            reason: None,
-            exit_code: None,
-            stopped_at: None,
-            last_active_at: None,
-        }
+        InstanceRow::created(
+            InstanceId::from_stored(id.into()),
+            handle.map(|h| Handle::parse(h).unwrap()),
+            "2026-01-01T00:00:00Z".into(),
+            "{}".into(),
+        )
     }
 
     #[tokio::test]

@@ -67,7 +67,7 @@ impl Actor {
         let live = match self.take() {
             State::Running(live) => live,
             other => {
-                self.state = other;
+                self.put_back(other);
                 return Ok(self.view());
             }
         };
@@ -95,7 +95,7 @@ impl Actor {
         let live = match self.take() {
             State::Paused(live) => live,
             other => {
-                self.state = other;
+                self.put_back(other);
                 return Ok(());
             }
         };
