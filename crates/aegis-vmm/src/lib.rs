@@ -8,6 +8,8 @@
 
 pub mod accel;
 pub mod boot;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod qemu;
 mod vmm;
 
