@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use aegis_proto::api::{
     CreateInstance, Deleted, ExecEvent, ExecRequest, Instance, InstanceStatus, LogEntry, Status,
-    API_PREFIX,
+    API_PREFIX, EXEC_UPGRADE_PROTOCOL,
 };
 
 use crate::error::ClientError;
@@ -226,6 +226,56 @@ impl Client {
         Ok(NdjsonStream::new(exchange))
     }
 
+    /// `POST /v1/instances/{id-or-handle}/exec` with `"stdin": true` over an upgraded
+    /// connection: the exec's records, and the process's stdin. Write the input to the
+    /// [`ExecInput`] and shut it down to end it (the process then reads end-of-file).
+    ///
+    /// # Errors
+    /// As [`Client::exec`]; and when the daemon does not upgrade the connection.
+    pub async fn exec_with_stdin(
+        &self,
+        id_or_handle: &str,
+        body: &ExecRequest,
+    ) -> Result<(NdjsonStream<ExecEvent>, ExecInput), ClientError> {
+        let path = instance_route(id_or_handle, "/exec");
+        let body = ExecRequest {
+            stdin: true,
+            ..body.clone()
+        };
+        let exchange = self
+            .within(
+                &Method::POST,
+                &path,
+                transport::send_upgrading(
+                    &self.socket,
+                    Method::POST,
+                    path.clone(),
+                    Some(encode(&body)),
+                    Some(EXEC_UPGRADE_PROTOCOL),
+                ),
+            )
+            .await?;
+        let transport::Exchange {
+            method,
+            path,
+            response,
+            conn,
+        } = exchange;
+        let upgraded =
+            hyper::upgrade::on(response)
+                .await
+                .map_err(|source| ClientError::Request {
+                    method: method.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+        let (read, write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+        Ok((
+            NdjsonStream::upgraded(method, path, read, conn),
+            ExecInput(write),
+        ))
+    }
+
     /// `GET /v1/instances/{id-or-handle}/logs`: a stream of [`LogEntry`]s. With
     /// [`LogsQuery::follow`] it ends when the instance reaches `stopped`.
     ///
@@ -402,5 +452,34 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_not_running(), "{err:?}");
+    }
+}
+
+/// The stdin of an exec started with [`Client::exec_with_stdin`]: write to it, and shut it
+/// down (`AsyncWriteExt::shutdown`) to close the process's stdin.
+#[derive(Debug)]
+pub struct ExecInput(tokio::io::WriteHalf<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>);
+
+impl tokio::io::AsyncWrite for ExecInput {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

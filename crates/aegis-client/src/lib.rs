@@ -16,7 +16,7 @@ mod secrets;
 mod transport;
 mod workspaces;
 
-pub use client::{Client, Created, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
+pub use client::{Client, Created, ExecInput, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
 pub use error::ClientError;
 pub use hyper::StatusCode;
 pub use kits::KitInstalled;

@@ -7,8 +7,11 @@ use bytes::Bytes;
 use futures::Stream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper::Method;
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, ReadHalf};
 
 use crate::error::ClientError;
 use crate::transport::{ConnGuard, Exchange};
@@ -23,11 +26,18 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 pub struct NdjsonStream<T> {
     method: Method,
     path: String,
-    body: Incoming,
+    body: Source,
     lines: LineSplitter,
     eof: bool,
     _conn: ConnGuard,
     _record: PhantomData<fn() -> T>,
+}
+
+/// Where the records come from: a response body, or the read side of an upgraded connection.
+#[derive(Debug)]
+enum Source {
+    Body(Incoming),
+    Upgraded(ReadHalf<TokioIo<Upgraded>>),
 }
 
 impl<T: DeserializeOwned> NdjsonStream<T> {
@@ -35,11 +45,58 @@ impl<T: DeserializeOwned> NdjsonStream<T> {
         NdjsonStream {
             method: exchange.method,
             path: exchange.path,
-            body: exchange.response.into_body(),
+            body: Source::Body(exchange.response.into_body()),
             lines: LineSplitter::new(MAX_LINE_BYTES),
             eof: false,
             _conn: exchange.conn,
             _record: PhantomData,
+        }
+    }
+
+    /// The records an upgraded connection carries after the `101` of `method path`.
+    pub(crate) fn upgraded(
+        method: Method,
+        path: String,
+        read: ReadHalf<TokioIo<Upgraded>>,
+        conn: ConnGuard,
+    ) -> NdjsonStream<T> {
+        NdjsonStream {
+            method,
+            path,
+            body: Source::Upgraded(read),
+            lines: LineSplitter::new(MAX_LINE_BYTES),
+            eof: false,
+            _conn: conn,
+            _record: PhantomData,
+        }
+    }
+
+    /// The next chunk of bytes; `None` at the end.
+    async fn read_more(
+        &mut self,
+    ) -> Option<Result<Bytes, Box<dyn std::error::Error + Send + Sync>>> {
+        match &mut self.body {
+            Source::Body(body) => loop {
+                match body.frame().await? {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Some(Ok(data));
+                        }
+                    }
+                    Err(e) => return Some(Err(Box::new(e))),
+                }
+            },
+            Source::Upgraded(read) => {
+                let mut buf = vec![0u8; 64 * 1024];
+                match read.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some(Ok(Bytes::from(buf)))
+                    }
+                    Err(e) => Some(Err(Box::new(e))),
+                }
+            }
         }
     }
 
@@ -69,19 +126,15 @@ impl<T: DeserializeOwned> NdjsonStream<T> {
                     .filter(|rest| !rest.iter().all(u8::is_ascii_whitespace))
                     .map(Ok);
             }
-            match self.body.frame().await {
+            match self.read_more().await {
                 None => self.eof = true,
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.lines.push(&data);
-                    }
-                }
+                Some(Ok(data)) => self.lines.push(&data),
                 Some(Err(source)) => {
                     self.eof = true;
                     return Some(Err(ClientError::Body {
                         method: self.method.clone(),
                         path: self.path.clone(),
-                        source: Box::new(source),
+                        source,
                     }));
                 }
             }

@@ -45,6 +45,18 @@ pub(crate) async fn send(
     path: String,
     body: Option<Vec<u8>>,
 ) -> Result<Exchange, ClientError> {
+    send_upgrading(socket, method, path, body, None).await
+}
+
+/// [`send`], asking to upgrade the connection to `upgrade` when given (the response is then a
+/// `101` whose connection [`hyper::upgrade::on`] takes over).
+pub(crate) async fn send_upgrading(
+    socket: &Path,
+    method: Method,
+    path: String,
+    body: Option<Vec<u8>>,
+    upgrade: Option<&'static str>,
+) -> Result<Exchange, ClientError> {
     let stream = UnixStream::connect(socket).await.map_err(|source| {
         match source.kind() {
             // A missing socket, or a stale one left by a daemon that died.
@@ -70,13 +82,18 @@ pub(crate) async fn send(
         .map_err(request_failed)?;
     let conn = ConnGuard(tokio::spawn(async move {
         // Its errors surface through the request or the body, where they have context.
-        let _ = connection.await;
+        let _ = connection.with_upgrades().await;
     }));
 
     let mut builder = Request::builder()
         .method(method.clone())
         .uri(&path)
         .header(hyper::header::HOST, "aegisd");
+    if let Some(protocol) = upgrade {
+        builder = builder
+            .header(hyper::header::CONNECTION, "upgrade")
+            .header(hyper::header::UPGRADE, protocol);
+    }
     let body = match body {
         Some(json) => {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");

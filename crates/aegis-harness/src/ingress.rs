@@ -25,7 +25,8 @@ use std::time::Duration;
 use std::sync::{Arc, RwLock};
 
 use aegis_proto::control::{
-    IngressStatus, INGRESS_HEADER_BYTES, INGRESS_KEY_BYTES, INGRESS_MAGIC, INGRESS_PORT,
+    IngressStatus, DATA_SERVICE_PORT, INGRESS_HEADER_BYTES, INGRESS_KEY_BYTES, INGRESS_MAGIC,
+    INGRESS_PORT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +34,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::console;
+use crate::process::input::Inputs;
 
 /// How long the host has to send the header after connecting.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,9 +130,6 @@ pub enum HeaderError {
     /// The key does not match.
     #[error("wrong ingress key")]
     WrongKey,
-    /// Port 0 cannot be connected to.
-    #[error("target port 0 is not a port")]
-    PortZero,
     /// The target is the proxy itself, which would only nest the protocol.
     #[error("target port {port} is the ingress proxy itself")]
     Itself {
@@ -139,7 +138,16 @@ pub enum HeaderError {
     },
 }
 
-/// Decodes a header into the target port. `own_port` is the proxy's listening port.
+/// Where a header asks to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A guest TCP port.
+    Port(u16),
+    /// The harness's data service ([`DATA_SERVICE_PORT`]).
+    Data,
+}
+
+/// Decodes a header into its target. `own_port` is the proxy's listening port.
 ///
 /// # Errors
 /// [`HeaderError`] for a header the proxy does not serve.
@@ -147,7 +155,7 @@ pub fn parse_header(
     header: &[u8; INGRESS_HEADER_BYTES],
     key: Option<&[u8; INGRESS_KEY_BYTES]>,
     own_port: u16,
-) -> Result<u16, HeaderError> {
+) -> Result<Target, HeaderError> {
     let (magic, rest) = header.split_at(INGRESS_MAGIC.len());
     let (sent_key, port) = rest.split_at(INGRESS_KEY_BYTES);
     if magic != INGRESS_MAGIC {
@@ -165,9 +173,9 @@ pub fn parse_header(
         return Err(HeaderError::WrongKey);
     }
     match u16::from_be_bytes([port[0], port[1]]) {
-        0 => Err(HeaderError::PortZero),
+        DATA_SERVICE_PORT => Ok(Target::Data),
         port if port == own_port => Err(HeaderError::Itself { port }),
-        port => Ok(port),
+        port => Ok(Target::Port(port)),
     }
 }
 
@@ -249,6 +257,7 @@ pub struct Proxy {
     local: SocketAddr,
     guest_address: Option<IpAddr>,
     key: IngressKey,
+    inputs: Inputs,
     /// [`MAX_CONNECTIONS`], smaller in tests.
     max_connections: usize,
 }
@@ -258,7 +267,11 @@ impl Proxy {
     ///
     /// # Errors
     /// [`IngressError::Listen`].
-    pub async fn bind(config: Config, key: IngressKey) -> Result<Proxy, IngressError> {
+    pub async fn bind(
+        config: Config,
+        key: IngressKey,
+        inputs: Inputs,
+    ) -> Result<Proxy, IngressError> {
         let error = |source| IngressError::Listen {
             addr: config.listen,
             source,
@@ -270,6 +283,7 @@ impl Proxy {
             local,
             guest_address: config.guest_address,
             key,
+            inputs,
             max_connections: MAX_CONNECTIONS,
         })
     }
@@ -297,6 +311,7 @@ impl Proxy {
                                 own_port,
                                 self.guest_address,
                                 self.key.clone(),
+                                self.inputs.clone(),
                                 HEADER_TIMEOUT,
                             ));
                             continue;
@@ -344,18 +359,30 @@ fn lacks_resources(error: &io::Error) -> bool {
     )
 }
 
-/// One connection from the host: header (within `header_timeout`), connect, status, relay.
+/// One connection from the host: header (within `header_timeout`), connect, status, relay;
+/// or, for the data service, status and the service's own protocol (see `data`).
 pub async fn serve_connection(
     mut inbound: TcpStream,
     own_port: u16,
     guest_address: Option<IpAddr>,
     key: IngressKey,
+    inputs: Inputs,
     header_timeout: Duration,
 ) {
     let mut header = [0u8; INGRESS_HEADER_BYTES];
     let port = match tokio::time::timeout(header_timeout, inbound.read_exact(&mut header)).await {
         Ok(Ok(_)) => match parse_header(&header, key.get().as_ref(), own_port) {
-            Ok(port) => port,
+            Ok(Target::Port(port)) => port,
+            Ok(Target::Data) => {
+                if inbound
+                    .write_all(&[IngressStatus::Connected as u8])
+                    .await
+                    .is_ok()
+                {
+                    crate::data::serve(inbound, inputs).await;
+                }
+                return;
+            }
             Err(_) => return reject(inbound, IngressStatus::Failed).await,
         },
         // Closed before a whole header, or too slow: answer in case it still reads.
@@ -420,10 +447,10 @@ mod tests {
     fn headers_decode_to_the_target_port() {
         let m = INGRESS_MAGIC;
         let parse = |h: [u8; INGRESS_HEADER_BYTES]| parse_header(&h, Some(&KEY), INGRESS_PORT);
-        assert_eq!(parse(raw(m, &KEY, [0x1F, 0x90])), Ok(8080));
-        assert_eq!(parse(raw(m, &KEY, [0, 1])), Ok(1));
-        assert_eq!(parse(raw(m, &KEY, [0xFF, 0xFF])), Ok(65535));
-        assert_eq!(parse(raw(m, &KEY, [0, 0])), Err(HeaderError::PortZero));
+        assert_eq!(parse(raw(m, &KEY, [0x1F, 0x90])), Ok(Target::Port(8080)));
+        assert_eq!(parse(raw(m, &KEY, [0, 1])), Ok(Target::Port(1)));
+        assert_eq!(parse(raw(m, &KEY, [0xFF, 0xFF])), Ok(Target::Port(65535)));
+        assert_eq!(parse(raw(m, &KEY, [0, 0])), Ok(Target::Data));
         assert_eq!(
             parse(raw(m, &KEY, [0x03, 0xE8])),
             Err(HeaderError::Itself { port: 1000 })
@@ -518,7 +545,14 @@ mod tests {
             let timeout = Duration::from_millis(100);
             let started = Instant::now();
             let key = IngressKey::default();
-            let server = tokio::spawn(serve_connection(inbound, addr.port(), None, key, timeout));
+            let server = tokio::spawn(serve_connection(
+                inbound,
+                addr.port(),
+                None,
+                key,
+                Inputs::default(),
+                timeout,
+            ));
             client.write_all(&INGRESS_MAGIC).await.unwrap(); // half a header, then silence
             let mut answer = Vec::new();
             client.read_to_end(&mut answer).await.unwrap();
@@ -552,6 +586,7 @@ mod tests {
                     guest_address: None,
                 },
                 key,
+                Inputs::default(),
             )
             .await
             .unwrap();

@@ -13,6 +13,7 @@ mod async_fd;
 mod channel;
 mod config;
 mod console;
+mod data;
 mod ingress;
 mod init;
 mod limits;
@@ -301,12 +302,20 @@ fn serve(
             });
         }
         let ingress_key = ingress::IngressKey::default();
-        let server = Server::new(reaper, outbox.clone(), role, started, ingress_key.clone());
+        let inputs = process::input::Inputs::default();
+        let server = Server::new(
+            reaper,
+            inputs.clone(),
+            outbox.clone(),
+            role,
+            started,
+            ingress_key.clone(),
+        );
         // Owned here: dropping the set when serving ends stops them. Neither is essential, so
         // neither ending stops the harness.
         let mut service_tasks = JoinSet::new();
         if let Some(config) = services.ingress {
-            match ingress::Proxy::bind(config, ingress_key).await {
+            match ingress::Proxy::bind(config, ingress_key, inputs).await {
                 Ok(proxy) => {
                     console::phase(format_args!(
                         "ingress proxy listening on {}",

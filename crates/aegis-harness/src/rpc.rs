@@ -26,8 +26,11 @@ use tokio::time::Instant;
 use crate::channel::reader::Incoming;
 use crate::channel::writer::OutboxSender;
 use crate::console;
+use crate::process::input::Inputs;
 use crate::process::reaper::Reaper;
-use crate::process::table::{Finished, Processes, SignalError, Slot, StartError, Supervisor};
+use crate::process::table::{
+    Finished, Processes, SignalError, Slot, StartError, StartOptions, Supervisor,
+};
 
 /// Longest grace a `shutdown` may ask for; a bigger value is clamped so shutdown stays bounded.
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
@@ -140,18 +143,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server spawning through `reaper` and sending through `outbox`. `started` is when the
+    /// A server spawning through `reaper` (stdin pipes kept in `inputs`) and sending through
+    /// `outbox`. `started` is when the
     /// harness started (for `health`); `ingress_key` is the ingress proxy's, which
     /// `set_ingress_key` sets.
     pub fn new(
         reaper: Reaper,
+        inputs: Inputs,
         outbox: OutboxSender,
         role: Role,
         started: std::time::Instant,
         ingress_key: IngressKey,
     ) -> Server {
         Server {
-            processes: Processes::new(reaper),
+            processes: Processes::new(reaper, inputs),
             supervisors: JoinSet::new(),
             outbox,
             started,
@@ -260,7 +265,7 @@ impl Server {
             }
         };
         match request {
-            Request::Run(spec) => self.start(id, Slot::Primary, &spec),
+            Request::Run(spec) => self.start(id, Slot::Primary, &spec, StartOptions::default()),
             Request::Exec(params) => {
                 if params.exec_id.0.is_empty() {
                     let message = "invalid params for exec: exec_id must not be empty";
@@ -269,7 +274,11 @@ impl Server {
                         After::Nothing,
                     );
                 }
-                self.start(id, Slot::Exec(params.exec_id), &params.process)
+                let options = StartOptions {
+                    stdin: params.stdin,
+                    timeout: params.timeout_ms.map(Duration::from_millis),
+                };
+                self.start(id, Slot::Exec(params.exec_id), &params.process, options)
             }
             Request::Signal(params) => {
                 let slot = Slot::from(params.exec_id);
@@ -306,8 +315,14 @@ impl Server {
         }
     }
 
-    fn start(&mut self, id: RequestId, slot: Slot, spec: &ProcessSpec) -> (ResponseFrame, After) {
-        match self.processes.start(slot, spec, &self.outbox) {
+    fn start(
+        &mut self,
+        id: RequestId,
+        slot: Slot,
+        spec: &ProcessSpec,
+        options: StartOptions,
+    ) -> (ResponseFrame, After) {
+        match self.processes.start(slot, spec, options, &self.outbox) {
             Ok(supervisor) => {
                 let result = SpawnResult {
                     pid: supervisor.pid(),
@@ -355,6 +370,7 @@ impl Server {
         let exit = ExitParams {
             exec_id: finished.slot.exec_id(),
             status: finished.status,
+            timed_out: finished.timed_out,
         };
         self.outbox.notify(Notification::Exit(exit)).await;
     }

@@ -132,12 +132,12 @@ fn garbage_header_fails_and_closes() {
     let (_h, proxy) = start_proxy();
     let mut stream = connect_raw(proxy, b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(read_all(&mut stream), [IngressStatus::Failed as u8]);
-    // The previous protocol version, port 0, the proxy itself, a wrong key.
+    // The previous protocol version, the proxy itself, a wrong key. (Port 0 is the data
+    // service, tested below.)
     let mut wrong_key = KEY;
     wrong_key[0] ^= 0xFF;
     for bad in [
         vec![INGRESS_MAGIC[0], 0x01, 0, 80],
-        header(0),
         header(proxy.port()),
         ingress_header(&wrong_key, echo_server()).to_vec(),
     ] {
@@ -147,6 +147,55 @@ fn garbage_header_fails_and_closes() {
             [IngressStatus::Failed as u8],
             "{bad:?}"
         );
+    }
+}
+
+/// Reads one reply line of the data service.
+fn data_reply(stream: &mut TcpStream) -> serde_json::Value {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        stream.read_exact(&mut byte).expect("read a reply line");
+        line.push(byte[0]);
+    }
+    serde_json::from_slice(&line).expect("the reply is JSON")
+}
+
+#[test]
+fn data_service_feeds_stdin_and_refuses_unknown_execs() {
+    let (mut h, proxy) = start_proxy();
+    h.call_ok(
+        "exec",
+        serde_json::json!({ "exec_id": "e", "argv": ["cat"], "stdin": true }),
+    );
+    let (mut stream, status) = open(proxy, 0);
+    assert_eq!(status, IngressStatus::Connected);
+    stream
+        .write_all(b"{\"op\":\"stdin\",\"exec_id\":\"e\"}\n")
+        .unwrap();
+    assert_eq!(data_reply(&mut stream), serde_json::json!({ "ok": true }));
+    stream.write_all(b"hello").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let last = data_reply(&mut stream);
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(last["bytes"], 5, "{last}");
+    let finished = h.finish(Some("e"));
+    assert_eq!(finished.stdout_lines(), ["hello"]);
+    assert_eq!(finished.code, 0);
+
+    // Its input was used once; a second connection and an unknown id are both refused.
+    for exec_id in ["e", "nobody"] {
+        let (mut stream, status) = open(proxy, 0);
+        assert_eq!(status, IngressStatus::Connected);
+        let request = format!("{{\"op\":\"stdin\",\"exec_id\":\"{exec_id}\"}}\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let reply = data_reply(&mut stream);
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("takes no input"),
+            "{reply}"
+        );
+        assert!(read_all(&mut stream).is_empty());
     }
 }
 

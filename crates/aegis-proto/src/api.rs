@@ -331,7 +331,20 @@ pub struct ExecRequest {
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Stream the client's input to the process: the request must then ask for an HTTP
+    /// upgrade to `aegis-exec` (see the OpenAPI document); without it the process's stdin is
+    /// empty (`/dev/null`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Kill the process after this many seconds (the end record says `timed_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
+
+/// The `Upgrade` protocol of an exec that streams stdin: after `101 Switching Protocols` the
+/// daemon sends the exec's NDJSON records and the client sends the raw bytes of stdin, ending
+/// them by half-closing its side of the connection.
+pub const EXEC_UPGRADE_PROTOCOL: &str = "aegis-exec";
 
 /// One line of the exec NDJSON stream: the start record, output entries, then the end record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +361,9 @@ pub enum ExecEvent {
         signal: Option<i32>,
         /// The exec.
         exec_id: String,
+        /// Whether it was killed because its timeout expired.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        timed_out: bool,
     },
     /// An output line.
     Output(LogEntry),

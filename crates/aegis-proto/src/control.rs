@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Version of the harness ↔ daemon protocol. Bumped on incompatible changes; reported by `health`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Name of the virtio-serial port carrying the channel (`/sys/class/virtio-ports/*/name`).
 pub const CONTROL_PORT_NAME: &str = "org.aegis.control";
@@ -129,6 +129,14 @@ pub struct ExecParams {
     /// What to run.
     #[serde(flatten)]
     pub process: ProcessSpec,
+    /// Give the process a stdin pipe, fed through the data service ([`DataRequest::Stdin`]);
+    /// `/dev/null` otherwise. Protocol 3.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Kill the process (its whole process group, SIGKILL) this many milliseconds after it
+    /// started; its exit then says `timed_out`. Protocol 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Reply to `run` and `exec`.
@@ -272,6 +280,43 @@ pub fn ingress_header(key: &[u8; INGRESS_KEY_BYTES], port: u16) -> [u8; INGRESS_
     header
 }
 
+/// The port an ingress header names to reach the harness's data service instead of a guest
+/// port (no TCP port is 0). After the `Connected` status the host sends one [`DataRequest`] as
+/// a JSON line of at most [`MAX_DATA_REQUEST_BYTES`]; the harness answers one [`DataReply`]
+/// line, then the operation's bytes flow (for `stdin`: host to guest until the host's
+/// end-of-file, after which the harness closes the process's stdin and sends a final
+/// [`DataReply`] with the byte count). Bulk data goes here rather than over the control channel
+/// so that it has TCP's flow control and never delays control frames.
+pub const DATA_SERVICE_PORT: u16 = 0;
+
+/// Longest request line the data service reads.
+pub const MAX_DATA_REQUEST_BYTES: usize = 64 * 1024;
+
+/// What a data-service connection is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataRequest {
+    /// Feed the stdin of an exec started with `stdin: true`. At most one connection per exec.
+    Stdin {
+        /// The exec.
+        exec_id: ExecId,
+    },
+}
+
+/// The data service's answer: once when the request is accepted or refused, and once more
+/// when the operation is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataReply {
+    /// Whether the request is accepted (first line) or the operation succeeded (last line).
+    pub ok: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes moved, on the last line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
 /// The harness's answer to an ingress header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -368,6 +413,9 @@ pub struct ExitParams {
     /// How it ended.
     #[serde(flatten)]
     pub status: ExitStatus,
+    /// Whether the harness killed it because its `timeout_ms` expired.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
 }
 
 /// A JSON-RPC request id. Aegis uses numbers; strings are accepted from other peers.
@@ -638,6 +686,7 @@ mod tests {
         let n = NotificationFrame::new(Notification::Exit(ExitParams {
             exec_id: Some(ExecId("e1".into())),
             status: ExitStatus::signaled(9),
+            timed_out: false,
         }));
         let text = serde_json::to_string(&n).unwrap();
         assert_eq!(
@@ -646,6 +695,36 @@ mod tests {
         );
         let back: NotificationFrame = serde_json::from_str(&text).unwrap();
         assert_eq!(back, n);
+        // Protocol 3: a timeout says so; an older harness never sends the field.
+        let timed_out = NotificationFrame::new(Notification::Exit(ExitParams {
+            exec_id: Some(ExecId("e1".into())),
+            status: ExitStatus::signaled(9),
+            timed_out: true,
+        }));
+        let text = serde_json::to_string(&timed_out).unwrap();
+        assert!(text.contains(r#""timed_out":true"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<NotificationFrame>(&text).unwrap(),
+            timed_out
+        );
+    }
+
+    #[test]
+    fn data_requests_and_replies_are_one_json_line_each() {
+        let request = DataRequest::Stdin {
+            exec_id: ExecId("exec-1".into()),
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(text, r#"{"op":"stdin","exec_id":"exec-1"}"#);
+        assert_eq!(serde_json::from_str::<DataRequest>(&text).unwrap(), request);
+        assert!(serde_json::from_str::<DataRequest>(r#"{"op":"format_disk"}"#).is_err());
+        let reply: DataReply = serde_json::from_str(r#"{"ok":true,"bytes":3}"#).unwrap();
+        assert_eq!(reply.bytes, Some(3));
+        let params: ExecParams =
+            serde_json::from_str(r#"{"exec_id":"e","argv":["cat"],"stdin":true,"timeout_ms":5}"#)
+                .unwrap();
+        assert!(params.stdin);
+        assert_eq!(params.timeout_ms, Some(5));
     }
 
     #[test]

@@ -300,6 +300,20 @@ impl Daemon {
         })
     }
 
+    /// [`Daemon::aegis_with_timeout`] with the file `input` as the CLI's standard input.
+    ///
+    /// # Panics
+    /// When `input` cannot be opened; on timeout, with what the command printed.
+    pub fn aegis_with_input<I, S>(&self, args: I, input: &Path, timeout: Duration) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let file = std::fs::File::open(input)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", input.display()));
+        Background::spawn_with_stdin(self.cli_command(args), file.into()).wait(timeout)
+    }
+
     /// Starts `aegis ARGS` in the background (to signal it, or run it alongside others).
     pub fn spawn_aegis<I, S>(&self, args: I) -> Background
     where

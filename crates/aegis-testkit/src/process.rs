@@ -66,10 +66,15 @@ pub struct Background {
 impl Background {
     /// Starts `command` in its own process group with stdout and stderr captured (stdin is
     /// `/dev/null`).
-    pub fn spawn(mut command: Command) -> Background {
+    pub fn spawn(command: Command) -> Background {
+        Background::spawn_with_stdin(command, Stdio::null())
+    }
+
+    /// [`Background::spawn`] with `stdin` as the command's standard input.
+    pub fn spawn_with_stdin(mut command: Command, stdin: Stdio) -> Background {
         let shown = format!("{command:?}");
         command
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);

@@ -252,6 +252,23 @@ pub fn parse_idle(s: &str) -> Result<IdleTimeout, String> {
     Ok(t)
 }
 
+/// A timeout of whole seconds: `30`, `90s`, `5m`, `1h30m`; at least one second.
+pub fn parse_timeout(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid timeout {s:?}: use seconds or a duration like 90s, 5m or 1h30m");
+    let seconds = match s.trim().parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => {
+            u64::try_from(parse_duration(s).ok_or_else(bad)?.whole_seconds()).map_err(|_| bad())?
+        }
+    };
+    if seconds == 0 {
+        return Err(format!(
+            "invalid timeout {s:?}: it must be at least 1 second"
+        ));
+    }
+    Ok(seconds)
+}
+
 /// A valid instance handle.
 pub fn parse_handle(s: &str) -> Result<String, String> {
     validate_handle(s)?;

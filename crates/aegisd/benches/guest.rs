@@ -91,6 +91,8 @@ async fn main() {
                 argv: vec!["true".into()],
                 ..Default::default()
             },
+            stdin: false,
+            timeout_ms: None,
         };
         let t = Instant::now();
         let _: SpawnResult = guest

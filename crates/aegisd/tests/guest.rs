@@ -163,6 +163,8 @@ async fn exec(control: &ControlChannel, id: &str, argv: &[&str]) -> Option<ExecI
             argv: argv.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         },
+        stdin: false,
+        timeout_ms: None,
     };
     let _: SpawnResult = control
         .call(Method::Exec, &params, CALL)
@@ -347,6 +349,8 @@ async fn one_guest_end_to_end() {
             argv: vec!["/no/such".into()],
             ..Default::default()
         },
+        stdin: false,
+        timeout_ms: None,
     };
     let err = control
         .call::<SpawnResult>(Method::Exec, &bad, CALL)

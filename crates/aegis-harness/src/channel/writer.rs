@@ -414,6 +414,7 @@ mod tests {
         let exit = Notification::Exit(ExitParams {
             exec_id: None,
             status: ExitStatus::exited(0),
+            timed_out: false,
         });
         assert_eq!(class_of(&output), FrameClass::Droppable);
         assert_eq!(class_of(&activity), FrameClass::Droppable);

@@ -1,5 +1,6 @@
 //! The processes the harness runs: spawning, reaping, output, and the table that tracks them.
 
+pub mod input;
 pub mod output;
 pub mod reaper;
 pub mod spawn;

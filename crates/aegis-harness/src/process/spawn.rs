@@ -35,6 +35,8 @@ pub const DEFAULT_WORKDIR: &str = "/";
 pub struct Spawned {
     /// Its identity for signals and exit reports.
     pub key: ChildKey,
+    /// Write end of its stdin pipe, when it was asked for.
+    pub stdin: Option<OwnedFd>,
     /// Read end of its stdout pipe.
     pub stdout: OwnedFd,
     /// Read end of its stderr pipe.
@@ -119,11 +121,12 @@ impl SpawnError {
     }
 }
 
-/// Starts `spec` in its own session with stdin from `/dev/null` and piped stdout/stderr.
+/// Starts `spec` in its own session with piped stdout/stderr, and stdin piped when `stdin`,
+/// from `/dev/null` otherwise.
 ///
 /// # Errors
 /// [`SpawnError`] naming what was wrong: the request, the workdir, the user or the program.
-pub fn spawn(spec: &ProcessSpec, reaper: &Reaper) -> Result<Spawned, SpawnError> {
+pub fn spawn(spec: &ProcessSpec, stdin: bool, reaper: &Reaper) -> Result<Spawned, SpawnError> {
     validate(spec)?;
     let program = &spec.argv[0];
     let accounts = Accounts::load(Path::new("/"));
@@ -169,7 +172,7 @@ pub fn spawn(spec: &ProcessSpec, reaper: &Reaper) -> Result<Spawned, SpawnError>
         .env_clear()
         .envs(&env)
         .current_dir(&workdir)
-        .stdin(Stdio::null())
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(id) = &identity {
@@ -199,10 +202,12 @@ pub fn spawn(spec: &ProcessSpec, reaper: &Reaper) -> Result<Spawned, SpawnError>
         .stderr
         .take()
         .expect("stderr was configured as a pipe");
+    let stdin = child.stdin.take().map(OwnedFd::from);
     // Dropping a Child neither waits nor kills: the reaper will collect it.
     drop(child);
     Ok(Spawned {
         key,
+        stdin,
         stdout: stdout.into(),
         stderr: stderr.into(),
         exited,

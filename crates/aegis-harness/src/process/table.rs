@@ -9,10 +9,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use aegis_proto::control::{ExecId, ExitStatus, ProcessSpec, Stream, MAX_PROCESSES};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
+use super::input::Inputs;
 use super::output;
 use super::reaper::{ChildKey, KillError, Reaper};
 use super::spawn::{spawn, SpawnError, Spawned};
@@ -126,6 +128,17 @@ pub struct Finished {
     pub key: ChildKey,
     /// How it ended.
     pub status: ExitStatus,
+    /// Whether it was killed for running past its timeout.
+    pub timed_out: bool,
+}
+
+/// How a process is started, beyond its [`ProcessSpec`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// A stdin pipe for the data service to feed (execs only).
+    pub stdin: bool,
+    /// Kill the process group this long after the start.
+    pub timeout: Option<Duration>,
 }
 
 /// Watches one process: pumps both pipes and waits for the reaper's report.
@@ -134,6 +147,8 @@ pub struct Supervisor {
     slot: Slot,
     spawned: Spawned,
     outbox: OutboxSender,
+    timeout: Option<Duration>,
+    reaper: Reaper,
 }
 
 impl Supervisor {
@@ -148,28 +163,53 @@ impl Supervisor {
             slot,
             spawned,
             outbox,
+            timeout,
+            reaper,
         } = self;
         let Spawned {
             key,
             stdout,
             stderr,
-            exited,
+            mut exited,
+            ..
         } = spawned;
-        let (_, _, status) = tokio::join!(
+        let ended = async {
+            if let Some(timeout) = timeout {
+                tokio::select! {
+                    status = &mut exited => return (exit_status(status.ok(), &slot), false),
+                    () = tokio::time::sleep(timeout) => {}
+                }
+                console::line(format_args!(
+                    "{slot} ran past its timeout of {} ms: killing its process group",
+                    timeout.as_millis()
+                ));
+                // Already gone between the timer and the kill: its own exit stands.
+                let killed = reaper.signal_group(key, libc::SIGKILL).is_ok();
+                (exit_status(exited.await.ok(), &slot), killed)
+            } else {
+                (exit_status(exited.await.ok(), &slot), false)
+            }
+        };
+        let (_, _, (status, timed_out)) = tokio::join!(
             output::pump(stdout, Stream::Stdout, slot.exec_id(), outbox.clone()),
             output::pump(stderr, Stream::Stderr, slot.exec_id(), outbox.clone()),
-            wait_exit(exited, &slot),
+            ended,
         );
-        Finished { slot, key, status }
+        Finished {
+            slot,
+            key,
+            status,
+            timed_out,
+        }
     }
 }
 
-async fn wait_exit(exited: oneshot::Receiver<ExitStatus>, slot: &Slot) -> ExitStatus {
-    match exited.await {
-        Ok(status) => status,
+fn exit_status(exited: Option<ExitStatus>, slot: &Slot) -> ExitStatus {
+    match exited {
+        Some(status) => status,
         // The reaper only drops a sender after sending, so this means it is gone; main treats
         // that as fatal. Report something rather than hang.
-        Err(_) => {
+        None => {
             console::line(format_args!(
                 "no exit status for {slot}: the reaper is gone"
             ));
@@ -182,6 +222,7 @@ async fn wait_exit(exited: oneshot::Receiver<ExitStatus>, slot: &Slot) -> ExitSt
 #[derive(Debug)]
 pub struct Processes {
     reaper: Reaper,
+    inputs: Inputs,
     running: HashMap<Slot, ChildKey>,
     accepting: bool,
     /// How many execs (not the primary) are in the table, published for the heartbeat.
@@ -189,10 +230,11 @@ pub struct Processes {
 }
 
 impl Processes {
-    /// An empty table spawning through `reaper`.
-    pub fn new(reaper: Reaper) -> Processes {
+    /// An empty table spawning through `reaper`, keeping stdin pipes in `inputs`.
+    pub fn new(reaper: Reaper, inputs: Inputs) -> Processes {
         Processes {
             reaper,
+            inputs,
             running: HashMap::new(),
             accepting: true,
             execs: watch::Sender::new(0),
@@ -224,6 +266,7 @@ impl Processes {
         &mut self,
         slot: Slot,
         spec: &ProcessSpec,
+        options: StartOptions,
         outbox: &OutboxSender,
     ) -> Result<Supervisor, StartError> {
         if !self.accepting {
@@ -237,16 +280,22 @@ impl Processes {
                 limit: MAX_PROCESSES,
             });
         }
-        let spawned = spawn(spec, &self.reaper).map_err(|source| StartError::Spawn {
+        let stdin = options.stdin && matches!(slot, Slot::Exec(_));
+        let mut spawned = spawn(spec, stdin, &self.reaper).map_err(|source| StartError::Spawn {
             slot: slot.clone(),
             source,
         })?;
+        if let (Slot::Exec(exec_id), Some(pipe)) = (&slot, spawned.stdin.take()) {
+            self.inputs.insert(exec_id.clone(), pipe);
+        }
         self.running.insert(slot.clone(), spawned.key);
         self.publish_execs();
         Ok(Supervisor {
             slot,
             spawned,
             outbox: outbox.clone(),
+            timeout: options.timeout,
+            reaper: self.reaper.clone(),
         })
     }
 
@@ -255,6 +304,10 @@ impl Processes {
         match self.running.get(&finished.slot) {
             Some(key) if *key == finished.key => {
                 self.running.remove(&finished.slot);
+                if let Slot::Exec(exec_id) = &finished.slot {
+                    // A pipe never connected: closing it is all that is left to do.
+                    drop(self.inputs.take(exec_id));
+                }
                 self.publish_execs();
                 true
             }

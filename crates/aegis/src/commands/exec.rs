@@ -1,11 +1,14 @@
 //! `aegis exec <ID|HANDLE> -- CMD...`: run a command in an instance, stream its output to stdout
-//! and stderr, and exit with its exit code.
+//! and stderr, and exit with its exit code. With `-i` this process's stdin becomes the
+//! command's, streamed as it is read (never held in memory whole); with `--timeout` the guest
+//! kills the command when it runs too long, and `aegis exec` exits 124 as `timeout(1)` does.
 
 use anyhow::Context;
+use tokio::io::AsyncWriteExt;
 
 use aegis_proto::api::{ExecEvent, ExecRequest};
 
-use crate::args::{env_map, parse_env, EnvVar};
+use crate::args::{env_map, parse_env, parse_timeout, EnvVar};
 use crate::exit::Exit;
 use crate::printer::{LogPrinter, Show};
 use crate::report::Hinted;
@@ -23,6 +26,12 @@ pub struct Args {
     /// Working directory inside the guest
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Keep stdin open: stream it to the command (its end closes the command's stdin)
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Kill the command after this long (`30`, `90s`, `5m`); exits 124 then
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<u64>,
     /// The command and its arguments
     #[arg(
         value_name = "CMD",
@@ -33,37 +42,80 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+/// Exit code of a command killed for its timeout, as `timeout(1)` uses.
+const TIMED_OUT: u8 = 124;
+
 /// Runs `aegis exec`.
 pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let timeout = args.timeout;
     let request = ExecRequest {
         command: args.command,
         env: env_map(args.env),
         workdir: args.workdir,
+        stdin: args.interactive,
+        timeout_secs: timeout,
     };
     let target = args.target;
-    let mut events = ctx
-        .client
-        .exec(&target, &request)
-        .await
-        .with_context(|| format!("cannot exec in instance {target:?}"))?;
+    let failed = || format!("cannot exec in instance {target:?}");
+    let (mut events, feeding) = if args.interactive {
+        let (events, mut input) = ctx
+            .client
+            .exec_with_stdin(&target, &request)
+            .await
+            .with_context(failed)?;
+        // Copied as it is read: the daemon and the guest pass back-pressure along, so a large
+        // input never sits in memory here.
+        let feeding = tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let copied = tokio::io::copy(&mut stdin, &mut input).await;
+            let _ = input.shutdown().await;
+            copied
+        });
+        (events, Some(feeding))
+    } else {
+        let events = ctx
+            .client
+            .exec(&target, &request)
+            .await
+            .with_context(failed)?;
+        (events, None)
+    };
     let mut printer = LogPrinter::new(Show::Unchanged, ctx.term);
-    while let Some(event) = events.next().await {
+    let result = loop {
+        let Some(event) = events.next().await else {
+            break Err(Hinted {
+                message: format!(
+                    "the exec stream of instance {target:?} ended without an exit code"
+                ),
+                hint: format!("run `aegis logs {target}` for the instance's side"),
+            }
+            .into());
+        };
         match event.with_context(|| format!("exec in instance {target:?} broke off"))? {
             ExecEvent::Started { .. } => {}
             ExecEvent::Output(entry) => printer.print(&entry)?,
-            ExecEvent::Done { exit_code, .. } => return Ok(Exit::from_guest(exit_code)),
+            ExecEvent::Done {
+                timed_out: true, ..
+            } => {
+                eprintln!(
+                    "aegis: the command ran past its timeout of {} s and was killed",
+                    timeout.unwrap_or_default()
+                );
+                break Ok(Exit::Guest(TIMED_OUT));
+            }
+            ExecEvent::Done { exit_code, .. } => break Ok(Exit::from_guest(exit_code)),
             ExecEvent::Error { error } => {
-                return Err(Hinted {
+                break Err(Hinted {
                     message: format!("exec in instance {target:?} failed: {error}"),
                     hint: format!("run `aegis logs {target}` for the instance's side"),
                 }
                 .into())
             }
         }
+    };
+    // The command is done: input it did not read has nowhere to go.
+    if let Some(feeding) = feeding {
+        feeding.abort();
     }
-    Err(Hinted {
-        message: format!("the exec stream of instance {target:?} ended without an exit code"),
-        hint: format!("run `aegis logs {target}` for the instance's side"),
-    }
-    .into())
+    result
 }

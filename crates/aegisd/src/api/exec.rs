@@ -1,22 +1,29 @@
 //! `POST /v1/instances/{id}/exec`: wakes the instance if needed, starts the process and streams
-//! NDJSON: `{exec_id, started_at}`, output entries, then `{done, exit_code, exec_id}`.
+//! NDJSON: `{exec_id, started_at}`, output entries, then `{done, exit_code, exec_id}`. With
+//! `Upgrade: aegis-exec` the same records go over the upgraded connection, and the client's
+//! bytes on it become the process's stdin (`"stdin": true`), ended by the client's half-close.
 
 use std::convert::Infallible;
 
-use aegis_proto::api::{ExecEvent, ExecRequest};
+use std::time::Duration;
+
+use aegis_proto::api::{ExecEvent, ExecRequest, EXEC_UPGRADE_PROTOCOL};
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::error::ApiError;
 use super::instances::find;
 use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::lifecycle::command::{Command, LifecycleError};
-use crate::lifecycle::exec::{ExecSpec, ExecStarted};
+use crate::lifecycle::exec::{ExecSpec, ExecStarted, StdinSink};
 use crate::lifecycle::output::ExecFeed;
 use crate::lifecycle::spec::{check_command, check_env};
 use crate::logs::now_ts;
@@ -24,20 +31,41 @@ use crate::logs::now_ts;
 pub async fn exec(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    ApiJson(req): ApiJson<ExecRequest>,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
+    let upgrade = wants_upgrade(&request)
+        .then(|| request.extensions_mut().remove::<OnUpgrade>())
+        .flatten();
+    let ApiJson(req) = ApiJson::<ExecRequest>::from_request(request, &state).await?;
     if req.command.is_empty() {
         return Err(ApiError::BadRequest("command must not be empty".to_owned()));
     }
     check_command(&req.command).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     check_env(&req.env).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if req.stdin && upgrade.is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "an exec with stdin streams it over an upgraded connection: send `Connection: \
+             Upgrade` and `Upgrade: {EXEC_UPGRADE_PROTOCOL}`"
+        )));
+    }
+    if req.timeout_secs == Some(0) {
+        return Err(ApiError::BadRequest(
+            "timeout_secs must be at least 1 (leave it out for no timeout)".to_owned(),
+        ));
+    }
     let handle = find(&state, &id)?;
     let spec = ExecSpec {
         argv: req.command,
         env: req.env,
         workdir: req.workdir,
+        stdin: req.stdin,
+        timeout: req.timeout_secs.map(Duration::from_secs),
     };
-    let ExecStarted { exec_id, feed } = handle
+    let ExecStarted {
+        exec_id,
+        feed,
+        stdin,
+    } = handle
         .request(|reply| Command::Exec {
             request: spec,
             reply,
@@ -61,14 +89,70 @@ pub async fn exec(
         }
         ev
     });
-    let stream = futures::stream::once(async move { started })
+    let lines = futures::stream::once(async move { started })
         .chain(rest)
         .map(|ev| {
             let mut line = serde_json::to_vec(&ev).unwrap_or_default();
             line.push(b'\n');
-            Ok::<Bytes, Infallible>(Bytes::from(line))
+            Bytes::from(line)
         });
-    Ok(ndjson(Body::from_stream(stream)))
+    match upgrade {
+        None => Ok(ndjson(Body::from_stream(
+            lines.map(Ok::<Bytes, Infallible>),
+        ))),
+        Some(upgrade) => {
+            tokio::spawn(serve_upgraded(upgrade, lines, stdin));
+            Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
+                .body(Body::empty())
+                .unwrap_or_default())
+        }
+    }
+}
+
+/// Whether the request asks to upgrade to the exec protocol.
+fn wants_upgrade(request: &Request) -> bool {
+    request.headers().get(header::UPGRADE).is_some_and(|v| {
+        v.as_bytes()
+            .eq_ignore_ascii_case(EXEC_UPGRADE_PROTOCOL.as_bytes())
+    })
+}
+
+/// The upgraded connection: the exec's records go out, the client's bytes go to the process's
+/// stdin until the client half-closes. Once the process has ended, input still arriving has
+/// nowhere to go and the connection is closed.
+async fn serve_upgraded(
+    upgrade: OnUpgrade,
+    lines: impl futures::Stream<Item = Bytes>,
+    stdin: Option<StdinSink>,
+) {
+    let io = match upgrade.await {
+        Ok(upgraded) => TokioIo::new(upgraded),
+        Err(e) => {
+            tracing::debug!(error = %e, "exec upgrade failed");
+            return;
+        }
+    };
+    let (input, mut output) = tokio::io::split(io);
+    let feeding = stdin.map(|sink| {
+        tokio::spawn(async move {
+            if let Err(why) = sink.feed(input).await {
+                tracing::debug!(%why, "exec input ended early");
+            }
+        })
+    });
+    let mut lines = std::pin::pin!(lines);
+    while let Some(line) = lines.next().await {
+        if output.write_all(&line).await.is_err() {
+            break;
+        }
+    }
+    let _ = output.shutdown().await;
+    if let Some(feeding) = feeding {
+        feeding.abort();
+    }
 }
 
 /// An exec's feed as a stream that ends after the final record.

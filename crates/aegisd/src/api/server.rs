@@ -113,7 +113,7 @@ pub async fn serve_connection(stream: UnixStream, app: Router) {
     let service = TowerToHyperService::new(app);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await
     {
         tracing::debug!(error = %e, "api connection ended with an error");

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 use std::net::SocketAddr;
 
 use aegis_proto::control::{
-    HealthResult, Method, SetIngressKeyParams, INGRESS_KEY_BYTES, INGRESS_PORT,
+    ingress_header, HealthResult, IngressStatus, Method, SetIngressKeyParams, INGRESS_KEY_BYTES,
+    INGRESS_PORT,
 };
 use aegis_vmm::boot::{GuestKernel, Initramfs, InitramfsError, KernelError};
 use aegis_vmm::{
     Accelerator, ControlEndpoint, DiskSpec, NetworkSpec, PortForward, ShareSpec, Vm, VmExit,
     VmSpec, Vmm, VmmError,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +92,36 @@ pub struct IngressForward {
     pub addr: SocketAddr,
     /// Drawn per boot by the daemon and given to the harness over the control channel.
     pub key: [u8; INGRESS_KEY_BYTES],
+}
+
+/// How long the harness gets to answer an ingress header. It connects to the guest port first;
+/// a guest that was just resumed under TCG may take a moment to be scheduled.
+const INGRESS_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl IngressForward {
+    /// Opens a connection to guest port `port` (or the harness's data service, for
+    /// [`aegis_proto::control::DATA_SERVICE_PORT`]) through the harness's ingress proxy.
+    ///
+    /// # Errors
+    /// The proxy's status when it answered with another than `Connected`; `None` when the
+    /// connection failed before an answer (the proxy is not up yet, or the VM is gone).
+    pub async fn open(self, port: u16) -> Result<TcpStream, Option<IngressStatus>> {
+        let mut stream = TcpStream::connect(self.addr).await.map_err(|_| None)?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .write_all(&ingress_header(&self.key, port))
+            .await
+            .map_err(|_| None)?;
+        let mut status = [0u8; 1];
+        match tokio::time::timeout(INGRESS_ANSWER_TIMEOUT, stream.read_exact(&mut status)).await {
+            Ok(Ok(_)) => match IngressStatus::from_byte(status[0]) {
+                IngressStatus::Connected => Ok(stream),
+                other => Err(Some(other)),
+            },
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(Some(IngressStatus::Failed)),
+        }
+    }
 }
 
 impl std::fmt::Debug for IngressForward {

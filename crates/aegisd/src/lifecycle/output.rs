@@ -223,6 +223,7 @@ async fn route<C: From<GuestNote> + Send + 'static>(
                                         exit_code: e.status.code,
                                         signal: e.status.signal,
                                         exec_id: id.0,
+                                        timed_out: e.timed_out,
                                     });
                                 }
                             }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aegis_proto::control::{ingress_header, IngressStatus};
+use aegis_proto::control::IngressStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,9 +15,6 @@ use crate::images::error_chain;
 use crate::lifecycle::boot::IngressForward;
 use crate::lifecycle::spec::ExposeProtocol;
 
-/// How long the harness gets to answer the ingress header. Its proxy answers at once; a guest
-/// that was just resumed under TCG may take a moment to be scheduled.
-const INGRESS_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts when the proxy is not listening yet (the first connection right after a boot).
 const INGRESS_ATTEMPTS: u32 = 20;
 /// Pause between those attempts.
@@ -92,7 +89,7 @@ async fn open_guest(
     let grace_until = tokio::time::Instant::now() + WOKEN_LISTEN_GRACE;
     let mut attempts = 0;
     loop {
-        match try_open(ingress, guest_port).await {
+        match ingress.open(guest_port).await {
             Ok(stream) => return Ok(stream),
             Err(Some(IngressStatus::Refused))
                 if woke && tokio::time::Instant::now() < grace_until =>
@@ -110,27 +107,6 @@ async fn open_guest(
                 tokio::time::sleep(INGRESS_RETRY).await;
             }
         }
-    }
-}
-
-async fn try_open(
-    ingress: IngressForward,
-    guest_port: u16,
-) -> Result<TcpStream, Option<IngressStatus>> {
-    let mut stream = TcpStream::connect(ingress.addr).await.map_err(|_| None)?;
-    let _ = stream.set_nodelay(true);
-    stream
-        .write_all(&ingress_header(&ingress.key, guest_port))
-        .await
-        .map_err(|_| None)?;
-    let mut status = [0u8; 1];
-    match tokio::time::timeout(INGRESS_ANSWER_TIMEOUT, stream.read_exact(&mut status)).await {
-        Ok(Ok(_)) => match IngressStatus::from_byte(status[0]) {
-            IngressStatus::Connected => Ok(stream),
-            other => Err(Some(other)),
-        },
-        Ok(Err(_)) => Err(None),
-        Err(_) => Err(Some(IngressStatus::Failed)),
     }
 }
 

@@ -1,0 +1,119 @@
+//! The data service: bulk bytes between host and guest over an ingress connection whose header
+//! names [`DATA_SERVICE_PORT`] (the protocol is documented there). Today it feeds the stdin of
+//! execs started with `stdin: true`. TCP carries the bytes, so a process that reads slowly
+//! slows the host's sender down instead of filling memory here, and the control channel never
+//! waits behind a large input.
+
+use std::time::Duration;
+
+use aegis_proto::control::{DataReply, DataRequest, ExecId, MAX_DATA_REQUEST_BYTES};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+use crate::console;
+use crate::process::input::Inputs;
+
+/// How long the host has to send its request line after the header.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one data-service connection (the `Connected` status is already sent).
+pub async fn serve(stream: TcpStream, inputs: Inputs) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, request_line(&mut read)).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(why)) => return refuse(&mut write, why).await,
+        Err(_) => return refuse(&mut write, "no request within 10 s".to_owned()).await,
+    };
+    match request {
+        DataRequest::Stdin { exec_id } => feed_stdin(read, write, &inputs, &exec_id).await,
+    }
+}
+
+async fn request_line(read: &mut (impl AsyncBufReadExt + Unpin)) -> Result<DataRequest, String> {
+    let mut line = Vec::new();
+    let limit = u64::try_from(MAX_DATA_REQUEST_BYTES).unwrap_or(u64::MAX);
+    read.take(limit)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("cannot read the request: {e}"))?;
+    if line.last() != Some(&b'\n') {
+        return Err(format!(
+            "the request is not a line of at most {MAX_DATA_REQUEST_BYTES} bytes"
+        ));
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("invalid data request: {e}"))
+}
+
+/// Copies the connection's bytes into the process's stdin until the host's end-of-file (or the
+/// process closing its stdin), then closes the pipe and reports the count.
+async fn feed_stdin(
+    mut read: impl AsyncRead + Unpin,
+    mut write: OwnedWriteHalf,
+    inputs: &Inputs,
+    exec_id: &ExecId,
+) {
+    let Some(pipe) = inputs.take(exec_id) else {
+        let why = format!(
+            "exec {:?} takes no input: it was started without stdin, its input is already \
+             connected, or it has ended",
+            exec_id.0
+        );
+        return refuse(&mut write, why).await;
+    };
+    let mut pipe = match tokio::net::unix::pipe::Sender::from_owned_fd(pipe) {
+        Ok(pipe) => pipe,
+        Err(e) => return refuse(&mut write, format!("cannot use the stdin pipe: {e}")).await,
+    };
+    if reply(&mut write, &accepted()).await.is_err() {
+        return;
+    }
+    let copied = tokio::io::copy(&mut read, &mut pipe).await;
+    // The process sees its end-of-file now.
+    drop(pipe);
+    let last = match copied {
+        Ok(bytes) => DataReply {
+            ok: true,
+            error: None,
+            bytes: Some(bytes),
+        },
+        // The process closed its stdin or exited: what it did not read is dropped, as a pipe
+        // into a process that stopped reading would.
+        Err(e) => DataReply {
+            ok: false,
+            error: Some(format!("the process stopped reading its input: {e}")),
+            bytes: None,
+        },
+    };
+    let _ = reply(&mut write, &last).await;
+    let _ = write.shutdown().await;
+}
+
+fn accepted() -> DataReply {
+    DataReply {
+        ok: true,
+        error: None,
+        bytes: None,
+    }
+}
+
+async fn refuse(write: &mut OwnedWriteHalf, why: String) {
+    console::line(format_args!("data service: {why}"));
+    let _ = reply(
+        write,
+        &DataReply {
+            ok: false,
+            error: Some(why),
+            bytes: None,
+        },
+    )
+    .await;
+    let _ = write.shutdown().await;
+}
+
+async fn reply(write: &mut OwnedWriteHalf, reply: &DataReply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).unwrap_or_default();
+    line.push(b'\n');
+    write.write_all(&line).await
+}
