@@ -8,8 +8,8 @@ use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
 use aegis_proto::api::{
-    CreateInstance, Deleted, ExecEvent, ExecRequest, Instance, InstanceStatus, LogEntry, Status,
-    API_PREFIX, EXEC_UPGRADE_PROTOCOL,
+    CreateInstance, Deleted, ExecEvent, ExecInfo, ExecRequest, Instance, InstanceStatus, LogEntry,
+    Status, API_PREFIX, EXEC_UPGRADE_PROTOCOL,
 };
 
 use crate::error::ClientError;
@@ -250,7 +250,7 @@ impl Client {
                     &self.socket,
                     Method::POST,
                     path.clone(),
-                    Some(encode(&body)),
+                    transport::Outgoing::Json(encode(&body)),
                     Some(EXEC_UPGRADE_PROTOCOL),
                 ),
             )
@@ -274,6 +274,115 @@ impl Client {
             NdjsonStream::upgraded(method, path, read, conn),
             ExecInput(write),
         ))
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/exec` with `"detach": true`: starts the process in
+    /// the background and answers as soon as it runs.
+    ///
+    /// # Errors
+    /// As [`Client::exec`].
+    pub async fn exec_detached(
+        &self,
+        id_or_handle: &str,
+        body: &ExecRequest,
+    ) -> Result<ExecInfo, ClientError> {
+        let body = ExecRequest {
+            detach: true,
+            ..body.clone()
+        };
+        let path = instance_route(id_or_handle, "/exec");
+        self.json(Method::POST, path, Some(encode(&body))).await
+    }
+
+    /// `GET /v1/instances/{id-or-handle}/execs`: the processes started through the API.
+    ///
+    /// # Errors
+    /// 404 for an unknown instance; see [`ClientError`].
+    pub async fn execs(&self, id_or_handle: &str) -> Result<Vec<ExecInfo>, ClientError> {
+        self.json(Method::GET, instance_route(id_or_handle, "/execs"), None)
+            .await
+    }
+
+    /// `GET /v1/instances/{id-or-handle}/execs/{exec_id}`.
+    ///
+    /// # Errors
+    /// 404 for an unknown instance or exec; see [`ClientError`].
+    pub async fn exec_info(
+        &self,
+        id_or_handle: &str,
+        exec_id: &str,
+    ) -> Result<ExecInfo, ClientError> {
+        self.json(Method::GET, exec_route(id_or_handle, exec_id, ""), None)
+            .await
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/execs/{exec_id}/wait`: answers when the process no
+    /// longer runs, however long that takes (no client timeout applies).
+    ///
+    /// # Errors
+    /// 404 for an unknown instance or exec; see [`ClientError`].
+    pub async fn wait_exec(
+        &self,
+        id_or_handle: &str,
+        exec_id: &str,
+    ) -> Result<ExecInfo, ClientError> {
+        let path = exec_route(id_or_handle, exec_id, "/wait");
+        transport::send(&self.socket, Method::POST, path, None)
+            .await?
+            .json(MAX_JSON_BODY)
+            .await
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/execs/{exec_id}/signal`.
+    ///
+    /// # Errors
+    /// 400 for an unknown signal, 409 when the process no longer runs; see [`ClientError`].
+    pub async fn signal_exec(
+        &self,
+        id_or_handle: &str,
+        exec_id: &str,
+        signal: &str,
+    ) -> Result<ExecInfo, ClientError> {
+        let body = aegis_proto::api::SignalRequest {
+            signal: signal.to_owned(),
+        };
+        let path = exec_route(id_or_handle, exec_id, "/signal");
+        self.json(Method::POST, path, Some(encode(&body))).await
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/execs/{exec_id}/stdin`: streams `input` to the
+    /// process's stdin; its end closes the process's stdin unless `keep_open`. Returns the bytes
+    /// the process was given. No client timeout applies (the input may be long).
+    ///
+    /// # Errors
+    /// 409 when the process takes no input; see [`ClientError`].
+    pub async fn exec_stdin(
+        &self,
+        id_or_handle: &str,
+        exec_id: &str,
+        input: impl tokio::io::AsyncRead + Send + 'static,
+        keep_open: bool,
+    ) -> Result<u64, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Written {
+            bytes: u64,
+        }
+        let path = exec_route(
+            id_or_handle,
+            exec_id,
+            &format!("/stdin?close={}", !keep_open),
+        );
+        let written: Written = transport::send_upgrading(
+            &self.socket,
+            Method::POST,
+            path,
+            transport::Outgoing::reader(input),
+            None,
+        )
+        .await?
+        .json(MAX_JSON_BODY)
+        .await?;
+        Ok(written.bytes)
     }
 
     /// `GET /v1/instances/{id-or-handle}/logs`: a stream of [`LogEntry`]s. With
@@ -392,6 +501,13 @@ fn instance_route(id_or_handle: &str, rest: &str) -> String {
         "/instances/{}{rest}",
         percent_encode(id_or_handle)
     ))
+}
+
+fn exec_route(id_or_handle: &str, exec_id: &str, rest: &str) -> String {
+    instance_route(
+        id_or_handle,
+        &format!("/execs/{}{rest}", percent_encode(exec_id)),
+    )
 }
 
 fn query_string(params: &[(&str, String)]) -> String {

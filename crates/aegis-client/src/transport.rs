@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
@@ -37,6 +38,32 @@ pub(crate) struct Exchange {
     pub(crate) conn: ConnGuard,
 }
 
+/// What a request carries.
+pub(crate) enum Outgoing {
+    /// Nothing.
+    Empty,
+    /// A JSON document.
+    Json(Vec<u8>),
+    /// Raw bytes, streamed as they are read (`application/octet-stream`).
+    Stream(UnsyncBoxBody<Bytes, std::io::Error>),
+}
+
+impl Outgoing {
+    /// A body read from `reader` piece by piece: the request never holds it whole, and the
+    /// reader is read no faster than the daemon takes it.
+    pub(crate) fn reader(reader: impl tokio::io::AsyncRead + Send + 'static) -> Outgoing {
+        use futures::TryStreamExt;
+        let frames = tokio_util::io::ReaderStream::new(reader).map_ok(hyper::body::Frame::data);
+        Outgoing::Stream(BodyExt::boxed_unsync(StreamBody::new(frames)))
+    }
+}
+
+impl From<Option<Vec<u8>>> for Outgoing {
+    fn from(json: Option<Vec<u8>>) -> Outgoing {
+        json.map_or(Outgoing::Empty, Outgoing::Json)
+    }
+}
+
 /// Connects to `socket`, sends one request and waits for the response head. Error statuses are
 /// turned into [`ClientError::Api`] here, so callers only see successful responses.
 pub(crate) async fn send(
@@ -45,7 +72,7 @@ pub(crate) async fn send(
     path: String,
     body: Option<Vec<u8>>,
 ) -> Result<Exchange, ClientError> {
-    send_upgrading(socket, method, path, body, None).await
+    send_upgrading(socket, method, path, body.into(), None).await
 }
 
 /// [`send`], asking to upgrade the connection to `upgrade` when given (the response is then a
@@ -54,7 +81,7 @@ pub(crate) async fn send_upgrading(
     socket: &Path,
     method: Method,
     path: String,
-    body: Option<Vec<u8>>,
+    body: Outgoing,
     upgrade: Option<&'static str>,
 ) -> Result<Exchange, ClientError> {
     let stream = UnixStream::connect(socket).await.map_err(|source| {
@@ -95,11 +122,17 @@ pub(crate) async fn send_upgrading(
             .header(hyper::header::UPGRADE, protocol);
     }
     let body = match body {
-        Some(json) => {
+        Outgoing::Json(json) => {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
             Full::new(Bytes::from(json))
+                .map_err(|never| match never {})
+                .boxed_unsync()
         }
-        None => Full::new(Bytes::new()),
+        Outgoing::Stream(stream) => {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/octet-stream");
+            stream
+        }
+        Outgoing::Empty => Empty::new().map_err(|never| match never {}).boxed_unsync(),
     };
     let request = builder
         .body(body)

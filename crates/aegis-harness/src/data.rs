@@ -27,7 +27,9 @@ pub async fn serve(stream: TcpStream, inputs: Inputs) {
         Err(_) => return refuse(&mut write, "no request within 10 s".to_owned()).await,
     };
     match request {
-        DataRequest::Stdin { exec_id } => feed_stdin(read, write, &inputs, &exec_id).await,
+        DataRequest::Stdin { exec_id, keep_open } => {
+            feed_stdin(read, write, &inputs, &exec_id, keep_open).await;
+        }
     }
 }
 
@@ -47,17 +49,19 @@ async fn request_line(read: &mut (impl AsyncBufReadExt + Unpin)) -> Result<DataR
 }
 
 /// Copies the connection's bytes into the process's stdin until the host's end-of-file (or the
-/// process closing its stdin), then closes the pipe and reports the count.
+/// process closing its stdin), then closes the pipe, or keeps it for the next connection with
+/// `keep_open`, and reports the count.
 async fn feed_stdin(
     mut read: impl AsyncRead + Unpin,
     mut write: OwnedWriteHalf,
     inputs: &Inputs,
     exec_id: &ExecId,
+    keep_open: bool,
 ) {
     let Some(pipe) = inputs.take(exec_id) else {
         let why = format!(
-            "exec {:?} takes no input: it was started without stdin, its input is already \
-             connected, or it has ended",
+            "exec {:?} takes no input: it was started without stdin, its stdin was closed, \
+             another connection is feeding it, or it has ended",
             exec_id.0
         );
         return refuse(&mut write, why).await;
@@ -70,8 +74,11 @@ async fn feed_stdin(
         return;
     }
     let copied = tokio::io::copy(&mut read, &mut pipe).await;
-    // The process sees its end-of-file now.
-    drop(pipe);
+    match (keep_open && copied.is_ok(), pipe.into_blocking_fd()) {
+        (true, Ok(pipe)) => inputs.put_back(exec_id, pipe),
+        // The process sees its end-of-file now.
+        _ => inputs.remove(exec_id),
+    }
     let last = match copied {
         Ok(bytes) => DataReply {
             ok: true,

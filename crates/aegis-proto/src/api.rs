@@ -339,6 +339,63 @@ pub struct ExecRequest {
     /// Kill the process after this many seconds (the end record says `timed_out`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Start the process in the background: the answer is its [`ExecInfo`] as soon as it runs,
+    /// and it goes on after the call (see `/execs/{exec_id}`). With `stdin`, its input is fed
+    /// later through `POST /execs/{exec_id}/stdin`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detach: bool,
+}
+
+/// What became of a process started through Aegis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecState {
+    /// Running (also while the instance is paused or stopped with a snapshot: it goes on when
+    /// the instance wakes).
+    Running,
+    /// It ended; `exit_code` says how.
+    Exited,
+    /// The VM it ran in ended without a snapshot, so how it would have ended is unknown.
+    Lost,
+}
+
+/// A process started through the API (`aegis exec`, attached or not), as the daemon knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecInfo {
+    /// Its id: its output is in the instance's log under it.
+    pub exec_id: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Running, exited or lost.
+    pub state: ExecState,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, once it is no longer running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// Exit code once exited (`128 + signal` after a signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Whether it was killed because its timeout expired.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+    /// Whether it was started in the background.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
+    /// Whether its stdin is a pipe that `POST .../stdin` feeds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+}
+
+/// `POST /v1/instances/{id}/execs/{exec_id}/signal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// A name (`TERM`, `SIGTERM`, `kill`) or a number (`15`).
+    pub signal: String,
 }
 
 /// The `Upgrade` protocol of an exec that streams stdin: after `101 Switching Protocols` the

@@ -296,10 +296,15 @@ pub const MAX_DATA_REQUEST_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DataRequest {
-    /// Feed the stdin of an exec started with `stdin: true`. At most one connection per exec.
+    /// Feed the stdin of an exec started with `stdin: true`, one connection at a time.
     Stdin {
         /// The exec.
         exec_id: ExecId,
+        /// Keep the process's stdin open after this connection's end-of-file, for a later
+        /// connection to go on feeding it (a background process given input piece by piece).
+        /// By default the end of the connection is the end of the process's input.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_open: bool,
     },
 }
 
@@ -713,6 +718,7 @@ mod tests {
     fn data_requests_and_replies_are_one_json_line_each() {
         let request = DataRequest::Stdin {
             exec_id: ExecId("exec-1".into()),
+            keep_open: false,
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(text, r#"{"op":"stdin","exec_id":"exec-1"}"#);

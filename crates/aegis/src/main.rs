@@ -67,6 +67,9 @@ enum Command {
     Exec(commands::exec::Args),
     /// Print an instance's logs
     Logs(commands::logs::Args),
+    /// The processes started in an instance: list, wait, kill, feed input
+    #[command(subcommand)]
+    Process(commands::process::Command),
     /// Run a command in a new instance, print its output, delete the instance
     #[command(after_help = EXIT_CODES_HELP)]
     Run(commands::run::Args),
@@ -130,6 +133,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Workspace(command) => commands::workspace::run(command, ctx).await,
         Command::Exec(args) => commands::exec::run(args, ctx).await,
         Command::Logs(args) => commands::logs::run(args, ctx).await,
+        Command::Process(command) => commands::process::run(command, ctx).await,
         Command::Run(args) => commands::run::run(args, ctx).await,
     }
 }

@@ -1,7 +1,9 @@
 //! End-to-end tests of what an exec can be given beyond its command line, against a real
 //! `aegisd` and one real VM shared by the assertions: stdin streamed from the CLI (`aegis exec
 //! -i`), text and a large binary input checked by its digest, a process that stops reading
-//! early, and the per-call timeout (`--timeout`), after which the guest has killed the process.
+//! early, and the per-call timeout (`--timeout`), after which the guest has killed the process;
+//! then background processes (`aegis exec -d`, `aegis process`): listed, waited for, followed,
+//! fed piece by piece, signalled.
 
 use std::io::Write;
 use std::time::Duration;
@@ -133,5 +135,129 @@ fn stdin_and_timeouts_of_execs() {
     assert_eq!(bad.code, Some(2), "{bad}");
     assert!(bad.stderr.contains("at least 1 second"), "{bad}");
 
+    background_processes(&d);
+
     d.aegis(["instance", "delete", "p"]).expect_success();
+}
+
+/// Starts a background process and returns its exec id.
+fn detach(d: &Daemon, args: &[&str]) -> String {
+    let mut all = vec!["exec", "-d"];
+    all.extend_from_slice(args);
+    let out = d.aegis(all);
+    out.expect_success();
+    let id = out.stdout.trim().to_owned();
+    assert!(id.starts_with("exec-"), "not an exec id: {out}");
+    id
+}
+
+fn listed(d: &Daemon, exec_id: &str) -> serde_json::Value {
+    let out = d.aegis(["process", "list", "p", "--json"]);
+    out.expect_success();
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("a JSON list");
+    list.into_iter()
+        .find(|e| e["exec_id"] == exec_id)
+        .unwrap_or_else(|| panic!("{exec_id} is not listed: {out}"))
+}
+
+fn background_processes(d: &Daemon) {
+    // Started in the background, listed while it runs, waited for with its exit code, and its
+    // output is in the log under its id.
+    let id = detach(
+        d,
+        &[
+            "p",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; sleep 2; exit 7",
+        ],
+    );
+    let running = listed(d, &id);
+    assert_eq!(running["state"], "running", "{running}");
+    assert_eq!(running["detached"], true, "{running}");
+    assert_eq!(running["command"][0], "sh", "{running}");
+    let waited = d.aegis(["process", "wait", "p", &id]);
+    assert_eq!(waited.code, Some(7), "{waited}");
+    let ended = listed(d, &id);
+    assert_eq!(ended["state"], "exited", "{ended}");
+    assert_eq!(ended["exit_code"], 7, "{ended}");
+    assert!(ended["ended_at"].is_string(), "{ended}");
+    let logs = d.aegis(["logs", "p", "--exec", &id]);
+    logs.expect_success();
+    assert_eq!(logs.stdout, "out\n", "{logs}");
+    assert_eq!(logs.stderr, "err\n", "{logs}");
+    let table = d.aegis(["process", "list", "p"]);
+    table.expect_success();
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("exited")),
+        "{table}"
+    );
+
+    // Following an exec's log ends when the exec ends.
+    let id = detach(
+        d,
+        &[
+            "p",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo tick $i; sleep 1; done",
+        ],
+    );
+    let followed = d.aegis(["logs", "p", "--exec", &id, "--follow"]);
+    followed.expect_success();
+    assert_eq!(followed.stdout, "tick 1\ntick 2\ntick 3\n", "{followed}");
+
+    // Input given in two pieces: the first keeps stdin open, the second ends it.
+    let id = detach(
+        d,
+        &[
+            "-i",
+            "p",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/fed; echo got $(wc -c < /tmp/fed)",
+        ],
+    );
+    let first = input_file(d, "first", b"abc");
+    let second = input_file(d, "second", b"de");
+    d.aegis_with_input(["process", "input", "p", &id, "--keep-open"], &first, CALL)
+        .expect_success();
+    assert_eq!(listed(d, &id)["state"], "running");
+    d.aegis_with_input(["process", "input", "p", &id], &second, CALL)
+        .expect_success();
+    let waited = d.aegis(["process", "wait", "p", &id]);
+    assert_eq!(waited.code, Some(0), "{waited}");
+    let logs = d.aegis(["logs", "p", "--exec", &id]);
+    assert_eq!(logs.stdout, "got 5\n", "{logs}");
+    // Its stdin is closed now: more input is refused, as it is for a process without stdin.
+    let refused = d.aegis_with_input(["process", "input", "p", &id], &second, CALL);
+    assert_eq!(refused.code, Some(125), "{refused}");
+    assert!(refused.stderr.contains("no longer running"), "{refused}");
+
+    // A signal by name ends it; the exit code says which.
+    let id = detach(d, &["p", "--", "sleep", "300"]);
+    let no_stdin = d.aegis_with_input(["process", "input", "p", &id], &second, CALL);
+    assert_eq!(no_stdin.code, Some(125), "{no_stdin}");
+    assert!(no_stdin.stderr.contains("without stdin"), "{no_stdin}");
+    d.aegis(["process", "kill", "p", &id, "--signal", "TERM"])
+        .expect_success();
+    let waited = d.aegis(["process", "wait", "p", &id]);
+    assert_eq!(waited.code, Some(143), "{waited}");
+    let again = d.aegis(["process", "kill", "p", &id]);
+    assert_eq!(again.code, Some(125), "{again}");
+    assert!(again.stderr.contains("no longer running"), "{again}");
+    let bad = d.aegis(["process", "kill", "p", &id, "--signal", "NOPE"]);
+    assert!(bad.stderr.contains("unknown signal"), "{bad}");
+
+    // An unknown exec id is a clear not-found.
+    let unknown = d.aegis(["process", "wait", "p", "exec-00000000"]);
+    assert_eq!(unknown.code, Some(125), "{unknown}");
+    assert!(unknown.stderr.contains("has no exec"), "{unknown}");
+    assert!(unknown.stderr.contains("aegis process list p"), "{unknown}");
 }

@@ -305,8 +305,8 @@ impl Processes {
             Some(key) if *key == finished.key => {
                 self.running.remove(&finished.slot);
                 if let Slot::Exec(exec_id) = &finished.slot {
-                    // A pipe never connected: closing it is all that is left to do.
-                    drop(self.inputs.take(exec_id));
+                    // A pipe not being fed: closing it is all that is left to do.
+                    self.inputs.remove(exec_id);
                 }
                 self.publish_execs();
                 true

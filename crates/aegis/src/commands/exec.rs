@@ -2,6 +2,8 @@
 //! and stderr, and exit with its exit code. With `-i` this process's stdin becomes the
 //! command's, streamed as it is read (never held in memory whole); with `--timeout` the guest
 //! kills the command when it runs too long, and `aegis exec` exits 124 as `timeout(1)` does.
+//! With `-d` it starts the command in the background and prints its exec id (see
+//! `aegis process`).
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
@@ -32,6 +34,10 @@ pub struct Args {
     /// Kill the command after this long (`30`, `90s`, `5m`); exits 124 then
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<u64>,
+    /// Start it in the background and print its exec id (with -i, feed it later with
+    /// `aegis process input`)
+    #[arg(long, short = 'd')]
+    pub detach: bool,
     /// The command and its arguments
     #[arg(
         value_name = "CMD",
@@ -54,9 +60,19 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         workdir: args.workdir,
         stdin: args.interactive,
         timeout_secs: timeout,
+        detach: args.detach,
     };
     let target = args.target;
     let failed = || format!("cannot exec in instance {target:?}");
+    if args.detach {
+        let info = ctx
+            .client
+            .exec_detached(&target, &request)
+            .await
+            .with_context(failed)?;
+        println!("{}", info.exec_id);
+        return Ok(Exit::Success);
+    }
     let (mut events, feeding) = if args.interactive {
         let (events, mut input) = ctx
             .client

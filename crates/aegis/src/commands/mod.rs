@@ -7,6 +7,7 @@ pub mod image;
 pub mod instance;
 pub mod kit;
 pub mod logs;
+pub mod process;
 pub mod run;
 pub mod secret;
 pub mod status;

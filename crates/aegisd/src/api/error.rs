@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use crate::images::{error_chain, ImageError};
 use crate::kits::KitError;
 use crate::lifecycle::command::LifecycleError;
+use crate::lifecycle::data::DataError;
 use crate::names::NameError;
 use crate::provision::{CreateError, ExposeError};
 use crate::router::RouterError;
@@ -29,6 +30,20 @@ pub enum ApiError {
     /// No such route.
     #[error("no route {0}")]
     NoRoute(String),
+    /// No process of that id was started in the instance (or it was forgotten).
+    #[error("instance {instance:?} has no exec {exec_id:?}")]
+    UnknownExec {
+        /// The instance as named.
+        instance: String,
+        /// The exec id as named.
+        exec_id: String,
+    },
+    /// The request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A transfer with the guest's data service failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
     /// A lifecycle operation failed.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
@@ -79,7 +94,11 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Name(_) | ApiError::Spawn(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::UnknownInstance(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownInstance(_) | ApiError::NoRoute(_) | ApiError::UnknownExec { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Conflict(_) | ApiError::Data(DataError::Refused(_)) => StatusCode::CONFLICT,
+            ApiError::Data(DataError::Unreachable(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Lifecycle(e) => lifecycle_status(e),
             ApiError::Image(e) => image_status(e),
@@ -124,6 +143,9 @@ impl ApiError {
             ApiError::UnknownInstance(_) => {
                 Some("`aegis instance list` shows the instances".to_owned())
             }
+            ApiError::UnknownExec { instance, .. } => Some(format!(
+                "`aegis process list {instance}` shows the processes started in it"
+            )),
             ApiError::Kit(e) | ApiError::Create(CreateError::Kit(e)) => e.hint(),
             ApiError::Create(CreateError::Preset(e)) => Some(e.hint()),
             ApiError::Create(CreateError::NoCommand { .. }) => {
@@ -139,13 +161,16 @@ impl ApiError {
             ApiError::Workspace(_) => None,
             ApiError::Forbidden { .. } => Some(
                 "an instance daemon's socket allows `GET /v1/status`, `GET /v1/openapi.json` and, \
-                 for its own instance only: info, start, stop, restart, pause, resume, exec, \
+                 for its own instance only: info, start, stop, restart, pause, resume, exec and its \
+                 processes, \
                  logs, expose and unexpose"
                     .to_owned(),
             ),
             ApiError::BadRequest(_)
             | ApiError::Name(_)
             | ApiError::NoRoute(_)
+            | ApiError::Conflict(_)
+            | ApiError::Data(_)
             | ApiError::Spawn(_)
             | ApiError::Internal(_)
             | ApiError::Expose(ExposeError::Spec(_))

@@ -2,6 +2,8 @@
 //! NDJSON: `{exec_id, started_at}`, output entries, then `{done, exit_code, exec_id}`. With
 //! `Upgrade: aegis-exec` the same records go over the upgraded connection, and the client's
 //! bytes on it become the process's stdin (`"stdin": true`), ended by the client's half-close.
+//! With `"detach": true` the answer is the process's [`aegis_proto::api::ExecInfo`] as soon as it runs, and the
+//! process goes on in the background (see `processes`).
 
 use std::convert::Infallible;
 
@@ -11,7 +13,7 @@ use aegis_proto::api::{ExecEvent, ExecRequest, EXEC_UPGRADE_PROTOCOL};
 use axum::body::Body;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use hyper::upgrade::OnUpgrade;
@@ -42,7 +44,7 @@ pub async fn exec(
     }
     check_command(&req.command).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     check_env(&req.env).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if req.stdin && upgrade.is_none() {
+    if req.stdin && !req.detach && upgrade.is_none() {
         return Err(ApiError::BadRequest(format!(
             "an exec with stdin streams it over an upgraded connection: send `Connection: \
              Upgrade` and `Upgrade: {EXEC_UPGRADE_PROTOCOL}`"
@@ -60,6 +62,7 @@ pub async fn exec(
         workdir: req.workdir,
         stdin: req.stdin,
         timeout: req.timeout_secs.map(Duration::from_secs),
+        detach: req.detach,
     };
     let ExecStarted {
         exec_id,
@@ -75,6 +78,16 @@ pub async fn exec(
             LifecycleError::Spawn { message, .. } => ApiError::Spawn(message),
             e => ApiError::Lifecycle(e),
         })?;
+    if req.detach {
+        // Its output goes to the log only; a running process keeps the instance awake through
+        // the guest's heartbeat.
+        drop(feed);
+        let info = handle
+            .processes
+            .get(&exec_id.0)
+            .ok_or_else(|| ApiError::Internal(format!("exec {} is not recorded", exec_id.0)))?;
+        return Ok(axum::Json(info).into_response());
+    }
     // Held by the stream: a running exec keeps the instance from idling.
     let busy = handle.activity_started();
     let started = ExecEvent::Started {

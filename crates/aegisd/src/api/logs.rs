@@ -1,5 +1,6 @@
 //! `GET /v1/instances/{id}/logs`: NDJSON log entries, filtered by `since`, `tail` and `exec_id`;
-//! with `follow`, new entries until the instance stops (as `docker logs -f`).
+//! with `follow`, new entries until the instance stops (as `docker logs -f`) or, with `exec_id`,
+//! until that exec ends.
 
 use std::convert::Infallible;
 
@@ -70,9 +71,22 @@ pub async fn logs(
             log, history, filter,
         ))));
     }
-    let watch = handle.watch();
+    let instance_stopped = stopped(handle.watch());
+    // An exec's output ends with the exec, or with the instance when that stops first.
+    let ended: Ended = match filter.exec_id.clone() {
+        Some(exec_id) => {
+            let processes = std::sync::Arc::clone(&handle.processes);
+            Box::pin(async move {
+                tokio::select! {
+                    () = instance_stopped => {}
+                    _ = processes.wait(&exec_id) => {}
+                }
+            })
+        }
+        None => Box::pin(instance_stopped),
+    };
     let (history, sub) = log.subscribe(&filter);
-    let live = follow_stream(sub, watch, filter.clone())
+    let live = follow_stream(sub, ended, filter.clone())
         .map(|e| Ok::<Bytes, Infallible>(Bytes::from(line(&e))));
     let stream = read_history(log, history, filter).chain(live);
     Ok(ndjson(Body::from_stream(stream)))
@@ -117,65 +131,47 @@ fn line(e: &LogEntry) -> Vec<u8> {
     v
 }
 
-enum Phase {
-    Live,
-    Draining,
+/// Resolves when a followed source has ended: everything it wrote is in the log by then.
+type Ended = futures::future::BoxFuture<'static, ()>;
+
+/// When the instance is stopped (its actor logs before it publishes `stopped`).
+async fn stopped(mut watch: watch::Receiver<Instance>) {
+    while watch.borrow_and_update().state != InstanceStatus::Stopped {
+        if watch.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
+/// Live entries matching `filter` until `ended`, then what is queued, then the end.
 fn follow_stream(
     sub: LogSubscription,
-    watch: watch::Receiver<Instance>,
+    ended: Ended,
     filter: LogFilter,
 ) -> impl futures::Stream<Item = LogEntry> {
     futures::stream::unfold(
-        (sub, watch, filter, Phase::Live),
-        |(mut sub, mut watch, filter, phase)| async move {
+        (sub, Some(ended), filter),
+        |(mut sub, mut ended, filter)| async move {
             loop {
-                match phase {
-                    Phase::Draining => {
-                        // The actor logs before it publishes `stopped`, so what is queued now
-                        // is everything.
-                        let e = sub.try_next()?;
-                        if filter.matches(&e) {
-                            return Some((e, (sub, watch, filter, Phase::Draining)));
-                        }
-                        continue;
+                let Some(until) = ended.as_mut() else {
+                    // Ended: what is queued now is everything.
+                    let e = sub.try_next()?;
+                    if filter.matches(&e) {
+                        return Some((e, (sub, None, filter)));
                     }
-                    Phase::Live => {}
-                }
-                if watch.borrow_and_update().state == InstanceStatus::Stopped {
-                    return drain(sub, watch, filter);
-                }
+                    continue;
+                };
                 tokio::select! {
                     e = sub.next() => match e {
                         Some(Ok(e)) if filter.matches(&e) => {
-                            return Some((e, (sub, watch, filter, Phase::Live)));
+                            return Some((e, (sub, ended, filter)));
                         }
                         Some(_) => continue,
                         None => return None,
                     },
-                    changed = watch.changed() => {
-                        if changed.is_err() {
-                            return drain(sub, watch, filter);
-                        }
-                    }
+                    () = until => ended = None,
                 }
             }
         },
     )
-}
-
-type FollowState = (LogSubscription, watch::Receiver<Instance>, LogFilter, Phase);
-
-fn drain(
-    mut sub: LogSubscription,
-    watch: watch::Receiver<Instance>,
-    filter: LogFilter,
-) -> Option<(LogEntry, FollowState)> {
-    while let Some(e) = sub.try_next() {
-        if filter.matches(&e) {
-            return Some((e, (sub, watch, filter, Phase::Draining)));
-        }
-    }
-    None
 }

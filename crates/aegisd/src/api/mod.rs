@@ -10,6 +10,7 @@ mod instances;
 mod json;
 mod kits;
 mod logs;
+mod processes;
 pub mod scoped;
 mod secrets;
 pub mod server;
@@ -73,6 +74,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/instances/:id/:action", post(instances::action))
         .route("/v1/instances/:id/exec", post(exec::exec))
+        .route("/v1/instances/:id/execs", get(processes::list))
+        .route("/v1/instances/:id/execs/:exec_id", get(processes::get))
+        .route(
+            "/v1/instances/:id/execs/:exec_id/wait",
+            post(processes::wait),
+        )
+        .route(
+            "/v1/instances/:id/execs/:exec_id/signal",
+            post(processes::signal),
+        )
+        .route(
+            "/v1/instances/:id/execs/:exec_id/stdin",
+            post(processes::stdin),
+        )
         .route("/v1/instances/:id/expose", post(instances::expose))
         .route(
             "/v1/instances/:id/expose/:guest_port",

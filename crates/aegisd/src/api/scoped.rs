@@ -6,7 +6,9 @@
 //! Allowed: `GET /v1/status`, `GET /v1/openapi.json`, and for the own instance (by id or
 //! handle) `GET /v1/instances/{id}`, `POST /v1/instances/{id}/{start|stop|restart|pause|
 //! resume|exec|expose}`, `GET /v1/instances/{id}/logs` and
-//! `DELETE /v1/instances/{id}/expose/{port}`. Refused: everything else (create, delete,
+//! `DELETE /v1/instances/{id}/expose/{port}`, and its processes:
+//! `GET /v1/instances/{id}/execs[/{exec_id}]`, `POST .../execs/{exec_id}/{wait|signal|stdin}`.
+//! Refused: everything else (create, delete,
 //! disable, secrets, images, kits, workspaces, shutdown, the list of instances, any other
 //! instance).
 //!
@@ -110,6 +112,10 @@ pub fn check(
         (Verb::Get, ["v1", "instances", id] | ["v1", "instances", id, "logs"]) => own(id),
         (Verb::Post, ["v1", "instances", id, action]) if ACTIONS.contains(action) => own(id),
         (Verb::Delete, ["v1", "instances", id, "expose", port]) if is_port(port) => own(id),
+        (Verb::Get, ["v1", "instances", id, "execs"] | ["v1", "instances", id, "execs", _]) => {
+            own(id)
+        }
+        (Verb::Post, ["v1", "instances", id, "execs", _, "wait" | "signal" | "stdin"]) => own(id),
         _ => Access::Refused,
     }
 }

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aegis_proto::control::{DataReply, ExecId};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use aegis_proto::control::{DataRequest, ExecId};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::command::GuestLink;
+use super::data::{self, DataError};
 
 use super::output::ExecFeed;
 
@@ -23,6 +26,9 @@ pub struct ExecSpec {
     pub stdin: bool,
     /// Killed by the harness after this long.
     pub timeout: Option<Duration>,
+    /// Runs in the background: nobody follows its output as it comes (it is in the log), and
+    /// its stdin, when it has one, is fed later through [`StdinSink::connect`].
+    pub detach: bool,
 }
 
 /// An exec the guest has started.
@@ -44,30 +50,41 @@ pub struct StdinSink {
 }
 
 impl StdinSink {
-    /// Copies `input` to the process until `input` ends, then closes the process's stdin.
-    /// Returns the bytes the process was given.
+    /// Connects to the stdin of `exec_id`, started with `stdin: true`. With `keep_open` the
+    /// process's stdin stays open after this connection's end, for a later one.
+    ///
+    /// # Errors
+    /// [`DataError::Refused`] when the process takes no input (no stdin, ended, or another
+    /// connection feeds it); [`DataError::Unreachable`] when the guest cannot be reached.
+    pub async fn connect(
+        link: &GuestLink,
+        exec_id: &ExecId,
+        keep_open: bool,
+    ) -> Result<StdinSink, DataError> {
+        let request = DataRequest::Stdin {
+            exec_id: exec_id.clone(),
+            keep_open,
+        };
+        let stream = data::open(link, &request).await?;
+        Ok(StdinSink { stream })
+    }
+
+    /// Copies `input` to the process until `input` ends, then ends this connection (which
+    /// closes the process's stdin unless it was connected with `keep_open`). Returns the bytes
+    /// the process was given.
     ///
     /// # Errors
     /// Why the input did not all arrive: the process stopped reading it (exited or closed its
     /// stdin), or the VM went away.
-    pub async fn feed(self, mut input: impl AsyncRead + Unpin) -> Result<u64, String> {
+    pub async fn feed(self, mut input: impl AsyncRead + Unpin) -> Result<u64, DataError> {
         let (read, mut write) = self.stream.into_split();
         let copied = tokio::io::copy(&mut input, &mut write).await;
-        // The harness closes the process's stdin at this end-of-file.
         let _ = write.shutdown().await;
-        let mut line = String::new();
-        let _ = BufReader::new(read).read_line(&mut line).await;
-        let reply: Option<DataReply> = serde_json::from_str(&line).ok();
-        match (copied, reply) {
-            (
-                _,
-                Some(DataReply {
-                    ok: false, error, ..
-                }),
-            ) => Err(error.unwrap_or_else(|| "the input was refused".to_owned())),
-            (Ok(_), Some(DataReply { bytes, .. })) => Ok(bytes.unwrap_or(0)),
-            (Err(e), _) => Err(format!("the input stopped: {e}")),
-            (Ok(_), None) => Err("the guest did not confirm the input".to_owned()),
+        let confirmed = data::final_reply(read).await;
+        match (copied, confirmed) {
+            (_, Err(DataError::Refused(why))) => Err(DataError::Refused(why)),
+            (Ok(_), confirmed) => confirmed,
+            (Err(e), _) => Err(DataError::Unreachable(format!("the input stopped: {e}"))),
         }
     }
 }

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use super::actor::Actor;
 use super::boot::{IngressForward, HARNESS_READY_TIMEOUT};
 use super::command::{reply_channel, Command, LifecycleError, Reply};
+use super::processes::ProcessTable;
 use super::spec::{AppData, InstanceSpec};
 use super::Ctx;
 use crate::ids::{Handle, InstanceId};
@@ -40,6 +41,8 @@ pub struct InstanceHandle {
     pub app: Arc<AppData>,
     /// Open routed connections and running execs.
     connections: Arc<AtomicUsize>,
+    /// The processes started through the API.
+    pub processes: Arc<ProcessTable>,
 }
 
 /// Counts a routed connection or a running exec while it lives; its end is activity too.
@@ -244,12 +247,14 @@ impl Instances {
         let app = Arc::new(spec.app.clone());
         let auto_remove = spec.auto_remove;
         let connections = Arc::new(AtomicUsize::new(0));
+        let processes = Arc::new(ProcessTable::default());
         let (actor, tx, snapshot) = Actor::new(
             Arc::clone(&self.ctx),
             row,
             spec,
             Arc::clone(&log),
             Arc::clone(&connections),
+            Arc::clone(&processes),
         );
         let handle = InstanceHandle {
             id: id.clone(),
@@ -259,6 +264,7 @@ impl Instances {
             image_digest,
             app,
             connections,
+            processes,
         };
         {
             let mut maps = self.lock();

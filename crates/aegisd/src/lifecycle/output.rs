@@ -1,6 +1,7 @@
 //! Routes a guest's notifications: output lines to the instance log (source `server` for the
 //! primary process, `exec` with its id for execs) and to the exec's live stream; exits to the
-//! exec's stream or, for the primary process, to the instance actor.
+//! exec's stream and the instance's process table or, for the primary process, to the
+//! instance actor.
 //!
 //! One router task per booted guest. It never calls the guest, so it can never wait on the
 //! channel whose notifications it drains, and it never waits for an API client: a slow one
@@ -14,6 +15,7 @@ use aegis_proto::control::{ActivityParams, ExecId, ExitStatus, Notification, Str
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
+use super::processes::ProcessTable;
 use crate::control::{NotificationSink, EXIT_RESERVE};
 
 /// How often at most the instance log is told that output was dropped.
@@ -115,6 +117,7 @@ impl OutputRouter {
     /// router handle.
     pub fn spawn<C: From<GuestNote> + Send + 'static>(
         log: Arc<InstanceLog>,
+        processes: Arc<ProcessTable>,
         actor: mpsc::Sender<C>,
         generation: u64,
     ) -> (NotificationSink, OutputRouter) {
@@ -122,7 +125,15 @@ impl OutputRouter {
         let sink = NotificationSink::new(tx);
         let (register, registrations) = mpsc::channel(64);
         let drops = Drops::new(sink.dropped());
-        tokio::spawn(route(log, actor, generation, notes, registrations, drops));
+        tokio::spawn(route(
+            log,
+            processes,
+            actor,
+            generation,
+            notes,
+            registrations,
+            drops,
+        ));
         (sink, OutputRouter { register })
     }
 
@@ -171,6 +182,11 @@ impl ExecStream {
         true
     }
 
+    /// Whether the client stopped reading.
+    fn is_closed(&self) -> bool {
+        self.lines.is_closed()
+    }
+
     /// Sets the final record; dropping `self` then ends the client's line feed.
     fn finish(self, event: ExecEvent) {
         let _ = self.end.send(event);
@@ -179,6 +195,7 @@ impl ExecStream {
 
 async fn route<C: From<GuestNote> + Send + 'static>(
     log: Arc<InstanceLog>,
+    processes: Arc<ProcessTable>,
     actor: mpsc::Sender<C>,
     generation: u64,
     mut notes: mpsc::Receiver<Notification>,
@@ -217,6 +234,7 @@ async fn route<C: From<GuestNote> + Send + 'static>(
                         }
                         match e.exec_id {
                             Some(id) => {
+                                processes.exited(&id, e.status, e.timed_out);
                                 if let Some(stream) = execs.remove(&id) {
                                     stream.finish(ExecEvent::Done {
                                         done: true,
@@ -273,6 +291,10 @@ fn emit(
         daemon: None,
         partial,
     };
+    if let Some(id) = exec_id.filter(|id| execs.get(*id).is_some_and(ExecStream::is_closed)) {
+        // Its client left (or it runs in the background): the log alone keeps its output.
+        execs.remove(id);
+    }
     if let Some(exec) = exec_id.and_then(|id| execs.get_mut(id)) {
         if !exec.offer(entry.clone()) {
             exec.dropped += 1;

@@ -72,8 +72,12 @@ impl Actor {
         self.row.exit_code = None;
         self.touch();
         self.persist_status().await?;
-        let (sink, output) =
-            OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), generation);
+        let (sink, output) = OutputRouter::spawn(
+            Arc::clone(&self.log),
+            Arc::clone(&self.processes),
+            self.tx.clone(),
+            generation,
+        );
         let job = BootJob {
             ctx: Arc::clone(&self.ctx),
             id: self.id(),
@@ -124,6 +128,8 @@ impl Actor {
                     }
                 } else {
                     self.saved = None;
+                    // A fresh guest: whatever ran in an earlier one is gone.
+                    self.processes.vm_gone();
                     self.run_primary(live, process, waiters).await;
                 }
             }

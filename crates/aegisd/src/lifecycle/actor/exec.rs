@@ -3,18 +3,19 @@
 //! the image's and the instance's variables, the boot's secrets, then the exec's own.
 
 use aegis_proto::control::{
-    codes, DataReply, DataRequest, ExecId, ExecParams, Method, ProcessSpec, SignalParams,
-    SpawnResult, DATA_SERVICE_PORT, MAX_DATA_REQUEST_BYTES,
+    codes, ExecId, ExecParams, Method, ProcessSpec, SignalParams, SpawnResult,
 };
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroize;
+
+use std::sync::Arc;
 
 use super::Actor;
 use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::ids::InstanceId;
 use crate::lifecycle::command::{reply_channel, GuestLink, LifecycleError, Reply};
 use crate::lifecycle::exec::{ExecSpec, ExecStarted, StdinSink};
+use crate::lifecycle::processes::ProcessTable;
 use crate::secrets::scrub_env;
 
 impl Actor {
@@ -22,9 +23,10 @@ impl Actor {
         let (woken, link) = reply_channel();
         self.wake(woken).await;
         let id = self.id();
+        let processes = Arc::clone(&self.processes);
         tokio::spawn(async move {
             let started = match link.await {
-                Ok(Ok(link)) => spawn(&id, &link, spec).await,
+                Ok(Ok(link)) => spawn(&id, &link, &processes, spec).await,
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(LifecycleError::Gone { id }),
             };
@@ -42,9 +44,11 @@ impl Actor {
 async fn spawn(
     id: &InstanceId,
     link: &GuestLink,
+    processes: &ProcessTable,
     spec: ExecSpec,
 ) -> Result<ExecStarted, LifecycleError> {
     let stdin = spec.stdin;
+    let command = spec.argv.clone();
     let exec_id = ExecId(format!("exec-{:08x}", rand::thread_rng().gen::<u32>()));
     let feed = link
         .output
@@ -79,9 +83,12 @@ async fn spawn(
         .call(Method::Exec, &params, CONTROL_CALL_TIMEOUT)
         .await;
     scrub_env(&mut params.process.env);
+    if spawned.is_ok() {
+        processes.started(&exec_id, command, spec.detach, stdin);
+    }
     match spawned {
-        Ok(_) if stdin => {
-            let stdin = match connect_stdin(id, link, &exec_id).await {
+        Ok(_) if stdin && !spec.detach => {
+            let stdin = match StdinSink::connect(link, &exec_id, false).await {
                 Ok(stdin) => stdin,
                 Err(e) => {
                     // Left running it would wait for input that never comes.
@@ -93,7 +100,10 @@ async fn spawn(
                         .control
                         .call::<serde_json::Value>(Method::Signal, &kill, CONTROL_CALL_TIMEOUT)
                         .await;
-                    return Err(e);
+                    return Err(LifecycleError::Stopped {
+                        id: id.clone(),
+                        reason: format!("cannot connect the process's stdin: {e}"),
+                    });
                 }
             };
             Ok(ExecStarted {
@@ -117,54 +127,5 @@ async fn spawn(
             id: id.clone(),
             source,
         }),
-    }
-}
-
-/// Opens the data-service connection that feeds `exec_id`'s stdin.
-///
-/// # Errors
-/// [`LifecycleError::Stopped`] when the guest cannot be reached or refuses.
-async fn connect_stdin(
-    id: &InstanceId,
-    link: &GuestLink,
-    exec_id: &ExecId,
-) -> Result<StdinSink, LifecycleError> {
-    let failed = |why: String| LifecycleError::Stopped {
-        id: id.clone(),
-        reason: format!("cannot connect the process's stdin: {why}"),
-    };
-    let ingress = link
-        .ingress
-        .ok_or_else(|| failed("the guest has no ingress forward".to_owned()))?;
-    let mut stream = ingress
-        .open(DATA_SERVICE_PORT)
-        .await
-        .map_err(|status| failed(format!("the guest's data service answered {status:?}")))?;
-    let mut request = serde_json::to_vec(&DataRequest::Stdin {
-        exec_id: exec_id.clone(),
-    })
-    .map_err(|e| failed(e.to_string()))?;
-    request.push(b'\n');
-    stream
-        .write_all(&request)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    // One line, read byte by byte: what follows belongs to the caller's stream.
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < MAX_DATA_REQUEST_BYTES {
-        let n = tokio::time::timeout(CONTROL_CALL_TIMEOUT, stream.read(&mut byte))
-            .await
-            .map_err(|_| failed("the guest did not answer".to_owned()))?
-            .map_err(|e| failed(e.to_string()))?;
-        if n == 0 || byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    match serde_json::from_slice::<DataReply>(&line) {
-        Ok(DataReply { ok: true, .. }) => Ok(StdinSink { stream }),
-        Ok(DataReply { error, .. }) => Err(failed(error.unwrap_or_default())),
-        Err(e) => Err(failed(format!("unreadable answer: {e}"))),
     }
 }

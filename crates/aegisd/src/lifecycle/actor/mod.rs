@@ -35,6 +35,7 @@ use tracing::Instrument;
 use super::boot::Guest;
 use super::command::{Command, GuestLink, LifecycleError, Reply, StopMode};
 use super::idle::IDLE_TICK;
+use super::processes::ProcessTable;
 use super::snapshot::SnapshotFiles;
 use super::spec::InstanceSpec;
 use super::state::{next, Event};
@@ -104,6 +105,8 @@ pub struct Actor {
     snapshot: watch::Sender<Instance>,
     /// Open routed connections and running execs (counted by their guards).
     connections: Arc<AtomicUsize>,
+    /// The processes started through the API.
+    processes: Arc<ProcessTable>,
     /// Last activity while running (connections, execs, busy heartbeats).
     last_active: Instant,
     /// When the current pause began.
@@ -126,6 +129,7 @@ impl Actor {
         spec: InstanceSpec,
         log: Arc<InstanceLog>,
         connections: Arc<AtomicUsize>,
+        processes: Arc<ProcessTable>,
     ) -> (Actor, mpsc::Sender<Command>, watch::Receiver<Instance>) {
         let (tx, rx) = mpsc::channel(64);
         let saved = SnapshotFiles::new(&ctx.config.instance_dir(row.id.as_str()))
@@ -154,6 +158,7 @@ impl Actor {
             rx,
             snapshot,
             connections,
+            processes,
             last_active: Instant::now(),
             paused_since: None,
             saved,

@@ -26,8 +26,12 @@ impl Actor {
         }
         self.generation += 1;
         let paused = status == InstanceStatus::Paused;
-        let (sink, output) =
-            OutputRouter::spawn(Arc::clone(&self.log), self.tx.clone(), self.generation);
+        let (sink, output) = OutputRouter::spawn(
+            Arc::clone(&self.log),
+            Arc::clone(&self.processes),
+            self.tx.clone(),
+            self.generation,
+        );
         let run_dir = self
             .ctx
             .config

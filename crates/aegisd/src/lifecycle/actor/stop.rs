@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aegis_proto::api::Instance;
+use aegis_proto::api::{Instance, InstanceStatus};
 use aegis_proto::control::{Method, ShutdownParams};
 
 use super::{Actor, State, GUEST_STOP_GRACE, KILL_GRACE, STOP_DEADLINE};
@@ -170,6 +170,10 @@ impl Actor {
             self.log.system(format!("snapshot discarded: {why}"));
         }
         self.saved = None;
+        if self.status == InstanceStatus::Stopped {
+            // The processes it kept will not carry on.
+            self.processes.vm_gone();
+        }
         self.publish();
     }
 
@@ -178,6 +182,9 @@ impl Actor {
         self.enter(event, State::Stopped);
         self.row.reason = Some(reason);
         self.row.stopped_at = Some(now_ts());
+        if self.saved.is_none() {
+            self.processes.vm_gone();
+        }
         if let Err(e) = self.persist_status().await {
             tracing::error!(error = %e, "cannot record stop");
         }

@@ -1,0 +1,201 @@
+//! `/v1/instances/{id}/execs`: the processes started through the API, attached or in the
+//! background (`"detach": true` on exec): list, one, wait for its end, signal it, feed its
+//! stdin. Output is in the instance's log under the exec id (`logs?exec_id=`).
+
+use aegis_proto::api::{ExecInfo, SignalRequest};
+use aegis_proto::control::{ExecId, Method, SignalParams};
+use axum::extract::{Request, State};
+use axum::Json;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use tokio_util::io::StreamReader;
+
+use super::error::ApiError;
+use super::instances::find;
+use super::json::{ApiJson, ApiPath, ApiQuery};
+use super::AppState;
+use crate::control::CONTROL_CALL_TIMEOUT;
+use crate::lifecycle::command::{Command, GuestLink, LifecycleError};
+use crate::lifecycle::exec::StdinSink;
+use crate::lifecycle::instances::InstanceHandle;
+
+/// `GET /v1/instances/{id}/execs`.
+pub async fn list(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<ExecInfo>>, ApiError> {
+    Ok(Json(find(&state, &id)?.processes.list()))
+}
+
+/// `GET /v1/instances/{id}/execs/{exec_id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath((id, exec_id)): ApiPath<(String, String)>,
+) -> Result<Json<ExecInfo>, ApiError> {
+    let (_, info) = known(&state, &id, &exec_id)?;
+    Ok(Json(info))
+}
+
+/// `POST /v1/instances/{id}/execs/{exec_id}/wait`: answers once the process is no longer
+/// running. Waiting does not wake the instance or keep it awake.
+pub async fn wait(
+    State(state): State<AppState>,
+    ApiPath((id, exec_id)): ApiPath<(String, String)>,
+) -> Result<Json<ExecInfo>, ApiError> {
+    let (handle, _) = known(&state, &id, &exec_id)?;
+    handle
+        .processes
+        .wait(&exec_id)
+        .await
+        .map(Json)
+        .ok_or_else(|| unknown(&id, &exec_id))
+}
+
+/// `POST /v1/instances/{id}/execs/{exec_id}/signal`: wakes the instance and signals the
+/// process's group (a process that already ended is a 409).
+pub async fn signal(
+    State(state): State<AppState>,
+    ApiPath((id, exec_id)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<SignalRequest>,
+) -> Result<Json<ExecInfo>, ApiError> {
+    let signal = parse_signal(&req.signal).map_err(ApiError::BadRequest)?;
+    let (handle, info) = running(&state, &id, &exec_id)?;
+    let link = wake(&handle).await?;
+    let params = SignalParams {
+        exec_id: Some(ExecId(exec_id.clone())),
+        signal,
+    };
+    link.control
+        .call::<serde_json::Value>(Method::Signal, &params, CONTROL_CALL_TIMEOUT)
+        .await
+        .map_err(|source| {
+            ApiError::Lifecycle(LifecycleError::Control {
+                id: handle.id.clone(),
+                source,
+            })
+        })?;
+    Ok(Json(info))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinQuery {
+    /// `false` keeps the process's stdin open after this body, for a later call.
+    close: Option<bool>,
+}
+
+/// What `POST .../stdin` answers.
+#[derive(Debug, serde::Serialize)]
+pub struct StdinWritten {
+    /// Bytes the process was given.
+    bytes: u64,
+}
+
+/// `POST /v1/instances/{id}/execs/{exec_id}/stdin?close=true|false`: the request body, streamed
+/// (with back-pressure), becomes the process's input; by default its end closes the process's
+/// stdin. One call at a time per process.
+pub async fn stdin(
+    State(state): State<AppState>,
+    ApiPath((id, exec_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<StdinQuery>,
+    request: Request,
+) -> Result<Json<StdinWritten>, ApiError> {
+    let (handle, info) = running(&state, &id, &exec_id)?;
+    if !info.stdin {
+        return Err(ApiError::Conflict(format!(
+            "exec {exec_id} was started without stdin (start it with \"stdin\": true)"
+        )));
+    }
+    let link = wake(&handle).await?;
+    let keep_open = !q.close.unwrap_or(true);
+    let sink = StdinSink::connect(&link, &ExecId(exec_id), keep_open).await?;
+    let body = request
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    let bytes = sink.feed(StreamReader::new(body)).await?;
+    Ok(Json(StdinWritten { bytes }))
+}
+
+/// The instance and the process's entry, or a 404.
+fn known(
+    state: &AppState,
+    id: &str,
+    exec_id: &str,
+) -> Result<(InstanceHandle, ExecInfo), ApiError> {
+    let handle = find(state, id)?;
+    let info = handle
+        .processes
+        .get(exec_id)
+        .ok_or_else(|| unknown(id, exec_id))?;
+    Ok((handle, info))
+}
+
+/// As [`known`], and a 409 unless the process still runs.
+fn running(
+    state: &AppState,
+    id: &str,
+    exec_id: &str,
+) -> Result<(InstanceHandle, ExecInfo), ApiError> {
+    let (handle, info) = known(state, id, exec_id)?;
+    if info.state != aegis_proto::api::ExecState::Running {
+        return Err(ApiError::Conflict(format!(
+            "exec {exec_id} is no longer running ({})",
+            match info.exit_code {
+                Some(code) => format!("it exited with code {code}"),
+                None => "the VM it ran in ended".to_owned(),
+            }
+        )));
+    }
+    Ok((handle, info))
+}
+
+fn unknown(id: &str, exec_id: &str) -> ApiError {
+    ApiError::UnknownExec {
+        instance: id.to_owned(),
+        exec_id: exec_id.to_owned(),
+    }
+}
+
+async fn wake(handle: &InstanceHandle) -> Result<GuestLink, ApiError> {
+    Ok(handle.request(|reply| Command::Wake { reply }).await?)
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, `term`) or number (1 to 64).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    if let Ok(n) = text.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("signal {n} is out of range (1 to 64)"))
+        };
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("unknown signal {text:?} (a name such as TERM or KILL, or a number)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_signal;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("TERM"), Ok(15));
+        assert_eq!(parse_signal("sigkill"), Ok(9));
+        assert_eq!(parse_signal("SIGINT"), Ok(2));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("99").is_err());
+        assert!(parse_signal("NOPE").unwrap_err().contains("unknown signal"));
+    }
+}
