@@ -23,12 +23,12 @@ use crate::transport::{self, Exchange};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Largest JSON answer read (an instance list with thousands of entries fits easily).
-const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_JSON_BODY: usize = 64 * 1024 * 1024;
 
 /// A client of one daemon, identified by its socket.
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     timeout: Duration,
 }
 
@@ -496,7 +496,7 @@ pub(crate) fn route(rest: &str) -> String {
     format!("{API_PREFIX}{rest}")
 }
 
-fn instance_route(id_or_handle: &str, rest: &str) -> String {
+pub(crate) fn instance_route(id_or_handle: &str, rest: &str) -> String {
     route(&format!(
         "/instances/{}{rest}",
         percent_encode(id_or_handle)
@@ -510,7 +510,7 @@ fn exec_route(id_or_handle: &str, exec_id: &str, rest: &str) -> String {
     )
 }
 
-fn query_string(params: &[(&str, String)]) -> String {
+pub(crate) fn query_string(params: &[(&str, String)]) -> String {
     let mut out = String::new();
     for (i, (key, value)) in params.iter().enumerate() {
         out.push(if i == 0 { '?' } else { '&' });

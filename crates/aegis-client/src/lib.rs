@@ -8,6 +8,7 @@
 
 mod client;
 mod error;
+mod files;
 mod images;
 mod kits;
 mod ndjson;
@@ -18,6 +19,7 @@ mod workspaces;
 
 pub use client::{Client, Created, ExecInput, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
 pub use error::ClientError;
+pub use files::{Download, WriteOptions};
 pub use hyper::StatusCode;
 pub use kits::KitInstalled;
 pub use ndjson::{NdjsonStream, MAX_LINE_BYTES};

@@ -1,8 +1,8 @@
 //! The data service: bulk bytes between host and guest over an ingress connection whose header
-//! names [`DATA_SERVICE_PORT`] (the protocol is documented there). Today it feeds the stdin of
-//! execs started with `stdin: true`. TCP carries the bytes, so a process that reads slowly
-//! slows the host's sender down instead of filling memory here, and the control channel never
-//! waits behind a large input.
+//! names [`DATA_SERVICE_PORT`] (the protocol is documented there): it feeds the stdin of execs
+//! started with `stdin: true`, and serves file operations (`files`). TCP carries the bytes, so
+//! a process that reads slowly slows the host's sender down instead of filling memory here,
+//! and the control channel never waits behind a large transfer.
 
 use std::time::Duration;
 
@@ -29,6 +29,16 @@ pub async fn serve(stream: TcpStream, inputs: Inputs) {
     match request {
         DataRequest::Stdin { exec_id, keep_open } => {
             feed_stdin(read, write, &inputs, &exec_id, keep_open).await;
+        }
+        files => {
+            let leftover = read.buffer().to_vec();
+            let stream = match read.into_inner().reunite(write).map(TcpStream::into_std) {
+                Ok(Ok(stream)) => stream,
+                _ => return,
+            };
+            let _ =
+                tokio::task::spawn_blocking(move || crate::files::serve(files, stream, leftover))
+                    .await;
         }
     }
 }
@@ -81,41 +91,24 @@ async fn feed_stdin(
     }
     let last = match copied {
         Ok(bytes) => DataReply {
-            ok: true,
-            error: None,
             bytes: Some(bytes),
+            ..DataReply::ok()
         },
         // The process closed its stdin or exited: what it did not read is dropped, as a pipe
         // into a process that stopped reading would.
-        Err(e) => DataReply {
-            ok: false,
-            error: Some(format!("the process stopped reading its input: {e}")),
-            bytes: None,
-        },
+        Err(e) => DataReply::failed(None, format!("the process stopped reading its input: {e}")),
     };
     let _ = reply(&mut write, &last).await;
     let _ = write.shutdown().await;
 }
 
 fn accepted() -> DataReply {
-    DataReply {
-        ok: true,
-        error: None,
-        bytes: None,
-    }
+    DataReply::ok()
 }
 
 async fn refuse(write: &mut OwnedWriteHalf, why: String) {
     console::line(format_args!("data service: {why}"));
-    let _ = reply(
-        write,
-        &DataReply {
-            ok: false,
-            error: Some(why),
-            bytes: None,
-        },
-    )
-    .await;
+    let _ = reply(write, &DataReply::failed(None, why)).await;
     let _ = write.shutdown().await;
 }
 

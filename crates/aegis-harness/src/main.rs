@@ -14,6 +14,7 @@ mod channel;
 mod config;
 mod console;
 mod data;
+mod files;
 mod ingress;
 mod init;
 mod limits;

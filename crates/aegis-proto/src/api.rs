@@ -390,6 +390,77 @@ pub struct ExecInfo {
     pub stdin: bool,
 }
 
+/// A file in an instance, as `/files` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Last path component.
+    pub name: String,
+    /// Absolute guest path.
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: crate::control::FileKind,
+    /// Bytes.
+    pub size: u64,
+    /// Permission bits as an octal string (`"0644"`).
+    pub mode: String,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Owner name, when the guest's `/etc/passwd` has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Group name, when the guest's `/etc/group` has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Last modification, RFC 3339.
+    pub modified: String,
+    /// Where a symbolic link points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// `POST /v1/instances/{id}/files/mkdir`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MkdirRequest {
+    /// Absolute guest path.
+    pub path: String,
+    /// Create missing parents, and accept an existing directory (`mkdir -p`).
+    #[serde(default)]
+    pub parents: bool,
+    /// Permission bits in octal (`"0755"`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Owner: a user name, uid, or `user:group`; root when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// `POST /v1/instances/{id}/files/rename`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    /// Absolute guest path.
+    pub from: String,
+    /// Absolute guest path; a file there is replaced.
+    pub to: String,
+}
+
+/// Parses permission bits written in octal (`"644"`, `"0644"`, `"0o644"`).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!(
+            "invalid mode {text:?}: expected octal permission bits such as 0644"
+        )),
+    }
+}
+
 /// `POST /v1/instances/{id}/execs/{exec_id}/signal`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -283,14 +283,36 @@ pub fn ingress_header(key: &[u8; INGRESS_KEY_BYTES], port: u16) -> [u8; INGRESS_
 /// The port an ingress header names to reach the harness's data service instead of a guest
 /// port (no TCP port is 0). After the `Connected` status the host sends one [`DataRequest`] as
 /// a JSON line of at most [`MAX_DATA_REQUEST_BYTES`]; the harness answers one [`DataReply`]
-/// line, then the operation's bytes flow (for `stdin`: host to guest until the host's
-/// end-of-file, after which the harness closes the process's stdin and sends a final
-/// [`DataReply`] with the byte count). Bulk data goes here rather than over the control channel
-/// so that it has TCP's flow control and never delays control frames.
+/// line, then the operation's bytes flow:
+/// - `stdin`: raw bytes host to guest until the host's end-of-file, after which the harness
+///   closes (or keeps) the process's stdin and sends a final [`DataReply`] with the byte count;
+/// - `read` and `tar_out`: frames (see [`frame_header`]) guest to host, an empty frame, then a
+///   final [`DataReply`] (an error after the start is reported there, never as a short file);
+/// - `write` and `tar_in`: frames host to guest and an empty frame, then the final
+///   [`DataReply`]; a connection that ends before the empty frame changes nothing;
+/// - the other file operations: no bytes, the first reply is the answer.
+///
+/// Bulk data goes here rather than over the control channel so that it has TCP's flow control
+/// and never delays control frames; file work runs on the harness's blocking threads, never in
+/// the control task.
 pub const DATA_SERVICE_PORT: u16 = 0;
 
 /// Longest request line the data service reads.
 pub const MAX_DATA_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest frame payload of a file transfer.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// The 4-byte big-endian length that precedes a frame's payload in a file transfer. An empty
+/// payload ends the transfer.
+pub fn frame_header(len: usize) -> [u8; 4] {
+    u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes()
+}
+
+/// Deepest listing of `list`.
+pub const MAX_LIST_DEPTH: u32 = 16;
+/// Most entries one `list` returns.
+pub const MAX_LIST_ENTRIES: usize = 10_000;
 
 /// What a data-service connection is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +328,158 @@ pub enum DataRequest {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_open: bool,
     },
+    /// What is at `path` (a symbolic link itself, not its target): `file` of the reply.
+    Stat {
+        /// Absolute guest path.
+        path: String,
+    },
+    /// The entries under the directory `path`, `depth` levels down (1: its children):
+    /// `entries` of the reply, at most [`MAX_LIST_ENTRIES`].
+    List {
+        /// Absolute guest path.
+        path: String,
+        /// 1 to [`MAX_LIST_DEPTH`].
+        #[serde(default = "one")]
+        depth: u32,
+    },
+    /// Creates the directory `path`.
+    Mkdir {
+        /// Absolute guest path.
+        path: String,
+        /// Create missing parents too, and accept an existing directory.
+        #[serde(default)]
+        parents: bool,
+        /// Permission bits (0o755 when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Owner, as a user spec (`name`, `uid`, `user:group`); root when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
+    /// Removes `path` (a directory only when empty, unless `recursive`).
+    Remove {
+        /// Absolute guest path.
+        path: String,
+        /// Remove a directory with everything in it.
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Renames `from` to `to` (replacing a file at `to`, as rename(2)).
+    Rename {
+        /// Absolute guest path.
+        from: String,
+        /// Absolute guest path.
+        to: String,
+    },
+    /// The file's bytes from `offset`, at most `length` of them.
+    Read {
+        /// Absolute guest path.
+        path: String,
+        /// First byte.
+        #[serde(default)]
+        offset: u64,
+        /// How many bytes at most (to the end when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        length: Option<u64>,
+    },
+    /// Replaces (or creates) the file with the bytes sent, atomically: they go to a temporary
+    /// file beside it, which is synced and renamed over it once complete.
+    Write {
+        /// Absolute guest path.
+        path: String,
+        /// Create missing parent directories.
+        #[serde(default)]
+        parents: bool,
+        /// Permission bits; the existing file's, or 0o644, when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Owner, as a user spec; the existing file's, or root, when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
+    /// A tar archive of `path` (a file or a directory with everything under it, symbolic links
+    /// kept as links) whose top entry is named after `path`'s last component.
+    TarOut {
+        /// Absolute guest path.
+        path: String,
+    },
+    /// Unpacks the tar archive sent into the existing directory `path`.
+    TarIn {
+        /// Absolute guest path.
+        path: String,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What kind of file an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else (device, socket, FIFO).
+    Other,
+}
+
+/// A file as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Last path component.
+    pub name: String,
+    /// Absolute guest path.
+    pub path: String,
+    /// Kind.
+    pub kind: FileKind,
+    /// Bytes.
+    pub size: u64,
+    /// Permission bits (with setuid, setgid, sticky).
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Owner name, when `/etc/passwd` has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Group name, when `/etc/group` has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Last modification, Unix seconds.
+    pub mtime: i64,
+    /// Where a symbolic link points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Why a file operation failed, for the host to choose its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileErrorKind {
+    /// No such file or directory.
+    NotFound,
+    /// Something is already there.
+    Exists,
+    /// A directory where a file was needed.
+    IsDir,
+    /// A file where a directory was needed.
+    NotDir,
+    /// A directory that is not empty.
+    NotEmpty,
+    /// Permission denied, or a read-only file system.
+    Denied,
+    /// The request is malformed (a relative path, a bad mode, an unknown owner).
+    Invalid,
+    /// The guest's disk is full.
+    NoSpace,
+    /// Anything else.
+    Other,
 }
 
 /// The data service's answer: once when the request is accepted or refused, and once more
@@ -320,6 +494,39 @@ pub struct DataReply {
     /// Bytes moved, on the last line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// What kind of failure, for file operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FileErrorKind>,
+    /// The file operated on (`stat`, `mkdir`, `rename`; `write` on its last line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileEntry>,
+    /// A directory's entries (`list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<FileEntry>>,
+}
+
+impl DataReply {
+    /// An acceptance or success without data.
+    pub fn ok() -> DataReply {
+        DataReply {
+            ok: true,
+            error: None,
+            bytes: None,
+            kind: None,
+            file: None,
+            entries: None,
+        }
+    }
+
+    /// A refusal or failure.
+    pub fn failed(kind: Option<FileErrorKind>, error: String) -> DataReply {
+        DataReply {
+            ok: false,
+            error: Some(error),
+            kind,
+            ..DataReply::ok()
+        }
+    }
 }
 
 /// The harness's answer to an ingress header.

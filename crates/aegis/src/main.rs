@@ -65,6 +65,8 @@ enum Command {
     Workspace(commands::workspace::Command),
     /// Run a command in a running instance (waking it if it sleeps)
     Exec(commands::exec::Args),
+    /// Copy files and directories between this machine and an instance (as `docker cp`)
+    Cp(commands::cp::Args),
     /// Print an instance's logs
     Logs(commands::logs::Args),
     /// The processes started in an instance: list, wait, kill, feed input
@@ -132,6 +134,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Secret(command) => commands::secret::run(command, ctx).await,
         Command::Workspace(command) => commands::workspace::run(command, ctx).await,
         Command::Exec(args) => commands::exec::run(args, ctx).await,
+        Command::Cp(args) => commands::cp::run(args, ctx).await,
         Command::Logs(args) => commands::logs::run(args, ctx).await,
         Command::Process(command) => commands::process::run(command, ctx).await,
         Command::Run(args) => commands::run::run(args, ctx).await,

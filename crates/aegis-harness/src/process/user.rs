@@ -136,6 +136,22 @@ impl Accounts {
         }
     }
 
+    /// The name of `uid`, if it has an entry.
+    pub fn user_name(&self, uid: u32) -> Option<&str> {
+        self.passwd
+            .iter()
+            .find(|e| e.uid == uid)
+            .map(|e| e.name.as_str())
+    }
+
+    /// The name of `gid`, if it has an entry.
+    pub fn group_name(&self, gid: u32) -> Option<&str> {
+        self.groups
+            .iter()
+            .find(|e| e.gid == gid)
+            .map(|e| e.name.as_str())
+    }
+
     /// Home directory of `uid`, if it has an entry.
     pub fn home_of(&self, uid: u32) -> Option<&str> {
         self.passwd

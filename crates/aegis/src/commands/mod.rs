@@ -1,5 +1,6 @@
 //! One module per command; each has an `Args` (clap) and an async `run` returning the exit code.
 
+pub mod cp;
 pub mod doctor;
 pub mod down;
 pub mod exec;

@@ -14,6 +14,7 @@ use crate::provision::{CreateError, ExposeError};
 use crate::router::RouterError;
 use crate::secrets::SecretError;
 use crate::workspaces::WorkspaceError;
+use aegis_proto::control::FileErrorKind;
 
 /// An API failure.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +98,21 @@ impl ApiError {
             ApiError::UnknownInstance(_) | ApiError::NoRoute(_) | ApiError::UnknownExec { .. } => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::Conflict(_) | ApiError::Data(DataError::Refused(_)) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Data(DataError::Refused { kind, .. }) => match kind {
+                None
+                | Some(
+                    FileErrorKind::Exists
+                    | FileErrorKind::IsDir
+                    | FileErrorKind::NotDir
+                    | FileErrorKind::NotEmpty,
+                ) => StatusCode::CONFLICT,
+                Some(FileErrorKind::NotFound) => StatusCode::NOT_FOUND,
+                Some(FileErrorKind::Denied) => StatusCode::FORBIDDEN,
+                Some(FileErrorKind::Invalid) => StatusCode::BAD_REQUEST,
+                Some(FileErrorKind::NoSpace) => StatusCode::INSUFFICIENT_STORAGE,
+                Some(FileErrorKind::Other) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Data(DataError::Unreachable(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Lifecycle(e) => lifecycle_status(e),

@@ -5,6 +5,7 @@
 
 mod error;
 mod exec;
+mod files;
 mod images;
 mod instances;
 mod json;
@@ -74,6 +75,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/instances/:id/:action", post(instances::action))
         .route("/v1/instances/:id/exec", post(exec::exec))
+        .route(
+            "/v1/instances/:id/files",
+            get(files::read).put(files::write).delete(files::remove),
+        )
+        .route("/v1/instances/:id/files/stat", get(files::stat))
+        .route("/v1/instances/:id/files/list", get(files::list))
+        .route("/v1/instances/:id/files/mkdir", post(files::mkdir))
+        .route("/v1/instances/:id/files/rename", post(files::rename))
+        .route(
+            "/v1/instances/:id/files/archive",
+            get(files::archive_out).put(files::archive_in),
+        )
         .route("/v1/instances/:id/execs", get(processes::list))
         .route("/v1/instances/:id/execs/:exec_id", get(processes::get))
         .route(

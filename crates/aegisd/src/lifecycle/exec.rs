@@ -82,7 +82,7 @@ impl StdinSink {
         let _ = write.shutdown().await;
         let confirmed = data::final_reply(read).await;
         match (copied, confirmed) {
-            (_, Err(DataError::Refused(why))) => Err(DataError::Refused(why)),
+            (_, Err(refused @ DataError::Refused { .. })) => Err(refused),
             (Ok(_), confirmed) => confirmed,
             (Err(e), _) => Err(DataError::Unreachable(format!("the input stopped: {e}"))),
         }
