@@ -199,6 +199,69 @@ fn data_service_feeds_stdin_and_refuses_unknown_execs() {
     }
 }
 
+/// Sends one framed payload (4-byte big-endian length, then the bytes).
+fn frame(stream: &mut TcpStream, payload: &[u8]) {
+    stream
+        .write_all(&u32::try_from(payload.len()).unwrap().to_be_bytes())
+        .unwrap();
+    stream.write_all(payload).unwrap();
+}
+
+#[test]
+fn a_write_is_atomic_and_a_cut_upload_changes_nothing() {
+    let (_h, proxy) = start_proxy();
+    let dir = std::env::temp_dir().join(format!("aegis-ingress-write-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("file");
+    std::fs::write(&target, "before").unwrap();
+    let request = serde_json::json!({"op": "write", "path": target, "mode": 0o600});
+    let start = |request: &serde_json::Value| {
+        let (mut stream, status) = open(proxy, 0);
+        assert_eq!(status, IngressStatus::Connected);
+        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+        assert_eq!(data_reply(&mut stream)["ok"], true);
+        stream
+    };
+
+    // Cut before the end frame: the old content stays, and no temporary file is left.
+    let mut cut = start(&request);
+    frame(&mut cut, b"half of the new");
+    drop(cut);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "before");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["file"], "a temporary file was left behind");
+
+    // Complete: replaced whole, with the mode asked for, and the reply says so.
+    let mut whole = start(&request);
+    frame(&mut whole, b"after, ");
+    frame(&mut whole, b"in two frames");
+    frame(&mut whole, b"");
+    let last = data_reply(&mut whole);
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(last["bytes"], 20, "{last}");
+    assert_eq!(last["file"]["mode"], 0o600, "{last}");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "after, in two frames"
+    );
+
+    // A directory cannot be written over; the refusal names the kind.
+    let mut refused = {
+        let (mut stream, _) = open(proxy, 0);
+        let request = serde_json::json!({"op": "write", "path": dir});
+        stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+        stream
+    };
+    let reply = data_reply(&mut refused);
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["kind"], "is_dir", "{reply}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn before_the_key_is_set_nothing_is_reached() {
     let (mut h, proxy) = start_proxy_without_key();
