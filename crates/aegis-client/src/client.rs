@@ -400,6 +400,19 @@ impl Client {
         Ok(NdjsonStream::new(exchange))
     }
 
+    /// `POST /v1/instances/{id-or-handle}/timeout`: a new lifetime from now, or none.
+    ///
+    /// # Errors
+    /// 400 for a lifetime out of range, 404 for an unknown instance; see [`ClientError`].
+    pub async fn set_timeout(
+        &self,
+        id_or_handle: &str,
+        body: &aegis_proto::api::SetTimeout,
+    ) -> Result<Instance, ClientError> {
+        let path = instance_route(id_or_handle, "/timeout");
+        self.json(Method::POST, path, Some(encode(body))).await
+    }
+
     /// `POST /v1/instances/{id-or-handle}/expose`: exposes a guest port through the router.
     ///
     /// # Errors

@@ -119,6 +119,13 @@ pub struct CreateInstance {
     /// `on` or `off`. The daemon's default (`AEGIS_SNAPSHOT`, on unless set to off) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Lifetime in seconds from now (at least 1): when it runs out the instance is deleted, or
+    /// stopped with `on_timeout: "stop"`. Paused and stopped time counts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// What happens when the lifetime runs out (`delete` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
 }
 
 /// An idle timeout as given: a number of seconds or a string (`"90s"`, `"5m"`, `"never"`).
@@ -257,6 +264,12 @@ pub struct Instance {
     /// Its kit's instance daemons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub daemons: Vec<DaemonStatus>,
+    /// When the instance's lifetime runs out (RFC 3339), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// What happens then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
 }
 
 /// An instance's workspace.
@@ -388,6 +401,28 @@ pub struct ExecInfo {
     /// Whether its stdin is a pipe that `POST .../stdin` feeds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+}
+
+/// What happens to an instance whose lifetime runs out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// Deleted, with its disk and logs.
+    #[default]
+    Delete,
+    /// Stopped (without a snapshot); its lifetime is then over, and it can be started again.
+    Stop,
+}
+
+/// `POST /v1/instances/{id}/timeout`: a new lifetime, counted from now, or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTimeout {
+    /// Seconds from now (at least 1); `null` removes the lifetime.
+    pub timeout_secs: Option<u64>,
+    /// What happens when it runs out; unchanged (or `delete`) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
 }
 
 /// A file in an instance, as `/files` answers it.

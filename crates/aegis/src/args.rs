@@ -7,7 +7,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use aegis_proto::api::{
-    validate_handle, CreateInstance, ExposeRequest, IdleTimeout, InstanceStatus,
+    validate_handle, CreateInstance, ExposeRequest, IdleTimeout, InstanceStatus, OnTimeout,
 };
 
 /// The options of `aegis run` and `aegis instance start` that describe a new instance.
@@ -69,6 +69,24 @@ pub struct InstanceOptions {
     /// what is written takes room) [default: 8G]
     #[arg(long, value_name = "SIZE", value_parser = parse_size_mib, conflicts_with = "workspace")]
     pub workspace_size: Option<u64>,
+    /// Lifetime (`30m`, `2h`, seconds): when it runs out the instance is deleted (or stopped,
+    /// with --on-timeout stop). Wall-clock time: paused and stopped time count too
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<u64>,
+    /// What happens when the lifetime runs out
+    #[arg(long, value_name = "delete|stop", value_parser = parse_on_timeout, requires = "timeout")]
+    pub on_timeout: Option<OnTimeout>,
+}
+
+/// `delete` or `stop`.
+pub fn parse_on_timeout(s: &str) -> Result<OnTimeout, String> {
+    match s {
+        "delete" => Ok(OnTimeout::Delete),
+        "stop" => Ok(OnTimeout::Stop),
+        other => Err(format!(
+            "invalid --on-timeout {other:?}: use delete or stop"
+        )),
+    }
 }
 
 impl InstanceOptions {
@@ -95,6 +113,8 @@ impl InstanceOptions {
             secrets: self.secrets,
             workspace: self.workspace,
             workspace_size_mb: self.workspace_size,
+            timeout_secs: self.timeout,
+            on_timeout: self.on_timeout,
         }
     }
 }

@@ -261,3 +261,75 @@ fn background_processes(d: &Daemon) {
     assert!(unknown.stderr.contains("has no exec"), "{unknown}");
     assert!(unknown.stderr.contains("aegis process list p"), "{unknown}");
 }
+
+/// Polls `check` every half second for up to a minute (a TCG guest stops in a few seconds).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn lifetimes_stop_or_delete_instances() {
+    let d = Daemon::start().use_cli(env!("CARGO_BIN_EXE_aegis"));
+    let port = aegis_testkit::free_port();
+    d.aegis([
+        "instance",
+        "start",
+        "--name",
+        "t",
+        "--expose",
+        &format!("{port}:80"),
+        "--timeout",
+        "1h",
+        "--on-timeout",
+        "stop",
+        "--",
+        "sleep",
+        "infinity",
+    ])
+    .expect_success();
+    let info = |d: &Daemon| d.api("GET", "/v1/instances/t", None);
+    let view = serde_json::from_str::<serde_json::Value>(&info(&d).body).unwrap();
+    assert_eq!(view["on_timeout"], "stop", "{view}");
+    assert!(
+        view["expires_at"].as_str().is_some_and(|t| t.contains('T')),
+        "{view}"
+    );
+    let shown = d.aegis(["instance", "info", "t"]);
+    assert!(shown.stdout.contains("then stopped"), "{shown}");
+
+    // A new, short lifetime from now; it keeps stop, and stopping ends the lifetime.
+    let set = d.aegis(["instance", "timeout", "t", "2s"]);
+    set.expect_success();
+    assert!(set.stdout.contains("stopped at"), "{set}");
+    eventually("the instance stops at the end of its lifetime", || {
+        let view = serde_json::from_str::<serde_json::Value>(&info(&d).body).unwrap();
+        view["state"] == "stopped" && view["expires_at"].is_null()
+    });
+    let logs = d.aegis(["logs", "t"]);
+    assert!(logs.stdout.contains("lifetime ran out: stopping"), "{logs}");
+
+    // Removed, then given again with the default outcome: deleted, its public port released.
+    let none = d.aegis(["instance", "timeout", "t", "none"]);
+    assert!(none.stdout.contains("no lifetime"), "{none}");
+    let bad = d.api(
+        "POST",
+        "/v1/instances/t/timeout",
+        Some(r#"{"timeout_secs": 0}"#),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    d.aegis(["instance", "timeout", "t", "--on-timeout", "delete", "2s"])
+        .expect_success();
+    eventually("the instance is deleted at the end of its lifetime", || {
+        info(&d).status == 404
+    });
+    eventually("its public port is released", || {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    });
+}

@@ -1,6 +1,9 @@
 //! `/v1/instances`: create, list, info, delete, lifecycle actions.
 
-use aegis_proto::api::{CreateInstance, Endpoint, ExposeRequest, Instance, InstanceStatus};
+use crate::lifecycle::spec::Lifetime;
+use aegis_proto::api::{
+    CreateInstance, Endpoint, ExposeRequest, Instance, InstanceStatus, SetTimeout,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -109,6 +112,33 @@ pub async fn action(
             )))
         }
     };
+    Ok(Json(with_daemons(&state, view)))
+}
+
+/// `POST /v1/instances/{id}/timeout`: a new lifetime counted from now (the old one is
+/// replaced), or none. `on_timeout` defaults to what the instance had, else `delete`.
+pub async fn set_timeout(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<SetTimeout>,
+) -> Result<Json<Instance>, ApiError> {
+    let handle = find(&state, &id)?;
+    let lifetime = match req.timeout_secs {
+        None => None,
+        Some(secs) => {
+            let on_timeout = req
+                .on_timeout
+                .or(handle.view().on_timeout)
+                .unwrap_or_default();
+            Some(
+                Lifetime::from_now(secs, on_timeout)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            )
+        }
+    };
+    let view = handle
+        .request(|reply| Command::SetLifetime { lifetime, reply })
+        .await?;
     Ok(Json(with_daemons(&state, view)))
 }
 

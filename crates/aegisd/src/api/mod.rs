@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
             post(processes::stdin),
         )
         .route("/v1/instances/:id/expose", post(instances::expose))
+        .route("/v1/instances/:id/timeout", post(instances::set_timeout))
         .route(
             "/v1/instances/:id/expose/:guest_port",
             axum::routing::delete(instances::unexpose),

@@ -90,6 +90,13 @@ pub enum Command {
         /// Answered once recorded.
         reply: Reply<Instance>,
     },
+    /// Replace the instance's lifetime (already validated); `None` removes it.
+    SetLifetime {
+        /// The new lifetime.
+        lifetime: Option<super::spec::Lifetime>,
+        /// Answered once recorded.
+        reply: Reply<Instance>,
+    },
     /// Add an exposed port (its public port already bound by the router).
     Expose {
         /// The port.

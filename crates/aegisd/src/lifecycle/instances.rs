@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use aegis_proto::api::Instance;
+use aegis_proto::api::{Instance, OnTimeout};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -278,6 +278,13 @@ impl Instances {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         actors.spawn(actor.run(recover));
+        {
+            let instances = self.me.clone();
+            let doomed = handle.clone();
+            actors.spawn(super::lifetime::watch(handle.watch(), move |on_timeout| {
+                expire(instances.clone(), doomed.clone(), on_timeout)
+            }));
+        }
         if auto_remove {
             let instances = self.me.clone();
             let doomed = handle.clone();
@@ -405,6 +412,39 @@ impl Instances {
 
 /// Deletes an auto-remove instance that stayed stopped (see [`super::auto_remove`]), unless it
 /// is already gone or the daemon is.
+/// Ends an instance whose lifetime ran out: deletes it, or stops it and removes its lifetime.
+async fn expire(instances: Weak<Instances>, handle: InstanceHandle, on_timeout: OnTimeout) {
+    let Some(instances) = instances.upgrade() else {
+        return;
+    };
+    match on_timeout {
+        OnTimeout::Delete => {
+            tracing::info!(instance = %handle.id, "lifetime ran out: deleting the instance");
+            if let Err(e) = instances.delete(&handle).await {
+                tracing::warn!(instance = %handle.id, error = %e, "cannot delete an expired instance");
+            }
+        }
+        OnTimeout::Stop => {
+            handle.log.system("lifetime ran out: stopping".to_owned());
+            let stopped = handle
+                .request(|reply| Command::Stop {
+                    mode: super::command::StopMode::Graceful,
+                    reply,
+                })
+                .await;
+            if let Err(e) = stopped {
+                tracing::warn!(instance = %handle.id, error = %e, "cannot stop an expired instance");
+            }
+            let _ = handle
+                .request(|reply| Command::SetLifetime {
+                    lifetime: None,
+                    reply,
+                })
+                .await;
+        }
+    }
+}
+
 async fn remove_stopped(instances: Weak<Instances>, handle: InstanceHandle) {
     let Some(instances) = instances.upgrade() else {
         return;

@@ -13,6 +13,7 @@ pub mod data;
 pub mod exec;
 pub mod idle;
 pub mod instances;
+pub mod lifetime;
 pub mod output;
 pub mod processes;
 pub mod snapshot;

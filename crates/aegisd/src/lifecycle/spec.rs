@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use aegis_proto::api::CreateInstance;
+use aegis_proto::api::{CreateInstance, OnTimeout};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
@@ -66,10 +66,42 @@ pub struct InstanceSpec {
     /// Whether a stop by request or idleness saves a snapshot that the next wake restores.
     #[serde(default = "default_snapshot")]
     pub snapshot: bool,
+    /// When the instance's lifetime runs out, and what happens then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<Lifetime>,
 }
 
 /// Application data kept with an instance, by key.
 pub type AppData = BTreeMap<String, serde_json::Value>;
+
+/// An instance's lifetime (see `lifecycle::lifetime`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifetime {
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Delete or stop.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+impl Lifetime {
+    /// A lifetime of `secs` from now.
+    ///
+    /// # Errors
+    /// [`SpecError::Timeout`] for 0 or a time past what can be written.
+    pub fn from_now(secs: u64, on_timeout: OnTimeout) -> Result<Lifetime, SpecError> {
+        let expires = i64::try_from(secs)
+            .ok()
+            .filter(|s| *s >= 1)
+            .and_then(|s| time::OffsetDateTime::now_utc().checked_add(time::Duration::seconds(s)))
+            .filter(|t| t.year() <= 9999)
+            .ok_or(SpecError::Timeout(secs))?;
+        Ok(Lifetime {
+            expires_at: crate::logs::format_ts(expires),
+            on_timeout,
+        })
+    }
+}
 
 /// Default idle pause: a minute without activity.
 pub const DEFAULT_IDLE_PAUSE_SECS: u64 = 60;
@@ -184,6 +216,9 @@ impl ExposeSpec {
 /// A request that does not describe a valid instance.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// A lifetime of 0 or beyond the year 9999.
+    #[error("timeout_secs {0} is out of range: at least 1 second, and within the year 9999")]
+    Timeout(u64),
     /// Bad handle.
     #[error(transparent)]
     Handle(NameError),
@@ -335,7 +370,12 @@ impl InstanceSpec {
             None => default_snapshot(),
             Some(s) => parse_on_off(s)?,
         };
+        let lifetime = req
+            .timeout_secs
+            .map(|secs| Lifetime::from_now(secs, req.on_timeout.unwrap_or_default()))
+            .transpose()?;
         Ok(InstanceSpec {
+            lifetime,
             snapshot,
             exposes,
             idle_pause_secs: idle(&req.idle_pause, DEFAULT_IDLE_PAUSE_SECS)?,

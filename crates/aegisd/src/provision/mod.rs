@@ -170,6 +170,15 @@ impl Provisioner {
     }
 
     fn serve(&self, handle: &InstanceHandle, listener: TcpListener, e: &ExposeSpec) {
+        // An instance deleted by the lifecycle itself (auto-remove, an expired lifetime) gives
+        // its public ports back too: its actor's end closes the view channel.
+        let mut views = handle.watch();
+        let router = Arc::clone(&self.router);
+        let id = handle.id.to_string();
+        tokio::spawn(async move {
+            while views.changed().await.is_ok() {}
+            router.unbind_instance(&id);
+        });
         self.router.serve(
             listener,
             RouteTarget {
@@ -222,6 +231,16 @@ impl Provisioner {
                     });
                 }
                 self.add_secrets(&existing, &view, &req.secrets).await?;
+                if let Some(secs) = req.timeout_secs {
+                    // A lifetime given at this start counts from now.
+                    let on_timeout = req.on_timeout.or(view.on_timeout).unwrap_or_default();
+                    let lifetime = Some(crate::lifecycle::spec::Lifetime::from_now(
+                        secs, on_timeout,
+                    )?);
+                    existing
+                        .request(|reply| Command::SetLifetime { lifetime, reply })
+                        .await?;
+                }
                 let view = existing.request(|reply| Command::Start { reply }).await?;
                 return Ok((view, false));
             }

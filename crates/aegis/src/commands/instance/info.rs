@@ -62,6 +62,16 @@ fn render(i: &Instance, now: OffsetDateTime) -> String {
         ("last active", i.last_active_at.as_deref().map(when)),
         ("stopped", i.stopped_at.as_deref().map(when)),
         ("exit code", i.exit_code.map(|c| c.to_string())),
+        (
+            "expires",
+            i.expires_at.as_deref().map(|at| {
+                let what = match i.on_timeout.unwrap_or_default() {
+                    aegis_proto::api::OnTimeout::Delete => "deleted",
+                    aegis_proto::api::OnTimeout::Stop => "stopped",
+                };
+                format!("{at}, then {what}")
+            }),
+        ),
         ("reason", i.reason.clone()),
         (
             "env",

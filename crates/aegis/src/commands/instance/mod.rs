@@ -8,6 +8,7 @@ pub mod info;
 pub mod list;
 pub mod secrets;
 pub mod start;
+pub mod timeout;
 
 use aegis_client::InstanceAction;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Unexpose(expose::UnexposeArgs),
     /// Choose the secrets injected at the instance's next boot (KEY..., '*' for all, or --none)
     Secrets(secrets::Args),
+    /// Give an instance a new lifetime counted from now (`30m`), or none
+    Timeout(timeout::Args),
     /// Stop an instance and remove it with its disk and logs
     #[command(visible_alias = "rm")]
     Delete(delete::Args),
@@ -57,6 +60,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Pause(args) => action::run(args, InstanceAction::Pause, ctx).await,
         Command::Resume(args) => action::run(args, InstanceAction::Resume, ctx).await,
         Command::Delete(args) => delete::run(args, ctx).await,
+        Command::Timeout(args) => timeout::run(args, ctx).await,
         Command::Secrets(args) => secrets::run(args, ctx).await,
         Command::Expose(args) => expose::expose(args, ctx).await,
         Command::Unexpose(args) => expose::unexpose(args, ctx).await,

@@ -1,10 +1,11 @@
-//! Changes to an instance's configuration while it exists: its secrets and exposed ports.
+//! Changes to an instance's configuration while it exists: its secrets, lifetime and exposed
+//! ports.
 
-use aegis_proto::api::Instance;
+use aegis_proto::api::{Instance, OnTimeout};
 
 use super::{Actor, State};
 use crate::lifecycle::command::LifecycleError;
-use crate::lifecycle::spec::ExposeSpec;
+use crate::lifecycle::spec::{ExposeSpec, Lifetime};
 
 impl Actor {
     /// Records a new set of secret names; it applies from the next boot on.
@@ -31,6 +32,30 @@ impl Actor {
             }
         };
         self.log.system(format!("secrets set to {shown}: {when}"));
+        Ok(self.view())
+    }
+
+    /// Records a new lifetime (or none); the lifetime watch applies it.
+    pub(super) async fn set_lifetime(
+        &mut self,
+        lifetime: Option<Lifetime>,
+    ) -> Result<Instance, LifecycleError> {
+        if self.spec.lifetime == lifetime {
+            return Ok(self.view());
+        }
+        match &lifetime {
+            Some(l) => self.log.system(format!(
+                "lifetime set: {} at {}",
+                match l.on_timeout {
+                    OnTimeout::Delete => "deleted",
+                    OnTimeout::Stop => "stopped",
+                },
+                l.expires_at
+            )),
+            None => self.log.system("lifetime removed".to_owned()),
+        }
+        self.spec.lifetime = lifetime;
+        self.persist_spec().await?;
         Ok(self.view())
     }
 

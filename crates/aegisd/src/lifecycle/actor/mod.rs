@@ -253,6 +253,7 @@ impl Actor {
                 | Command::Exec { .. }
                 | Command::Touch
                 | Command::SetSecrets { .. }
+                | Command::SetLifetime { .. }
                 | Command::Expose { .. }
                 | Command::Unexpose { .. }
                 | Command::Heartbeat { .. }
@@ -305,6 +306,10 @@ impl Actor {
             }
             Command::SetSecrets { secrets, reply } => {
                 let r = self.set_secrets(secrets).await;
+                let _ = reply.send(r);
+            }
+            Command::SetLifetime { lifetime, reply } => {
+                let r = self.set_lifetime(lifetime).await;
                 let _ = reply.send(r);
             }
             Command::Expose { expose, reply } => {

@@ -94,6 +94,8 @@ pub fn render(
         saved_snapshot: saved,
         egress_hints: Vec::new(),
         daemons: Vec::new(),
+        expires_at: spec.lifetime.as_ref().map(|l| l.expires_at.clone()),
+        on_timeout: spec.lifetime.as_ref().map(|l| l.on_timeout),
     };
     ctx.policy.present(&spec.app, &mut view);
     view
