@@ -31,5 +31,19 @@ pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
 pub use tools::{provider, tool, venv_dir};
 pub use wait::{try_wait_until, wait_until};
 
+/// `len` bytes of a xorshift sequence from `seed`: data that reveals lost, repeated or
+/// reordered blocks (not only a wrong length) and that no layer compresses away.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[3]
+        })
+        .collect()
+}
+
 /// Signals for [`Background::signal`].
 pub use nix::sys::signal::Signal;

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use aegis_testkit::{Daemon, Output};
+use aegis_testkit::{pseudo_random_bytes, Daemon, Output};
 use sha2::{Digest, Sha256};
 
 const CALL: Duration = Duration::from_secs(240);
@@ -60,14 +60,7 @@ fn files_move_in_and_out_of_an_instance() {
     );
 
     // 10 MiB of binary data in and back out, unchanged.
-    let mut big = vec![0u8; 10 * 1024 * 1024 + 3];
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for b in &mut big {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x.to_le_bytes()[5];
-    }
+    let big = pseudo_random_bytes(10 * 1024 * 1024 + 3, 0x2545_F491_4F6C_DD1D);
     let digest = hex::encode(Sha256::digest(&big));
     std::fs::write(local.join("big.bin"), &big).unwrap();
     cp(&d, &at("big.bin"), "f:/tmp/big.bin").expect_success();

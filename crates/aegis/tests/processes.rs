@@ -8,13 +8,15 @@
 use std::io::Write;
 use std::time::Duration;
 
-use aegis_testkit::{Daemon, Output};
+use aegis_testkit::{pseudo_random_bytes, wait_until, Daemon, Output};
 use sha2::{Digest, Sha256};
 
 /// One CLI call that moves a large input through a TCG guest, with room to spare.
 const CALL: Duration = Duration::from_secs(240);
 /// Bytes of the binary input: many times any buffer on the way (socket, pipe, chunk).
 const BIG: usize = 24 * 1024 * 1024;
+/// Room for a TCG guest to stop or be deleted.
+const MINUTE: Duration = Duration::from_secs(60);
 
 fn input_file(d: &Daemon, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = d.home().join(name);
@@ -55,14 +57,7 @@ fn stdin_and_timeouts_of_execs() {
     assert_eq!(out.stdout.trim(), "2", "{out}");
 
     // A large binary input arrives whole and unchanged.
-    let mut big = vec![0u8; BIG];
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for b in &mut big {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x.to_le_bytes()[3];
-    }
+    let big = pseudo_random_bytes(BIG, 0x9E37_79B9_7F4A_7C15);
     let expected = hex::encode(Sha256::digest(&big));
     let big_path = input_file(&d, "big", &big);
     drop(big);
@@ -262,18 +257,6 @@ fn background_processes(d: &Daemon) {
     assert!(unknown.stderr.contains("aegis process list p"), "{unknown}");
 }
 
-/// Polls `check` every half second for up to a minute (a TCG guest stops in a few seconds).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn lifetimes_stop_or_delete_instances() {
     let d = Daemon::start().use_cli(env!("CARGO_BIN_EXE_aegis"));
@@ -308,10 +291,18 @@ fn lifetimes_stop_or_delete_instances() {
     let set = d.aegis(["instance", "timeout", "t", "2s"]);
     set.expect_success();
     assert!(set.stdout.contains("stopped at"), "{set}");
-    eventually("the instance stops at the end of its lifetime", || {
-        let view = serde_json::from_str::<serde_json::Value>(&info(&d).body).unwrap();
-        view["state"] == "stopped" && view["expires_at"].is_null()
-    });
+    wait_until(
+        MINUTE,
+        "the instance stops at the end of its lifetime",
+        || {
+            let view = serde_json::from_str::<serde_json::Value>(&info(&d).body).unwrap();
+            if view["state"] == "stopped" && view["expires_at"].is_null() {
+                Ok(())
+            } else {
+                Err(view)
+            }
+        },
+    );
     let logs = d.aegis(["logs", "t"]);
     assert!(logs.stdout.contains("lifetime ran out: stopping"), "{logs}");
 
@@ -326,10 +317,19 @@ fn lifetimes_stop_or_delete_instances() {
     assert_eq!(bad.status, 400, "{}", bad.body);
     d.aegis(["instance", "timeout", "t", "--on-timeout", "delete", "2s"])
         .expect_success();
-    eventually("the instance is deleted at the end of its lifetime", || {
-        info(&d).status == 404
-    });
-    eventually("its public port is released", || {
-        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    wait_until(
+        MINUTE,
+        "the instance is deleted at the end of its lifetime",
+        || {
+            let answer = info(&d);
+            if answer.status == 404 {
+                Ok(())
+            } else {
+                Err(answer.body)
+            }
+        },
+    );
+    wait_until(MINUTE, "its public port is released", || {
+        std::net::TcpListener::bind(("127.0.0.1", port)).map(drop)
     });
 }

@@ -59,11 +59,17 @@ use crate::logs::{now_ts, InstanceLog, LineAssembler};
 /// [`EXIT_RESERVE`] are kept for exits: at most 768 output chunks of 32 KiB, 24 MiB.
 pub const NOTIFICATION_BUFFER: usize = 1024;
 const _: () = assert!(NOTIFICATION_BUFFER > 2 * EXIT_RESERVE);
-/// Output entries buffered per exec stream. When an API client reads slower than the guest
-/// writes, further lines are dropped from its live stream (they stay in the instance log).
-pub const EXEC_STREAM_BUFFER: usize = 1024;
-/// Bytes of line text buffered per exec stream, whatever the number of entries.
+/// Output entries an exec stream's channel can hold. The real bound is [`EXEC_STREAM_BYTES`]:
+/// one 32 KiB chunk of short lines is thousands of entries, which a client cannot have read
+/// before the router hands them over, so a count bound this low would drop lines of any fast
+/// command.
+pub const EXEC_STREAM_BUFFER: usize = 64 * 1024;
+/// Memory buffered per exec stream, counting each entry's text and [`ENTRY_COST`]. When an API
+/// client reads slower than the guest writes past this, further lines are dropped from its live
+/// stream (they stay in the instance log).
 pub const EXEC_STREAM_BYTES: usize = 8 * 1024 * 1024;
+/// What an entry costs beyond its text (timestamp, ids, the channel's slot), for the budget.
+const ENTRY_COST: usize = 256;
 
 /// Registers exec streams with a router.
 #[derive(Debug, Clone)]
@@ -84,7 +90,8 @@ impl ExecFeed {
     /// The next record; `None` after the final one.
     pub async fn next(&mut self) -> Option<ExecEvent> {
         if let Some(entry) = self.lines.recv().await {
-            self.buffered.fetch_sub(entry.line.len(), Ordering::Relaxed);
+            self.buffered
+                .fetch_sub(entry.line.len() + ENTRY_COST, Ordering::Relaxed);
             return Some(ExecEvent::Output(entry));
         }
         // The router drops the line sender only after it has set the final record.
@@ -170,7 +177,7 @@ struct ExecStream {
 impl ExecStream {
     /// Hands a line to the client unless its buffer is full (by entries or bytes).
     fn offer(&mut self, entry: LogEntry) -> bool {
-        let bytes = entry.line.len();
+        let bytes = entry.line.len() + ENTRY_COST;
         if self.buffered.load(Ordering::Relaxed) + bytes > EXEC_STREAM_BYTES {
             return false;
         }
