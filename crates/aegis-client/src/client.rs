@@ -385,6 +385,34 @@ impl Client {
         Ok(written.bytes)
     }
 
+    /// `POST /v1/instances/{id-or-handle}/stdin`: streams `input` to the primary process of an
+    /// instance created with `stdin`; its end closes the process's stdin. No client timeout.
+    ///
+    /// # Errors
+    /// 409 when the process takes no input; see [`ClientError`].
+    pub async fn primary_stdin(
+        &self,
+        id_or_handle: &str,
+        input: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> Result<u64, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Written {
+            bytes: u64,
+        }
+        let path = instance_route(id_or_handle, "/stdin");
+        let written: Written = transport::send_upgrading(
+            &self.socket,
+            Method::POST,
+            path,
+            transport::Outgoing::reader(input),
+            None,
+        )
+        .await?
+        .json(MAX_JSON_BODY)
+        .await?;
+        Ok(written.bytes)
+    }
+
     /// `GET /v1/instances/{id-or-handle}/logs`: a stream of [`LogEntry`]s. With
     /// [`LogsQuery::follow`] it ends when the instance reaches `stopped`.
     ///

@@ -65,14 +65,17 @@ async fn feed_stdin(
     mut read: impl AsyncRead + Unpin,
     mut write: OwnedWriteHalf,
     inputs: &Inputs,
-    exec_id: &ExecId,
+    exec_id: &Option<ExecId>,
     keep_open: bool,
 ) {
     let Some(pipe) = inputs.take(exec_id) else {
+        let which = exec_id.as_ref().map_or_else(
+            || "the primary process".to_owned(),
+            |e| format!("exec {:?}", e.0),
+        );
         let why = format!(
-            "exec {:?} takes no input: it was started without stdin, its stdin was closed, \
-             another connection is feeding it, or it has ended",
-            exec_id.0
+            "{which} takes no input: it was started without stdin, its stdin was closed, \
+             another connection is feeding it, or it has ended"
         );
         return refuse(&mut write, why).await;
     };

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use aegis_proto::control::{
     codes, ExecParams, ExitParams, Frame, FrameError, HealthParams, HealthResult, Method,
-    Notification, ProcessSpec, RequestFrame, RequestId, ResponseFrame, SetIngressKeyParams,
-    SetTimeParams, ShutdownParams, SignalParams, SpawnResult, MAX_HOST_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    Notification, ProcessSpec, RequestFrame, RequestId, ResponseFrame, RunParams,
+    SetIngressKeyParams, SetTimeParams, ShutdownParams, SignalParams, SpawnResult,
+    MAX_HOST_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -68,7 +68,7 @@ pub enum Outcome {
 /// A request with decoded parameters.
 #[derive(Debug)]
 enum Request {
-    Run(ProcessSpec),
+    Run(RunParams),
     Exec(ExecParams),
     Signal(SignalParams),
     Health(HealthParams),
@@ -265,7 +265,13 @@ impl Server {
             }
         };
         match request {
-            Request::Run(spec) => self.start(id, Slot::Primary, &spec, StartOptions::default()),
+            Request::Run(params) => {
+                let options = StartOptions {
+                    stdin: params.stdin,
+                    timeout: None,
+                };
+                self.start(id, Slot::Primary, &params.process, options)
+            }
             Request::Exec(params) => {
                 if params.exec_id.0.is_empty() {
                     let message = "invalid params for exec: exec_id must not be empty";
@@ -489,7 +495,7 @@ mod tests {
         ));
         assert!(matches!(
             decode(Method::Run, serde_json::json!({"argv": ["echo", "hi"], "unknown": 1})),
-            Ok(Request::Run(spec)) if spec.argv == ["echo", "hi"]
+            Ok(Request::Run(params)) if params.process.argv == ["echo", "hi"]
         ));
         let err = decode(Method::Run, serde_json::json!({"argv": "echo"})).unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");

@@ -126,6 +126,10 @@ pub struct CreateInstance {
     /// What happens when the lifetime runs out (`delete` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_timeout: Option<OnTimeout>,
+    /// Give the primary process a stdin pipe at each boot, fed by
+    /// `POST /v1/instances/{id}/stdin` (`aegis run -i`); `/dev/null` otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
 }
 
 /// An idle timeout as given: a number of seconds or a string (`"90s"`, `"5m"`, `"never"`).

@@ -40,7 +40,7 @@ pub const JSONRPC: &str = "2.0";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
-    /// Start the primary process ([`ProcessSpec`] → [`SpawnResult`]). At most one at a time.
+    /// Start the primary process ([`RunParams`] → [`SpawnResult`]). At most one at a time.
     Run,
     /// Start an additional process ([`ExecParams`] → [`SpawnResult`]).
     Exec,
@@ -119,6 +119,18 @@ pub struct ProcessSpec {
     /// `/etc/passwd` and `/etc/group`. Root when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+}
+
+/// Parameters of `run`: the primary process, and whether it gets a stdin pipe (fed through the
+/// data service with no exec id; protocol 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunParams {
+    /// What to run.
+    #[serde(flatten)]
+    pub process: ProcessSpec,
+    /// Give the process a stdin pipe; `/dev/null` otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
 }
 
 /// Parameters of `exec`.
@@ -320,8 +332,9 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 pub enum DataRequest {
     /// Feed the stdin of an exec started with `stdin: true`, one connection at a time.
     Stdin {
-        /// The exec.
-        exec_id: ExecId,
+        /// The exec; the primary process when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<ExecId>,
         /// Keep the process's stdin open after this connection's end-of-file, for a later
         /// connection to go on feeding it (a background process given input piece by piece).
         /// By default the end of the connection is the end of the process's input.
@@ -924,7 +937,7 @@ mod tests {
     #[test]
     fn data_requests_and_replies_are_one_json_line_each() {
         let request = DataRequest::Stdin {
-            exec_id: ExecId("exec-1".into()),
+            exec_id: Some(ExecId("exec-1".into())),
             keep_open: false,
         };
         let text = serde_json::to_string(&request).unwrap();

@@ -115,6 +115,7 @@ impl InstanceOptions {
             workspace_size_mb: self.workspace_size,
             timeout_secs: self.timeout,
             on_timeout: self.on_timeout,
+            stdin: false,
         }
     }
 }

@@ -111,6 +111,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let outcome = runtime.block_on(dispatch(cli.command, &ctx));
+    // A read of the terminal for `-i` cannot be cancelled: waiting for it would hang the exit
+    // until the user pressed Enter.
+    runtime.shutdown_background();
     match outcome {
         Ok(exit) => exit.into(),
         // A closed pipe (`aegis logs x | head`) is the reader's choice, not a failure.

@@ -1,6 +1,6 @@
 //! End-to-end tests of what an exec can be given beyond its command line, against a real
 //! `aegisd` and one real VM shared by the assertions: stdin streamed from the CLI (`aegis exec
-//! -i`), text and a large binary input checked by its digest, a process that stops reading
+//! -i`, and `aegis run -i` in a second VM), text and a large binary input checked by its digest, a process that stops reading
 //! early, and the per-call timeout (`--timeout`), after which the guest has killed the process;
 //! then background processes (`aegis exec -d`, `aegis process`): listed, waited for, followed,
 //! fed piece by piece, signalled.
@@ -71,6 +71,15 @@ fn stdin_and_timeouts_of_execs() {
     let out = exec_fed(&d, &big_path, &["wc", "-c"]);
     out.expect_success();
     assert_eq!(out.stdout.trim(), BIG.to_string(), "{out}");
+
+    // `aegis run -i` feeds a new instance's primary process the same way.
+    let out = d.aegis_with_input(["run", "-i", "--", "sha256sum"], &big_path, CALL);
+    out.expect_success();
+    assert_eq!(
+        out.stdout.split_whitespace().next(),
+        Some(expected.as_str()),
+        "the primary process read other bytes than were sent: {out}"
+    );
 
     // A process that reads a little and exits ends the call; the rest of the input is dropped.
     let out = exec_fed(&d, &big_path, &["sh", "-c", "head -c 5 | wc -c; echo done"]);

@@ -280,13 +280,13 @@ impl Processes {
                 limit: MAX_PROCESSES,
             });
         }
-        let stdin = options.stdin && matches!(slot, Slot::Exec(_));
+        let stdin = options.stdin;
         let mut spawned = spawn(spec, stdin, &self.reaper).map_err(|source| StartError::Spawn {
             slot: slot.clone(),
             source,
         })?;
-        if let (Slot::Exec(exec_id), Some(pipe)) = (&slot, spawned.stdin.take()) {
-            self.inputs.insert(exec_id.clone(), pipe);
+        if let Some(pipe) = spawned.stdin.take() {
+            self.inputs.insert(slot.exec_id(), pipe);
         }
         self.running.insert(slot.clone(), spawned.key);
         self.publish_execs();
@@ -304,10 +304,8 @@ impl Processes {
         match self.running.get(&finished.slot) {
             Some(key) if *key == finished.key => {
                 self.running.remove(&finished.slot);
-                if let Slot::Exec(exec_id) = &finished.slot {
-                    // A pipe not being fed: closing it is all that is left to do.
-                    self.inputs.remove(exec_id);
-                }
+                // A pipe not being fed: closing it is all that is left to do.
+                self.inputs.remove(&finished.slot.exec_id());
                 self.publish_execs();
                 true
             }

@@ -1,5 +1,6 @@
 //! `aegis run -- CMD...`: create an instance, print its primary process's output while it runs,
-//! exit with its exit code and delete the instance. Ctrl-C (or SIGTERM) deletes the instance,
+//! exit with its exit code and delete the instance. With `-i` this process's stdin becomes the
+//! command's. Ctrl-C (or SIGTERM) deletes the instance,
 //! which stops its VM, and exits 130. A failed boot prints the instance's system log lines and
 //! deletes it too. The instance is created with `auto_remove`, so that the daemon deletes it
 //! by itself when this process cannot (killed, or the daemon went away and came back).
@@ -41,6 +42,9 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Args {
     #[command(flatten)]
     pub options: InstanceOptions,
+    /// Keep stdin open: stream it to the command (its end closes the command's stdin)
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
     /// The command and its arguments [default with --kit: the kit's command; with --image: the
     /// image's Entrypoint + Cmd]
     #[arg(
@@ -60,6 +64,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
     }
     let request = CreateInstance {
         auto_remove: true,
+        stdin: args.interactive,
         ..args.options.into_request(args.command)
     };
 
@@ -76,6 +81,13 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
     };
     let id = created.instance.id;
+    // Streamed as it is read; the daemon wakes the guest and waits for the command first. What
+    // the command leaves unread when it exits is dropped, as with a pipe.
+    let feeding = args.interactive.then(|| {
+        let client = ctx.client.clone();
+        let id = id.clone();
+        tokio::spawn(async move { client.primary_stdin(&id, tokio::io::stdin()).await })
+    });
 
     let outcome = tokio::select! {
         outcome = follow_until_stopped(ctx, &id) => outcome,
@@ -85,6 +97,9 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
             return Ok(Exit::Interrupted);
         }
     };
+    if let Some(feeding) = feeding {
+        feeding.abort();
+    }
     match outcome {
         Ok(Instance {
             exit_code: Some(code),

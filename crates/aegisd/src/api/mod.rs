@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/instances/:id/expose", post(instances::expose))
         .route("/v1/instances/:id/timeout", post(instances::set_timeout))
+        .route("/v1/instances/:id/stdin", post(processes::primary_stdin))
         .route(
             "/v1/instances/:id/expose/:guest_port",
             axum::routing::delete(instances::unexpose),

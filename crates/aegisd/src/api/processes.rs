@@ -108,7 +108,27 @@ pub async fn stdin(
     }
     let link = wake(&handle).await?;
     let keep_open = !q.close.unwrap_or(true);
-    let sink = StdinSink::connect(&link, &ExecId(exec_id), keep_open).await?;
+    let sink = StdinSink::connect(&link, Some(&ExecId(exec_id)), keep_open).await?;
+    let body = request
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    let bytes = sink.feed(StreamReader::new(body)).await?;
+    Ok(Json(StdinWritten { bytes }))
+}
+
+/// `POST /v1/instances/{id}/stdin?close=true|false`: as `.../execs/{exec_id}/stdin`, for the
+/// primary process of an instance created with `"stdin": true` (`aegis run -i`).
+pub async fn primary_stdin(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StdinQuery>,
+    request: Request,
+) -> Result<Json<StdinWritten>, ApiError> {
+    let handle = find(&state, &id)?;
+    let link = wake(&handle).await?;
+    let keep_open = !q.close.unwrap_or(true);
+    let sink = StdinSink::connect(&link, None, keep_open).await?;
     let body = request
         .into_body()
         .into_data_stream()

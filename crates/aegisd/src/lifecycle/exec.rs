@@ -50,7 +50,8 @@ pub struct StdinSink {
 }
 
 impl StdinSink {
-    /// Connects to the stdin of `exec_id`, started with `stdin: true`. With `keep_open` the
+    /// Connects to the stdin of `exec_id` (the primary process when `None`), started with
+    /// `stdin: true`. With `keep_open` the
     /// process's stdin stays open after this connection's end, for a later one.
     ///
     /// # Errors
@@ -58,11 +59,11 @@ impl StdinSink {
     /// connection feeds it); [`DataError::Unreachable`] when the guest cannot be reached.
     pub async fn connect(
         link: &GuestLink,
-        exec_id: &ExecId,
+        exec_id: Option<&ExecId>,
         keep_open: bool,
     ) -> Result<StdinSink, DataError> {
         let request = DataRequest::Stdin {
-            exec_id: exec_id.clone(),
+            exec_id: exec_id.cloned(),
             keep_open,
         };
         let stream = data::open(link, &request).await?;

@@ -66,6 +66,9 @@ pub struct InstanceSpec {
     /// Whether a stop by request or idleness saves a snapshot that the next wake restores.
     #[serde(default = "default_snapshot")]
     pub snapshot: bool,
+    /// The primary process gets a stdin pipe at each boot, fed by `POST .../stdin`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
     /// When the instance's lifetime runs out, and what happens then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<Lifetime>,
@@ -375,6 +378,7 @@ impl InstanceSpec {
             .map(|secs| Lifetime::from_now(secs, req.on_timeout.unwrap_or_default()))
             .transpose()?;
         Ok(InstanceSpec {
+            stdin: req.stdin,
             lifetime,
             snapshot,
             exposes,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use aegis_image::manifest::ImageConfig;
 use aegis_proto::api::Instance;
-use aegis_proto::control::{Method, ProcessSpec, SpawnResult};
+use aegis_proto::control::{Method, ProcessSpec, RunParams, SpawnResult};
 use tokio_util::sync::CancellationToken;
 
 use super::{Actor, Flow, Live, State};
@@ -277,12 +277,16 @@ impl Actor {
         mut process: ProcessSpec,
     ) -> Result<u32, LifecycleError> {
         live.link.secrets.inject_into(&mut process.env);
+        let mut params = RunParams {
+            process,
+            stdin: self.spec.stdin,
+        };
         let res: Result<SpawnResult, _> = live
             .link
             .control
-            .call(Method::Run, &process, CONTROL_CALL_TIMEOUT)
+            .call(Method::Run, &params, CONTROL_CALL_TIMEOUT)
             .await;
-        scrub_env(&mut process.env);
+        scrub_env(&mut params.process.env);
         let res = res.map_err(|source| LifecycleError::Control {
             id: self.id(),
             source,

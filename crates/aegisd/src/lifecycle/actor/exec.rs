@@ -88,7 +88,7 @@ async fn spawn(
     }
     match spawned {
         Ok(_) if stdin && !spec.detach => {
-            let stdin = match StdinSink::connect(link, &exec_id, false).await {
+            let stdin = match StdinSink::connect(link, Some(&exec_id), false).await {
                 Ok(stdin) => stdin,
                 Err(e) => {
                     // Left running it would wait for input that never comes.
