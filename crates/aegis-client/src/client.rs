@@ -363,26 +363,12 @@ impl Client {
         input: impl tokio::io::AsyncRead + Send + 'static,
         keep_open: bool,
     ) -> Result<u64, ClientError> {
-        #[derive(serde::Deserialize)]
-        struct Written {
-            bytes: u64,
-        }
         let path = exec_route(
             id_or_handle,
             exec_id,
             &format!("/stdin?close={}", !keep_open),
         );
-        let written: Written = transport::send_upgrading(
-            &self.socket,
-            Method::POST,
-            path,
-            transport::Outgoing::reader(input),
-            None,
-        )
-        .await?
-        .json(MAX_JSON_BODY)
-        .await?;
-        Ok(written.bytes)
+        self.feed(path, input).await
     }
 
     /// `POST /v1/instances/{id-or-handle}/stdin`: streams `input` to the primary process of an
@@ -395,21 +381,21 @@ impl Client {
         id_or_handle: &str,
         input: impl tokio::io::AsyncRead + Send + 'static,
     ) -> Result<u64, ClientError> {
+        self.feed(instance_route(id_or_handle, "/stdin"), input)
+            .await
+    }
+
+    /// Streams `input` as the body of a stdin route; returns the bytes the process was given.
+    async fn feed(
+        &self,
+        path: String,
+        input: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> Result<u64, ClientError> {
         #[derive(serde::Deserialize)]
         struct Written {
             bytes: u64,
         }
-        let path = instance_route(id_or_handle, "/stdin");
-        let written: Written = transport::send_upgrading(
-            &self.socket,
-            Method::POST,
-            path,
-            transport::Outgoing::reader(input),
-            None,
-        )
-        .await?
-        .json(MAX_JSON_BODY)
-        .await?;
+        let written: Written = self.upload(Method::POST, path, input).await?;
         Ok(written.bytes)
     }
 

@@ -216,7 +216,9 @@ impl Client {
         })
     }
 
-    async fn upload<T: serde::de::DeserializeOwned>(
+    /// Sends `content` streamed as the request body (no client timeout: it may be long) and
+    /// decodes the JSON answer.
+    pub(crate) async fn upload<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         route: String,

@@ -106,15 +106,7 @@ pub async fn stdin(
             "exec {exec_id} was started without stdin (start it with \"stdin\": true)"
         )));
     }
-    let link = wake(&handle).await?;
-    let keep_open = !q.close.unwrap_or(true);
-    let sink = StdinSink::connect(&link, Some(&ExecId(exec_id)), keep_open).await?;
-    let body = request
-        .into_body()
-        .into_data_stream()
-        .map_err(std::io::Error::other);
-    let bytes = sink.feed(StreamReader::new(body)).await?;
-    Ok(Json(StdinWritten { bytes }))
+    feed(&handle, Some(&ExecId(exec_id)), &q, request).await
 }
 
 /// `POST /v1/instances/{id}/stdin?close=true|false`: as `.../execs/{exec_id}/stdin`, for the
@@ -125,10 +117,20 @@ pub async fn primary_stdin(
     ApiQuery(q): ApiQuery<StdinQuery>,
     request: Request,
 ) -> Result<Json<StdinWritten>, ApiError> {
-    let handle = find(&state, &id)?;
-    let link = wake(&handle).await?;
+    feed(&find(&state, &id)?, None, &q, request).await
+}
+
+/// Wakes the instance and streams the request's body to the stdin of `exec_id` (the primary
+/// process when `None`).
+async fn feed(
+    handle: &InstanceHandle,
+    exec_id: Option<&ExecId>,
+    q: &StdinQuery,
+    request: Request,
+) -> Result<Json<StdinWritten>, ApiError> {
+    let link = wake(handle).await?;
     let keep_open = !q.close.unwrap_or(true);
-    let sink = StdinSink::connect(&link, None, keep_open).await?;
+    let sink = StdinSink::connect(&link, exec_id, keep_open).await?;
     let body = request
         .into_body()
         .into_data_stream()
