@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use aegis_proto::api::{
     CreateInstance, Deleted, ExecEvent, ExecInfo, ExecRequest, Instance, InstanceStatus, LogEntry,
-    Status, API_PREFIX, EXEC_UPGRADE_PROTOCOL,
+    Status, TerminalSize, API_PREFIX, EXEC_ID_HEADER, EXEC_UPGRADE_PROTOCOL,
 };
 
 use crate::error::ClientError;
@@ -242,6 +242,76 @@ impl Client {
             stdin: true,
             ..body.clone()
         };
+        let upgraded = self
+            .upgrade(path, transport::Outgoing::Json(encode(&body)))
+            .await?;
+        let (read, write) = tokio::io::split(upgraded.io);
+        Ok((
+            NdjsonStream::upgraded(upgraded.method, upgraded.path, read, upgraded.conn),
+            ExecInput(write),
+        ))
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/exec` with `tty`, upgrading the connection: the
+    /// process runs on a terminal whose raw bytes the returned [`TerminalStream`] carries both
+    /// ways. It ends (reads end-of-file) once the process has ended; [`Client::wait_exec`] then
+    /// says how. Resize with [`Client::resize_terminal`].
+    ///
+    /// # Errors
+    /// As [`Client::exec`]; and when the daemon does not upgrade the connection.
+    pub async fn exec_terminal(
+        &self,
+        id_or_handle: &str,
+        body: &ExecRequest,
+    ) -> Result<TerminalStream, ClientError> {
+        let path = instance_route(id_or_handle, "/exec");
+        let body = ExecRequest {
+            tty: Some(body.tty.unwrap_or_default()),
+            detach: false,
+            ..body.clone()
+        };
+        self.upgrade(path, transport::Outgoing::Json(encode(&body)))
+            .await
+            .map(TerminalStream::from)
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/execs/{exec_id}/terminal`: attaches to the terminal of
+    /// a running exec started with `tty`, as [`Client::exec_terminal`] gives it.
+    ///
+    /// # Errors
+    /// 409 when it has no terminal or has ended; see [`ClientError`].
+    pub async fn attach_terminal(
+        &self,
+        id_or_handle: &str,
+        exec_id: &str,
+    ) -> Result<TerminalStream, ClientError> {
+        let path = exec_route(id_or_handle, exec_id, "/terminal");
+        self.upgrade(path, transport::Outgoing::Empty)
+            .await
+            .map(TerminalStream::from)
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/execs/{exec_id}/resize`.
+    ///
+    /// # Errors
+    /// 400 for a size out of range, 409 when it has no terminal or has ended; see
+    /// [`ClientError`].
+    pub async fn resize_terminal(
+        &self,
+        id_or_handle: &str,
+        exec_id: &str,
+        size: TerminalSize,
+    ) -> Result<ExecInfo, ClientError> {
+        let path = exec_route(id_or_handle, exec_id, "/resize");
+        self.json(Method::POST, path, Some(encode(&size))).await
+    }
+
+    /// A POST that upgrades its connection to [`EXEC_UPGRADE_PROTOCOL`].
+    async fn upgrade(
+        &self,
+        path: String,
+        body: transport::Outgoing,
+    ) -> Result<Upgraded, ClientError> {
         let exchange = self
             .within(
                 &Method::POST,
@@ -250,7 +320,7 @@ impl Client {
                     &self.socket,
                     Method::POST,
                     path.clone(),
-                    transport::Outgoing::Json(encode(&body)),
+                    body,
                     Some(EXEC_UPGRADE_PROTOCOL),
                 ),
             )
@@ -261,6 +331,11 @@ impl Client {
             response,
             conn,
         } = exchange;
+        let exec_id = response
+            .headers()
+            .get(EXEC_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let upgraded =
             hyper::upgrade::on(response)
                 .await
@@ -269,11 +344,13 @@ impl Client {
                     path: path.clone(),
                     source,
                 })?;
-        let (read, write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
-        Ok((
-            NdjsonStream::upgraded(method, path, read, conn),
-            ExecInput(write),
-        ))
+        Ok(Upgraded {
+            method,
+            path,
+            exec_id,
+            io: hyper_util::rt::TokioIo::new(upgraded),
+            conn,
+        })
     }
 
     /// `POST /v1/instances/{id-or-handle}/exec` with `"detach": true`: starts the process in
@@ -595,6 +672,69 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_not_running(), "{err:?}");
+    }
+}
+
+/// An upgraded connection, and what the response said.
+struct Upgraded {
+    method: Method,
+    path: String,
+    exec_id: Option<String>,
+    io: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    conn: transport::ConnGuard,
+}
+
+/// A connection to an exec's terminal ([`Client::exec_terminal`], [`Client::attach_terminal`]):
+/// read the terminal's output from it, write its input to it.
+#[derive(Debug)]
+pub struct TerminalStream {
+    /// The exec whose terminal this is (the daemon names it when it starts the process).
+    pub exec_id: Option<String>,
+    io: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    _conn: transport::ConnGuard,
+}
+
+impl From<Upgraded> for TerminalStream {
+    fn from(upgraded: Upgraded) -> TerminalStream {
+        TerminalStream {
+            exec_id: upgraded.exec_id,
+            io: upgraded.io,
+            _conn: upgraded.conn,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for TerminalStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TerminalStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

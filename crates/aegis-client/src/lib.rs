@@ -17,7 +17,9 @@ mod secrets;
 mod transport;
 mod workspaces;
 
-pub use client::{Client, Created, ExecInput, InstanceAction, LogsQuery, DEFAULT_TIMEOUT};
+pub use client::{
+    Client, Created, ExecInput, InstanceAction, LogsQuery, TerminalStream, DEFAULT_TIMEOUT,
+};
 pub use error::ClientError;
 pub use files::{Download, WriteOptions};
 pub use hyper::StatusCode;

@@ -1,5 +1,6 @@
 //! Low-level descriptor helpers shared by the channel and the output pumps: the non-blocking
-//! switch, a hang-up probe, and [`AsyncPipe`], a process pipe read through the tokio reactor.
+//! switch, a hang-up probe, and [`AsyncPipe`], a process pipe (or a terminal's master side)
+//! read and written through the tokio reactor.
 //!
 //! Only pipes go through the reactor. Tokio treats `EPOLLHUP` as final (it never clears
 //! "read closed"), which is right for a pipe whose writers are gone but wrong for a
@@ -46,7 +47,8 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
 }
 
-/// The read end of a process's stdout or stderr pipe, registered with the reactor.
+/// The read end of a process's stdout or stderr pipe, or the master side of its terminal,
+/// registered with the reactor.
 #[derive(Debug)]
 pub struct AsyncPipe(AsyncFd<OwnedFd>);
 
@@ -78,5 +80,21 @@ impl AsyncPipe {
                 Err(_would_block) => continue,
             }
         }
+    }
+
+    /// Writes all of `data`, waiting while the descriptor is full.
+    ///
+    /// # Errors
+    /// The write(2) or reactor error.
+    pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.0.writable().await?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
+            {
+                Ok(written) => data = &data[written?..],
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The data service: bulk bytes between host and guest over an ingress connection whose header
 //! names [`DATA_SERVICE_PORT`] (the protocol is documented there): it feeds the stdin of execs
-//! started with `stdin: true`, and serves file operations (`files`). TCP carries the bytes, so
+//! started with `stdin: true`, attaches to the terminals of execs started with `tty`, and serves
+//! file operations (`files`). TCP carries the bytes, so
 //! a process that reads slowly slows the host's sender down instead of filling memory here,
 //! and the control channel never waits behind a large transfer.
 
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::console;
 use crate::process::input::Inputs;
+use crate::process::terminal;
 
 /// How long the host has to send its request line after the header.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +32,16 @@ pub async fn serve(stream: TcpStream, inputs: Inputs) {
         DataRequest::Stdin { exec_id, keep_open } => {
             feed_stdin(read, write, &inputs, &exec_id, keep_open).await;
         }
+        DataRequest::Terminal { exec_id } => match terminal::attach(&inputs, &exec_id) {
+            Ok(attachment) => {
+                if reply(&mut write, &accepted()).await.is_ok() {
+                    if let Err(e) = attachment.pump(read, write).await {
+                        console::line(format_args!("data service: terminal: {e}"));
+                    }
+                }
+            }
+            Err(why) => refuse(&mut write, why).await,
+        },
         files => {
             let leftover = read.buffer().to_vec();
             let stream = match read.into_inner().reunite(write).map(TcpStream::into_std) {

@@ -69,7 +69,9 @@ pub fn serve(request: DataRequest, mut stream: TcpStream, leftover: Vec<u8>) {
     let _ = stream.set_read_timeout(Some(IDLE_LIMIT));
     let _ = stream.set_write_timeout(Some(IDLE_LIMIT));
     let outcome = match request {
-        DataRequest::Stdin { .. } => Err(invalid("stdin is not a file operation".to_owned())),
+        DataRequest::Stdin { .. } | DataRequest::Terminal { .. } => {
+            Err(invalid("not a file operation".to_owned()))
+        }
         DataRequest::Stat { path } => absolute(&path)
             .and_then(|p| entry(&p, &Accounts::load(Path::new("/"))))
             .map(|file| DataReply {

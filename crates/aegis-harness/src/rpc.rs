@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aegis_proto::control::{
     codes, ExecParams, ExitParams, Frame, FrameError, HealthParams, HealthResult, Method,
-    Notification, ProcessSpec, RequestFrame, RequestId, ResponseFrame, RunParams,
+    Notification, ProcessSpec, RequestFrame, RequestId, ResizeParams, ResponseFrame, RunParams,
     SetIngressKeyParams, SetTimeParams, ShutdownParams, SignalParams, SpawnResult,
     MAX_HOST_FRAME_BYTES, PROTOCOL_VERSION,
 };
@@ -29,7 +29,7 @@ use crate::console;
 use crate::process::input::Inputs;
 use crate::process::reaper::Reaper;
 use crate::process::table::{
-    Finished, Processes, SignalError, Slot, StartError, StartOptions, Supervisor,
+    Finished, Processes, ResizeError, SignalError, Slot, StartError, StartOptions, Supervisor,
 };
 
 /// Longest grace a `shutdown` may ask for; a bigger value is clamped so shutdown stays bounded.
@@ -75,6 +75,7 @@ enum Request {
     Shutdown(ShutdownParams),
     SetTime(SetTimeParams),
     SetIngressKey(SetIngressKeyParams),
+    Resize(ResizeParams),
 }
 
 /// Decodes `params` for `method`. A missing `params` counts as `{}`.
@@ -93,6 +94,7 @@ fn decode(method: Method, params: Value) -> Result<Request, serde_json::Error> {
         Method::Shutdown => Request::Shutdown(parse(params)?),
         Method::SetTime => Request::SetTime(parse(params)?),
         Method::SetIngressKey => Request::SetIngressKey(parse(params)?),
+        Method::Resize => Request::Resize(parse(params)?),
     })
 }
 
@@ -269,6 +271,7 @@ impl Server {
                 let options = StartOptions {
                     stdin: params.stdin,
                     timeout: None,
+                    tty: None,
                 };
                 self.start(id, Slot::Primary, &params.process, options)
             }
@@ -283,6 +286,7 @@ impl Server {
                 let options = StartOptions {
                     stdin: params.stdin,
                     timeout: params.timeout_ms.map(Duration::from_millis),
+                    tty: params.tty,
                 };
                 self.start(id, Slot::Exec(params.exec_id), &params.process, options)
             }
@@ -291,6 +295,21 @@ impl Server {
                 let response = match self.processes.signal(slot, params.signal) {
                     Ok(()) => ok(id, &serde_json::json!({})),
                     Err(e) => ResponseFrame::err(Some(id), signal_code(&e), console::chain(&e)),
+                };
+                (response, After::Nothing)
+            }
+            Request::Resize(params) => {
+                let slot = Slot::Exec(params.exec_id);
+                let response = match self.processes.resize(slot, params.size) {
+                    Ok(()) => ok(id, &serde_json::json!({})),
+                    Err(e) => {
+                        let code = match e {
+                            ResizeError::NoSuchProcess { .. } => codes::NO_SUCH_PROCESS,
+                            ResizeError::NoTerminal { .. } => codes::INVALID_PARAMS,
+                            ResizeError::Ioctl { .. } => codes::INTERNAL_ERROR,
+                        };
+                        ResponseFrame::err(Some(id), code, console::chain(&e))
+                    }
                 };
                 (response, After::Nothing)
             }

@@ -199,6 +199,75 @@ fn data_service_feeds_stdin_and_refuses_unknown_execs() {
     }
 }
 
+/// Reads from `stream` until `text` has come; returns all that came.
+fn read_until(stream: &mut TcpStream, text: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(text) {
+        let n = stream.read(&mut buf).expect("read the terminal");
+        assert!(
+            n > 0,
+            "the terminal ended before {text:?}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn data_service_attaches_to_a_terminal() {
+    let (mut h, proxy) = start_proxy();
+    let script = "stty size; tty; read x; echo got-$x; stty size; exit 3";
+    h.call_ok(
+        "exec",
+        serde_json::json!({
+            "exec_id": "t", "argv": ["sh", "-c", script], "tty": {"rows": 30, "cols": 90}
+        }),
+    );
+    let attach = b"{\"op\":\"terminal\",\"exec_id\":\"t\"}\n";
+    let (mut stream, _) = open(proxy, 0);
+    stream.write_all(attach).unwrap();
+    assert_eq!(data_reply(&mut stream), serde_json::json!({ "ok": true }));
+    let shown = read_until(&mut stream, "/dev/pts/");
+    assert!(shown.contains("30 90"), "{shown:?}");
+
+    // One connection at a time.
+    let (mut second, _) = open(proxy, 0);
+    second.write_all(attach).unwrap();
+    let reply = data_reply(&mut second);
+    assert_eq!(reply["ok"], false, "{reply}");
+
+    h.call_ok(
+        "resize",
+        serde_json::json!({ "exec_id": "t", "rows": 40, "cols": 100 }),
+    );
+    // The terminal's line discipline turns the carriage return into the end of the line.
+    stream.write_all(b"abc\r").unwrap();
+    let rest = read_all(&mut stream);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("got-abc"), "{rest:?}");
+    assert!(rest.contains("40 100"), "{rest:?}");
+    let finished = h.finish(Some("t"));
+    assert_eq!(finished.code, 3);
+    assert!(
+        finished.stdout_lines().is_empty(),
+        "a terminal's output is not notified"
+    );
+
+    // Resizing what has no terminal is refused.
+    h.call_ok(
+        "exec",
+        serde_json::json!({ "exec_id": "p", "argv": ["sleep", "5"] }),
+    );
+    let refused = h.call(
+        "resize",
+        serde_json::json!({ "exec_id": "p", "rows": 10, "cols": 10 }),
+    );
+    let error = refused.error.expect("resize without a terminal fails");
+    assert!(error.message.contains("no terminal"), "{error:?}");
+}
+
 /// Sends one framed payload (4-byte big-endian length, then the bytes).
 fn frame(stream: &mut TcpStream, payload: &[u8]) {
     stream

@@ -361,7 +361,67 @@ pub struct ExecRequest {
     /// later through `POST /execs/{exec_id}/stdin`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detach: bool,
+    /// Run the process on a pseudo-terminal of this size (`{}` for 24 by 80): stdin, stdout
+    /// and stderr are the terminal, and the upgraded connection carries its raw bytes both ways
+    /// instead of NDJSON records (see the OpenAPI document). Its output is not in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TerminalSize>,
 }
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSize {
+    /// Lines, 1 to 1000 (24 when absent).
+    #[serde(default = "default_rows")]
+    pub rows: u16,
+    /// Columns, 1 to 1000 (80 when absent).
+    #[serde(default = "default_cols")]
+    pub cols: u16,
+}
+
+impl Default for TerminalSize {
+    fn default() -> TerminalSize {
+        TerminalSize {
+            rows: default_rows(),
+            cols: default_cols(),
+        }
+    }
+}
+
+fn default_rows() -> u16 {
+    24
+}
+
+fn default_cols() -> u16 {
+    80
+}
+
+impl TerminalSize {
+    /// Largest number of rows or columns accepted.
+    pub const MAX: u16 = 1000;
+
+    /// Checks both dimensions are within 1 to [`TerminalSize::MAX`].
+    ///
+    /// # Errors
+    /// What is out of range.
+    pub fn check(self) -> Result<TerminalSize, String> {
+        if (1..=Self::MAX).contains(&self.rows) && (1..=Self::MAX).contains(&self.cols) {
+            Ok(self)
+        } else {
+            Err(format!(
+                "a terminal of {} rows by {} columns is out of range (1 to {} each)",
+                self.rows,
+                self.cols,
+                Self::MAX
+            ))
+        }
+    }
+}
+
+/// The response header naming the exec of an upgraded terminal connection, which resize and
+/// wait calls need.
+pub const EXEC_ID_HEADER: &str = "aegis-exec-id";
 
 /// What became of a process started through Aegis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +465,9 @@ pub struct ExecInfo {
     /// Whether its stdin is a pipe that `POST .../stdin` feeds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// Whether it runs on a terminal (`POST .../terminal` attaches to it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 /// What happens to an instance whose lifetime runs out.

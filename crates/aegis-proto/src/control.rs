@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Version of the harness ↔ daemon protocol. Bumped on incompatible changes; reported by `health`.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Name of the virtio-serial port carrying the channel (`/sys/class/virtio-ports/*/name`).
 pub const CONTROL_PORT_NAME: &str = "org.aegis.control";
@@ -55,6 +55,8 @@ pub enum Method {
     /// Set the key ingress headers must carry ([`SetIngressKeyParams`] → `{}`). Until it is set,
     /// the ingress proxy turns every connection away.
     SetIngressKey,
+    /// Set the window size of an exec's terminal ([`ResizeParams`] → `{}`). Protocol 4.
+    Resize,
 }
 
 impl Method {
@@ -68,6 +70,7 @@ impl Method {
             Method::Shutdown => "shutdown",
             Method::SetTime => "set_time",
             Method::SetIngressKey => "set_ingress_key",
+            Method::Resize => "resize",
         }
     }
 
@@ -81,6 +84,7 @@ impl Method {
             Method::Shutdown,
             Method::SetTime,
             Method::SetIngressKey,
+            Method::Resize,
         ]
         .into_iter()
         .find(|m| m.as_str() == s)
@@ -149,6 +153,31 @@ pub struct ExecParams {
     /// started; its exit then says `timed_out`. Protocol 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Run the process on a pseudo-terminal of this size instead of pipes: its stdin, stdout
+    /// and stderr are the terminal, which the host reaches through the data service
+    /// ([`DataRequest::Terminal`]) as raw bytes; its output is not sent as `output`
+    /// notifications. Protocol 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<WindowSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Lines.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// Parameters of `resize`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResizeParams {
+    /// An exec started with `tty`.
+    pub exec_id: ExecId,
+    /// The new size; the process gets `SIGWINCH`.
+    #[serde(flatten)]
+    pub size: WindowSize,
 }
 
 /// Reply to `run` and `exec`.
@@ -298,6 +327,7 @@ pub fn ingress_header(key: &[u8; INGRESS_KEY_BYTES], port: u16) -> [u8; INGRESS_
 /// line, then the operation's bytes flow:
 /// - `stdin`: raw bytes host to guest until the host's end-of-file, after which the harness
 ///   closes (or keeps) the process's stdin and sends a final [`DataReply`] with the byte count;
+/// - `terminal`: raw bytes both ways, with no final reply (see [`DataRequest::Terminal`]);
 /// - `read` and `tar_out`: frames (see [`frame_header`]) guest to host, an empty frame, then a
 ///   final [`DataReply`] (an error after the start is reported there, never as a short file);
 /// - `write` and `tar_in`: frames host to guest and an empty frame, then the final
@@ -340,6 +370,15 @@ pub enum DataRequest {
         /// By default the end of the connection is the end of the process's input.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_open: bool,
+    },
+    /// Attach to the terminal of an exec started with `tty`, one connection at a time: after
+    /// the first reply, the terminal's output flows guest to host and the host's bytes are its
+    /// input, raw both ways, until the process has ended and its output is drained (then the
+    /// harness closes the connection) or the host goes away (the process goes on, and a later
+    /// connection attaches again). The host's end-of-file only ends the input.
+    Terminal {
+        /// The exec.
+        exec_id: ExecId,
     },
     /// What is at `path` (a symbolic link itself, not its target): `file` of the reply.
     Stat {

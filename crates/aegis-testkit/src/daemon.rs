@@ -12,6 +12,7 @@ use aegis_proto::api::{Instance, InstanceStatus};
 
 use crate::http::{self, ApiResponse};
 use crate::process::{self, Background, Output, DEFAULT_CLI_TIMEOUT};
+use crate::terminal::TerminalSession;
 use crate::wait::try_wait_until;
 
 /// Environment variable naming the set-up home whose `kernel` and `images` tests reuse
@@ -312,6 +313,14 @@ impl Daemon {
         let file = std::fs::File::open(input)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", input.display()));
         Background::spawn_with_stdin(self.cli_command(args), file.into()).wait(timeout)
+    }
+
+    /// Runs the shell `script` on a terminal of its own, with the environment of
+    /// [`Daemon::aegis`] and the CLI as `$AEGIS`.
+    pub fn on_terminal(&self, script: &str) -> TerminalSession {
+        let mut env = self.cli_command(std::iter::empty::<&str>());
+        env.env("AEGIS", &self.cli);
+        TerminalSession::start(script, &env)
     }
 
     /// Starts `aegis ARGS` in the background (to signal it, or run it alongside others).

@@ -3,7 +3,7 @@
 //! ([`Daemon::aegis`]), polling with a deadline instead of sleeping ([`wait_until`]) and a small
 //! tmpfs for full-disk tests to fill ([`Tmpfs`]); and for benchmarks, p50/p95/p99 lines
 //! ([`report_ms`], [`report`], [`report_rate`]) and sample sizes from the environment
-//! ([`env_usize`]). [`free_port`] serves both, and [`tool`] finds
+//! ([`env_usize`]); a terminal to type into ([`Daemon::on_terminal`]). [`free_port`] serves both, and [`tool`] finds
 //! the host programs a test may run (those `scripts/requirements` lists).
 //!
 //! Prerequisites are never skipped: a missing binary, guest kernel or default image fails the
@@ -19,6 +19,7 @@ mod http;
 mod measure;
 mod net;
 mod process;
+mod terminal;
 mod tools;
 mod wait;
 
@@ -28,6 +29,7 @@ pub use http::ApiResponse;
 pub use measure::{env_usize, print_load, quantile, report, report_ms, report_rate};
 pub use net::{free_port, get_status_line};
 pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
+pub use terminal::TerminalSession;
 pub use tools::{provider, tool, venv_dir};
 pub use wait::{try_wait_until, wait_until};
 

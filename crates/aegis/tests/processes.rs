@@ -3,7 +3,7 @@
 //! -i`, and `aegis run -i` in a second VM), text and a large binary input checked by its digest, a process that stops reading
 //! early, and the per-call timeout (`--timeout`), after which the guest has killed the process;
 //! then background processes (`aegis exec -d`, `aegis process`): listed, waited for, followed,
-//! fed piece by piece, signalled.
+//! fed piece by piece, signalled; then terminals (`aegis exec -it`) driven from a terminal.
 
 use std::io::Write;
 use std::time::Duration;
@@ -140,6 +140,7 @@ fn stdin_and_timeouts_of_execs() {
     assert!(bad.stderr.contains("at least 1 second"), "{bad}");
 
     background_processes(&d);
+    terminals(&d);
 
     d.aegis(["instance", "delete", "p"]).expect_success();
 }
@@ -239,6 +240,10 @@ fn background_processes(d: &Daemon) {
     assert_eq!(waited.code, Some(0), "{waited}");
     let logs = d.aegis(["logs", "p", "--exec", &id]);
     assert_eq!(logs.stdout, "got 5\n", "{logs}");
+    // Its stdin is closed now: more input is refused, as it is for a process without stdin.
+    let refused = d.aegis_with_input(["process", "input", "p", &id], &second, CALL);
+    assert_eq!(refused.code, Some(125), "{refused}");
+    assert!(refused.stderr.contains("no longer running"), "{refused}");
 
     // A signal by name ends it; the exit code says which.
     let id = detach(d, &["p", "--", "sleep", "300"]);
@@ -260,6 +265,110 @@ fn background_processes(d: &Daemon) {
     assert_eq!(unknown.code, Some(125), "{unknown}");
     assert!(unknown.stderr.contains("has no exec"), "{unknown}");
     assert!(unknown.stderr.contains("aegis process list p"), "{unknown}");
+}
+
+/// `aegis exec -it` as a person at a terminal uses it: a shell on a terminal of this side's
+/// size, resized when this side is, Ctrl-C interrupting the command it runs and not the shell,
+/// its exit code passed back, this terminal's settings restored, Ctrl-D ending the input; a
+/// terminal started in the background and attached to later; and the API's refusals.
+fn terminals(d: &Daemon) {
+    let before = d.home().join("stty-before");
+    let after = d.home().join("stty-after");
+    let mut t = d.on_terminal(&format!(
+        "stty rows 30 cols 90; stty -g > {before}; \
+         \"$AEGIS\" exec -it p -- sh; echo aegis-rc=$?; stty -g > {after}; \
+         \"$AEGIS\" exec -it p -- tr a-z A-Z; echo tr-rc=$?",
+        before = before.display(),
+        after = after.display(),
+    ));
+    // Typed text is echoed: each expected output differs from the line that asks for it.
+    t.send(b"tty; stty size; test -t 0 && echo on-''a-terminal\n");
+    t.expect("/dev/pts/", MINUTE);
+    t.expect("30 90", MINUTE);
+    t.expect("on-a-terminal", MINUTE);
+
+    // This side's terminal changes size: the guest's follows.
+    let tty = t.tty_of("exec -it p -- sh", MINUTE);
+    let resized = std::process::Command::new(aegis_testkit::tool("stty"))
+        .arg("-F")
+        .arg(&tty)
+        .args(["rows", "40", "cols", "100"])
+        .status()
+        .expect("run stty");
+    assert!(resized.success(), "stty -F {} failed", tty.display());
+    let mut seen = false;
+    for _ in 0..20 {
+        t.send(b"stty size\n");
+        if t.wait_for("40 100", Duration::from_secs(3)).is_some() {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the guest's terminal kept its size:\n{}", t.all());
+
+    // Ctrl-C interrupts the command in the foreground, and the shell goes on.
+    t.send(b"sh -c 'echo st''arted; sleep 100'; echo rc=$?\n");
+    t.expect("started", MINUTE);
+    t.send(b"\x03");
+    t.expect("rc=130", MINUTE);
+
+    // The shell's exit code is the CLI's, and the terminal is as it was.
+    t.send(b"exit 3\n");
+    t.expect("aegis-rc=3", MINUTE);
+    // Ctrl-D is the end of the input for a program reading the terminal.
+    t.send(b"hello\n");
+    t.expect("HELLO", MINUTE);
+    t.send(b"\x04");
+    t.expect("tr-rc=0", MINUTE);
+    let status = t.finish(MINUTE);
+    assert!(status.success(), "{status}\n{}", t.all());
+    let before = std::fs::read_to_string(&before).expect("stty -g before");
+    let after = std::fs::read_to_string(&after).expect("stty -g after");
+    assert!(!before.trim().is_empty());
+    assert_eq!(before, after, "the terminal's settings were not restored");
+
+    // A terminal started in the background waits for someone to attach.
+    let id = detach(
+        d,
+        &["-t", "p", "--", "sh", "-c", "read x; echo got-$x; exit 4"],
+    );
+    assert_eq!(listed(d, &id)["tty"], true);
+    let mut t = d.on_terminal(&format!(
+        "\"$AEGIS\" process attach p {id}; echo attach-rc=$?"
+    ));
+    t.send(b"yes\n");
+    t.expect("got-yes", MINUTE);
+    t.expect("attach-rc=4", MINUTE);
+    t.finish(MINUTE);
+
+    // The API: a terminal needs the upgrade, a size in range, and a process that has one.
+    let refused = d.api(
+        "POST",
+        "/v1/instances/p/exec",
+        Some(r#"{"command": ["sh"], "tty": {}}"#),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("Upgrade: aegis-exec"),
+        "{}",
+        refused.body
+    );
+    let refused = d.api(
+        "POST",
+        "/v1/instances/p/exec",
+        Some(r#"{"command": ["sh"], "tty": {"rows": 0}, "detach": true}"#),
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("out of range"), "{}", refused.body);
+    let id = detach(d, &["p", "--", "sleep", "300"]);
+    let refused = d.api(
+        "POST",
+        &format!("/v1/instances/p/execs/{id}/resize"),
+        Some(r#"{"rows": 10, "cols": 10}"#),
+    );
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("has no terminal"), "{}", refused.body);
+    d.aegis(["process", "kill", "p", &id]).expect_success();
 }
 
 #[test]

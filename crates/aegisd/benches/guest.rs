@@ -93,6 +93,7 @@ async fn main() {
             },
             stdin: false,
             timeout_ms: None,
+            tty: None,
         };
         let t = Instant::now();
         let _: SpawnResult = guest

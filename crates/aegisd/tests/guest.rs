@@ -165,6 +165,7 @@ async fn exec(control: &ControlChannel, id: &str, argv: &[&str]) -> Option<ExecI
         },
         stdin: false,
         timeout_ms: None,
+        tty: None,
     };
     let _: SpawnResult = control
         .call(Method::Exec, &params, CALL)
@@ -351,6 +352,7 @@ async fn one_guest_end_to_end() {
         },
         stdin: false,
         timeout_ms: None,
+        tty: None,
     };
     let err = control
         .call::<SpawnResult>(Method::Exec, &bad, CALL)

@@ -5,4 +5,5 @@ pub mod output;
 pub mod reaper;
 pub mod spawn;
 pub mod table;
+pub mod terminal;
 pub mod user;

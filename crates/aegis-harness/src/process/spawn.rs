@@ -1,5 +1,5 @@
 //! Starts one process from a [`ProcessSpec`]: validation, environment, `PATH` lookup, working
-//! directory, user switch, a new session, and pipes for its output.
+//! directory, user switch, a new session, and pipes or a terminal for its stdin and output.
 //!
 //! The process is started with `std::process::Command` only for the fork/exec mechanics; its
 //! `Child` is dropped at once and never waited on — the reaper owns waiting. Registration with
@@ -8,16 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use aegis_proto::control::{ExitStatus, ProcessSpec};
+use aegis_proto::control::{ExitStatus, ProcessSpec, WindowSize};
 use tokio::sync::oneshot;
 
 use super::reaper::{ChildKey, Reaper};
+use super::terminal;
 use super::user::{Accounts, UserError};
 use crate::limits;
 
@@ -30,17 +31,44 @@ pub const DEFAULT_HOME: &str = "/root";
 /// Working directory when the request names none.
 pub const DEFAULT_WORKDIR: &str = "/";
 
+/// What a process's stdin, stdout and stderr are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// Pipes for stdout and stderr; a pipe for stdin too when `stdin`, `/dev/null` otherwise.
+    Pipes {
+        /// Whether stdin is a pipe.
+        stdin: bool,
+    },
+    /// One pseudo-terminal of this size for all three, the process's controlling terminal.
+    Terminal(WindowSize),
+}
+
+/// The harness's ends of a started process's [`Io`].
+#[derive(Debug)]
+pub enum SpawnedIo {
+    /// [`Io::Pipes`].
+    Pipes {
+        /// Write end of its stdin pipe, when it was asked for.
+        stdin: Option<OwnedFd>,
+        /// Read end of its stdout pipe.
+        stdout: OwnedFd,
+        /// Read end of its stderr pipe.
+        stderr: OwnedFd,
+    },
+    /// [`Io::Terminal`]: the terminal's master side.
+    Terminal {
+        /// The master side.
+        master: OwnedFd,
+    },
+}
+
 /// A started process, registered with the reaper.
 #[derive(Debug)]
 pub struct Spawned {
     /// Its identity for signals and exit reports.
     pub key: ChildKey,
-    /// Write end of its stdin pipe, when it was asked for.
-    pub stdin: Option<OwnedFd>,
-    /// Read end of its stdout pipe.
-    pub stdout: OwnedFd,
-    /// Read end of its stderr pipe.
-    pub stderr: OwnedFd,
+    /// The harness's ends of its stdin, stdout and stderr.
+    pub io: SpawnedIo,
     /// Resolves with its exit status once the reaper has reaped it.
     pub exited: oneshot::Receiver<ExitStatus>,
 }
@@ -121,12 +149,11 @@ impl SpawnError {
     }
 }
 
-/// Starts `spec` in its own session with piped stdout/stderr, and stdin piped when `stdin`,
-/// from `/dev/null` otherwise.
+/// Starts `spec` in its own session with the stdin, stdout and stderr `io` says.
 ///
 /// # Errors
 /// [`SpawnError`] naming what was wrong: the request, the workdir, the user or the program.
-pub fn spawn(spec: &ProcessSpec, stdin: bool, reaper: &Reaper) -> Result<Spawned, SpawnError> {
+pub fn spawn(spec: &ProcessSpec, io: Io, reaper: &Reaper) -> Result<Spawned, SpawnError> {
     validate(spec)?;
     let program = &spec.argv[0];
     let accounts = Accounts::load(Path::new("/"));
@@ -171,48 +198,82 @@ pub fn spawn(spec: &ProcessSpec, stdin: bool, reaper: &Reaper) -> Result<Spawned
         .args(&spec.argv[1..])
         .env_clear()
         .envs(&env)
-        .current_dir(&workdir)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .current_dir(&workdir);
+    let start_failed = |source| SpawnError::Start {
+        program: program.clone(),
+        source,
+    };
+    // The slave side is only in `command`, which is dropped when this function returns: the
+    // master then reads end-of-file once the process (and whatever it started) closed it.
+    let master = match io {
+        Io::Pipes { stdin } => {
+            command
+                .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            None
+        }
+        Io::Terminal(size) => {
+            let (master, slave) = terminal::open(size).map_err(start_failed)?;
+            if let Some(id) = &identity {
+                // As login(1) leaves it: the user's, writable by the tty group only.
+                let _ = nix::unistd::fchown(
+                    slave.as_raw_fd(),
+                    Some(nix::unistd::Uid::from_raw(id.uid)),
+                    Some(nix::unistd::Gid::from_raw(TTY_GID)),
+                );
+            }
+            let stdout = slave.try_clone().map_err(start_failed)?;
+            let stderr = slave.try_clone().map_err(start_failed)?;
+            command
+                .stdin(Stdio::from(slave))
+                .stdout(Stdio::from(stdout))
+                .stderr(Stdio::from(stderr));
+            Some(master)
+        }
+    };
     if let Some(id) = &identity {
         crate::init::workspace::hand_over_if_fresh(id.uid, id.gid);
     }
     let switch = identity.map(|id| (id.uid, id.gid, id.groups));
     let nofile = limits::child_nofile();
+    let controlling_terminal = master.is_some();
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, setrlimit, setgroups, setgid, setuid) on data
-    // prepared before the fork; it allocates nothing.
+    // async-signal-safe system calls (setsid, ioctl, setrlimit, setgroups, setgid, setuid) on
+    // data prepared before the fork; it allocates nothing.
     unsafe {
-        command.pre_exec(move || enter_session_as(switch.as_ref(), nofile.as_ref()));
+        command.pre_exec(move || {
+            enter_session_as(switch.as_ref(), nofile.as_ref(), controlling_terminal)
+        });
     }
 
     let guard = reaper.guard();
-    let mut child = command.spawn().map_err(|source| SpawnError::Start {
-        program: program.clone(),
-        source,
-    })?;
+    let mut child = command.spawn().map_err(start_failed)?;
     let pid = i32::try_from(child.id()).expect("Linux pids fit in an i32 (pid_max <= 2^22)");
     let (key, exited) = guard.register(pid);
-    let stdout = child
-        .stdout
-        .take()
-        .expect("stdout was configured as a pipe");
-    let stderr = child
-        .stderr
-        .take()
-        .expect("stderr was configured as a pipe");
-    let stdin = child.stdin.take().map(OwnedFd::from);
+    let io = match master {
+        Some(master) => SpawnedIo::Terminal { master },
+        None => SpawnedIo::Pipes {
+            stdin: child.stdin.take().map(OwnedFd::from),
+            stdout: child
+                .stdout
+                .take()
+                .expect("stdout was configured as a pipe")
+                .into(),
+            stderr: child
+                .stderr
+                .take()
+                .expect("stderr was configured as a pipe")
+                .into(),
+        },
+    };
     // Dropping a Child neither waits nor kills: the reaper will collect it.
     drop(child);
-    Ok(Spawned {
-        key,
-        stdin,
-        stdout: stdout.into(),
-        stderr: stderr.into(),
-        exited,
-    })
+    Ok(Spawned { key, io, exited })
 }
+
+/// The `tty` group of Debian and most images, which owns terminals.
+const TTY_GID: u32 = 5;
 
 /// Runs in the child between fork and exec: a new session (and so a process group of its own,
 /// which signals and shutdown target), the open-file limit the harness started with (it raised
@@ -220,11 +281,15 @@ pub fn spawn(spec: &ProcessSpec, stdin: bool, reaper: &Reaper) -> Result<Spawned
 fn enter_session_as(
     switch: Option<&(u32, u32, Vec<u32>)>,
     nofile: Option<&libc::rlimit>,
+    controlling_terminal: bool,
 ) -> io::Result<()> {
     // SAFETY: setsid takes no arguments; a freshly forked child is never a group leader, so it
     // succeeds.
     if unsafe { libc::setsid() } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if controlling_terminal {
+        terminal::take_as_controlling()?;
     }
     if let Some(nofile) = nofile {
         // SAFETY: `nofile` points to a valid rlimit prepared before the fork; lowering the

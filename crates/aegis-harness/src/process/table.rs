@@ -11,13 +11,16 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use aegis_proto::control::{ExecId, ExitStatus, ProcessSpec, Stream, MAX_PROCESSES};
-use tokio::sync::watch;
+use std::os::fd::{AsFd, OwnedFd};
+
+use aegis_proto::control::{ExecId, ExitStatus, ProcessSpec, Stream, WindowSize, MAX_PROCESSES};
+use tokio::sync::{oneshot, watch};
 
 use super::input::Inputs;
 use super::output;
 use super::reaper::{ChildKey, KillError, Reaper};
-use super::spawn::{spawn, SpawnError, Spawned};
+use super::spawn::{spawn, Io, SpawnError, SpawnedIo};
+use super::terminal;
 use crate::channel::writer::OutboxSender;
 use crate::console;
 
@@ -119,6 +122,32 @@ pub enum SignalError {
     },
 }
 
+/// Why a terminal was not resized.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    /// Nothing runs in that slot.
+    #[error("{slot} is not running")]
+    NoSuchProcess {
+        /// The slot.
+        slot: Slot,
+    },
+    /// It was started without `tty`.
+    #[error("{slot} has no terminal (it was started without tty)")]
+    NoTerminal {
+        /// The slot.
+        slot: Slot,
+    },
+    /// ioctl(2) failed.
+    #[error("cannot resize the terminal of {slot}")]
+    Ioctl {
+        /// The slot.
+        slot: Slot,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A process that ended: both pipes closed and reaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
@@ -139,13 +168,19 @@ pub struct StartOptions {
     pub stdin: bool,
     /// Kill the process group this long after the start.
     pub timeout: Option<Duration>,
+    /// Run it on a terminal of this size instead of pipes (execs only; `stdin` is then moot).
+    pub tty: Option<WindowSize>,
 }
 
-/// Watches one process: pumps both pipes and waits for the reaper's report.
+/// Watches one process: pumps both pipes (a terminal's output is the attached connection's
+/// business) and waits for the reaper's report.
 #[derive(Debug)]
 pub struct Supervisor {
     slot: Slot,
-    spawned: Spawned,
+    key: ChildKey,
+    /// Stdout and stderr, unless the process runs on a terminal.
+    pipes: Option<(OwnedFd, OwnedFd)>,
+    exited: oneshot::Receiver<ExitStatus>,
     outbox: OutboxSender,
     timeout: Option<Duration>,
     reaper: Reaper,
@@ -154,25 +189,20 @@ pub struct Supervisor {
 impl Supervisor {
     /// The process's pid.
     pub fn pid(&self) -> u32 {
-        self.spawned.key.pid.unsigned_abs()
+        self.key.pid.unsigned_abs()
     }
 
     /// Runs until the process has ended and all its output was handed to the writer.
     pub async fn run(self) -> Finished {
         let Supervisor {
             slot,
-            spawned,
+            key,
+            pipes,
+            mut exited,
             outbox,
             timeout,
             reaper,
         } = self;
-        let Spawned {
-            key,
-            stdout,
-            stderr,
-            mut exited,
-            ..
-        } = spawned;
         let ended = async {
             if let Some(timeout) = timeout {
                 tokio::select! {
@@ -190,11 +220,15 @@ impl Supervisor {
                 (exit_status(exited.await.ok(), &slot), false)
             }
         };
-        let (_, _, (status, timed_out)) = tokio::join!(
-            output::pump(stdout, Stream::Stdout, slot.exec_id(), outbox.clone()),
-            output::pump(stderr, Stream::Stderr, slot.exec_id(), outbox.clone()),
-            ended,
-        );
+        let pumped = async {
+            if let Some((stdout, stderr)) = pipes {
+                tokio::join!(
+                    output::pump(stdout, Stream::Stdout, slot.exec_id(), outbox.clone()),
+                    output::pump(stderr, Stream::Stderr, slot.exec_id(), outbox.clone()),
+                );
+            }
+        };
+        let ((), (status, timed_out)) = tokio::join!(pumped, ended);
         Finished {
             slot,
             key,
@@ -280,19 +314,39 @@ impl Processes {
                 limit: MAX_PROCESSES,
             });
         }
-        let stdin = options.stdin;
-        let mut spawned = spawn(spec, stdin, &self.reaper).map_err(|source| StartError::Spawn {
+        let io = match options.tty {
+            Some(size) => Io::Terminal(size),
+            None => Io::Pipes {
+                stdin: options.stdin,
+            },
+        };
+        let spawned = spawn(spec, io, &self.reaper).map_err(|source| StartError::Spawn {
             slot: slot.clone(),
             source,
         })?;
-        if let Some(pipe) = spawned.stdin.take() {
-            self.inputs.insert(slot.exec_id(), pipe);
-        }
+        let pipes = match spawned.io {
+            SpawnedIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                if let Some(pipe) = stdin {
+                    self.inputs.insert(slot.exec_id(), pipe);
+                }
+                Some((stdout, stderr))
+            }
+            SpawnedIo::Terminal { master } => {
+                self.inputs.insert_terminal(slot.exec_id(), master);
+                None
+            }
+        };
         self.running.insert(slot.clone(), spawned.key);
         self.publish_execs();
         Ok(Supervisor {
             slot,
-            spawned,
+            key: spawned.key,
+            pipes,
+            exited: spawned.exited,
             outbox: outbox.clone(),
             timeout: options.timeout,
             reaper: self.reaper.clone(),
@@ -329,6 +383,20 @@ impl Processes {
             Err(KillError::Exited { .. }) => Err(SignalError::Exited { slot }),
             Err(source) => Err(SignalError::Kill { slot, source }),
         }
+    }
+
+    /// Sets the window size of the terminal of the process in `slot`.
+    ///
+    /// # Errors
+    /// [`ResizeError`] when nothing runs there or it has no terminal.
+    pub fn resize(&self, slot: Slot, size: WindowSize) -> Result<(), ResizeError> {
+        if !self.running.contains_key(&slot) {
+            return Err(ResizeError::NoSuchProcess { slot });
+        }
+        let Some(master) = self.inputs.terminal(&slot.exec_id()) else {
+            return Err(ResizeError::NoTerminal { slot });
+        };
+        terminal::resize(master.as_fd(), size).map_err(|source| ResizeError::Ioctl { slot, source })
     }
 
     /// Sends `signal` to every process group whose leader has not been reaped yet; returns how

@@ -2,14 +2,15 @@
 //! and stderr, and exit with its exit code. With `-i` this process's stdin becomes the
 //! command's, streamed as it is read (never held in memory whole); with `--timeout` the guest
 //! kills the command when it runs too long, and `aegis exec` exits 124 as `timeout(1)` does.
-//! With `-d` it starts the command in the background and prints its exec id (see
-//! `aegis process`).
+//! With `-t` the command runs on a terminal in the guest (see `terminal`). With `-d` it starts
+//! the command in the background and prints its exec id (see `aegis process`).
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
 
 use aegis_proto::api::{ExecEvent, ExecRequest};
 
+use super::terminal;
 use crate::args::{env_map, parse_env, parse_timeout, EnvVar};
 use crate::exit::Exit;
 use crate::printer::{LogPrinter, Show};
@@ -35,9 +36,13 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<u64>,
     /// Start it in the background and print its exec id (with -i, feed it later with
-    /// `aegis process input`)
+    /// `aegis process input`; with -t, attach later with `aegis process attach`)
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Run it on a terminal in the guest (with -i, this terminal goes in raw mode and every key
+    /// goes to it, as with `docker exec -it`)
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// The command and its arguments
     #[arg(
         value_name = "CMD",
@@ -47,9 +52,6 @@ pub struct Args {
     )]
     pub command: Vec<String>,
 }
-
-/// Exit code of a command killed for its timeout, as `timeout(1)` uses.
-const TIMED_OUT: u8 = 124;
 
 /// Runs `aegis exec`.
 pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
@@ -61,9 +63,30 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         stdin: args.interactive,
         timeout_secs: timeout,
         detach: args.detach,
+        tty: args.tty.then(terminal::local_size),
     };
     let target = args.target;
     let failed = || format!("cannot exec in instance {target:?}");
+    if args.tty && !args.detach {
+        let stream = ctx
+            .client
+            .exec_terminal(&target, &request)
+            .await
+            .with_context(failed)?;
+        let exec_id = stream
+            .exec_id
+            .clone()
+            .context("the daemon did not name the exec of the terminal")?;
+        return terminal::session(
+            &ctx.client,
+            &target,
+            &exec_id,
+            stream,
+            args.interactive,
+            timeout,
+        )
+        .await;
+    }
     if args.detach {
         let info = ctx
             .client
@@ -117,7 +140,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
                     "aegis: the command ran past its timeout of {} s and was killed",
                     timeout.unwrap_or_default()
                 );
-                break Ok(Exit::Guest(TIMED_OUT));
+                break Ok(Exit::Guest(terminal::TIMED_OUT));
             }
             ExecEvent::Done { exit_code, .. } => break Ok(Exit::from_guest(exit_code)),
             ExecEvent::Error { error } => {

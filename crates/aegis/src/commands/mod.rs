@@ -12,5 +12,6 @@ pub mod process;
 pub mod run;
 pub mod secret;
 pub mod status;
+pub mod terminal;
 pub mod up;
 pub mod workspace;

@@ -1,5 +1,6 @@
 //! `aegis process …`: the processes started in an instance through Aegis (`aegis exec`, with
-//! `-d` in the background): list them, wait for one, signal it, feed its stdin. Their output is
+//! `-d` in the background): list them, wait for one, signal it, feed its stdin, attach to its
+//! terminal. Their output (a terminal's excepted) is
 //! in the instance's log: `aegis logs ID --exec EXEC_ID [--follow]` replays it and follows it
 //! until the process ends.
 
@@ -27,6 +28,8 @@ pub enum Command {
     Kill(KillArgs),
     /// Stream this shell's stdin to a process started with `-i -d`
     Input(InputArgs),
+    /// Attach this terminal to a process started with `-t` (`-d -t`, or after leaving it)
+    Attach(Target),
 }
 
 /// An instance.
@@ -97,6 +100,19 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
                 .await
                 .with_context(|| format!("cannot signal {} in {:?}", p.exec_id, p.target))?;
             Ok(Exit::Success)
+        }
+        Command::Attach(p) => {
+            let stream = ctx
+                .client
+                .attach_terminal(&p.target, &p.exec_id)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot attach to the terminal of {} in {:?}",
+                        p.exec_id, p.target
+                    )
+                })?;
+            super::terminal::session(&ctx.client, &p.target, &p.exec_id, stream, true, None).await
         }
         Command::Input(args) => {
             let p = args.process;

@@ -2,14 +2,17 @@
 //! NDJSON: `{exec_id, started_at}`, output entries, then `{done, exit_code, exec_id}`. With
 //! `Upgrade: aegis-exec` the same records go over the upgraded connection, and the client's
 //! bytes on it become the process's stdin (`"stdin": true`), ended by the client's half-close.
-//! With `"detach": true` the answer is the process's [`aegis_proto::api::ExecInfo`] as soon as it runs, and the
-//! process goes on in the background (see `processes`).
+//! With `"tty"` the process runs on a terminal and the upgraded connection carries the
+//! terminal's raw bytes both ways instead (see [`upgrade_to_terminal`]).
+//! With `"detach": true` the answer is the process's [`aegis_proto::api::ExecInfo`] as soon as
+//! it runs, and the process goes on in the background (see `processes`).
 
 use std::convert::Infallible;
 
 use std::time::Duration;
 
-use aegis_proto::api::{ExecEvent, ExecRequest, EXEC_UPGRADE_PROTOCOL};
+use aegis_proto::api::{ExecEvent, ExecRequest, EXEC_ID_HEADER, EXEC_UPGRADE_PROTOCOL};
+use aegis_proto::control::{ExecId, WindowSize};
 use axum::body::Body;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
@@ -25,7 +28,8 @@ use super::instances::find;
 use super::json::{ApiJson, ApiPath};
 use super::AppState;
 use crate::lifecycle::command::{Command, LifecycleError};
-use crate::lifecycle::exec::{ExecSpec, ExecStarted, StdinSink};
+use crate::lifecycle::exec::{ExecInput, ExecSpec, ExecStarted, StdinSink, Terminal};
+use crate::lifecycle::instances::InstanceHandle;
 use crate::lifecycle::output::ExecFeed;
 use crate::lifecycle::spec::{check_command, check_env};
 use crate::logs::now_ts;
@@ -44,11 +48,22 @@ pub async fn exec(
     }
     check_command(&req.command).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     check_env(&req.env).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if req.stdin && !req.detach && upgrade.is_none() {
-        return Err(ApiError::BadRequest(format!(
-            "an exec with stdin streams it over an upgraded connection: send `Connection: \
-             Upgrade` and `Upgrade: {EXEC_UPGRADE_PROTOCOL}`"
-        )));
+    let tty = req
+        .tty
+        .map(|size| {
+            size.check().map(|s| WindowSize {
+                rows: s.rows,
+                cols: s.cols,
+            })
+        })
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    if (req.stdin || tty.is_some()) && !req.detach && upgrade.is_none() {
+        return Err(needs_upgrade(if tty.is_some() {
+            "an exec on a terminal"
+        } else {
+            "an exec with stdin"
+        }));
     }
     if req.timeout_secs == Some(0) {
         return Err(ApiError::BadRequest(
@@ -63,11 +78,12 @@ pub async fn exec(
         stdin: req.stdin,
         timeout: req.timeout_secs.map(Duration::from_secs),
         detach: req.detach,
+        tty,
     };
     let ExecStarted {
         exec_id,
         feed,
-        stdin,
+        input,
     } = handle
         .request(|reply| Command::Exec {
             request: spec,
@@ -88,6 +104,16 @@ pub async fn exec(
             .ok_or_else(|| ApiError::Internal(format!("exec {} is not recorded", exec_id.0)))?;
         return Ok(axum::Json(info).into_response());
     }
+    let stdin = match input {
+        Some(ExecInput::Terminal(terminal)) => {
+            // Its end comes from the guest closing the terminal; how it ended from `/wait`.
+            drop(feed);
+            let upgrade = upgrade.ok_or_else(|| needs_upgrade("an exec on a terminal"))?;
+            return Ok(upgrade_to_terminal(upgrade, terminal, handle, &exec_id));
+        }
+        Some(ExecInput::Stdin(sink)) => Some(sink),
+        None => None,
+    };
     // Held by the stream: a running exec keeps the instance from idling.
     let busy = handle.activity_started();
     let started = ExecEvent::Started {
@@ -125,8 +151,50 @@ pub async fn exec(
     }
 }
 
+/// The 400 for a request that must upgrade its connection and did not ask to.
+pub(super) fn needs_upgrade(what: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "{what} streams over an upgraded connection: send `Connection: Upgrade` and \
+         `Upgrade: {EXEC_UPGRADE_PROTOCOL}`"
+    ))
+}
+
+/// Answers 101 and, once the connection is upgraded, joins it to the exec's terminal: raw bytes
+/// both ways until the guest closes the terminal (the process ended) and the client closes in
+/// turn. The exec id is in the [`EXEC_ID_HEADER`] header, for resizes and the wait for its exit.
+pub(super) fn upgrade_to_terminal(
+    upgrade: OnUpgrade,
+    terminal: Terminal,
+    handle: InstanceHandle,
+    exec_id: &ExecId,
+) -> Response {
+    // An attached terminal keeps the instance from idling.
+    let busy = handle.activity_started();
+    tokio::spawn(async move {
+        let _busy = busy;
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let mut guest = terminal.stream;
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut guest).await {
+                    tracing::debug!(error = %e, "terminal connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "terminal upgrade failed"),
+        }
+        handle.notify(Command::Touch);
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
+        .header(EXEC_ID_HEADER, exec_id.0.as_str())
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
 /// Whether the request asks to upgrade to the exec protocol.
-fn wants_upgrade(request: &Request) -> bool {
+pub(super) fn wants_upgrade(request: &Request) -> bool {
     request.headers().get(header::UPGRADE).is_some_and(|v| {
         v.as_bytes()
             .eq_ignore_ascii_case(EXEC_UPGRADE_PROTOCOL.as_bytes())

@@ -103,6 +103,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/instances/:id/expose", post(instances::expose))
         .route("/v1/instances/:id/timeout", post(instances::set_timeout))
+        .route(
+            "/v1/instances/:id/execs/:exec_id/terminal",
+            post(processes::terminal),
+        )
+        .route(
+            "/v1/instances/:id/execs/:exec_id/resize",
+            post(processes::resize),
+        )
         .route("/v1/instances/:id/stdin", post(processes::primary_stdin))
         .route(
             "/v1/instances/:id/expose/:guest_port",

@@ -1,22 +1,26 @@
 //! `/v1/instances/{id}/execs`: the processes started through the API, attached or in the
 //! background (`"detach": true` on exec): list, one, wait for its end, signal it, feed its
-//! stdin. Output is in the instance's log under the exec id (`logs?exec_id=`).
+//! stdin, attach to its terminal and resize it. Output is in the instance's log under the exec
+//! id (`logs?exec_id=`), except a terminal's, which goes to the attached connection only.
 
-use aegis_proto::api::{ExecInfo, SignalRequest};
-use aegis_proto::control::{ExecId, Method, SignalParams};
+use aegis_proto::api::{ExecInfo, SignalRequest, TerminalSize};
+use aegis_proto::control::{ExecId, Method, ResizeParams, SignalParams, WindowSize};
 use axum::extract::{Request, State};
+use axum::response::Response;
 use axum::Json;
 use futures::TryStreamExt;
+use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
 use tokio_util::io::StreamReader;
 
 use super::error::ApiError;
+use super::exec::{needs_upgrade, upgrade_to_terminal, wants_upgrade};
 use super::instances::find;
 use super::json::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::control::CONTROL_CALL_TIMEOUT;
 use crate::lifecycle::command::{Command, GuestLink, LifecycleError};
-use crate::lifecycle::exec::StdinSink;
+use crate::lifecycle::exec::{StdinSink, Terminal};
 use crate::lifecycle::instances::InstanceHandle;
 
 /// `GET /v1/instances/{id}/execs`.
@@ -75,6 +79,69 @@ pub async fn signal(
             })
         })?;
     Ok(Json(info))
+}
+
+/// `POST /v1/instances/{id}/execs/{exec_id}/terminal` with `Upgrade: aegis-exec`: attaches to
+/// the terminal of an exec started with `tty` (in the background, or again after a client went
+/// away): raw bytes both ways, as the exec call gives them.
+pub async fn terminal(
+    State(state): State<AppState>,
+    ApiPath((id, exec_id)): ApiPath<(String, String)>,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let upgrade = wants_upgrade(&request)
+        .then(|| request.extensions_mut().remove::<OnUpgrade>())
+        .flatten()
+        .ok_or_else(|| needs_upgrade("a terminal"))?;
+    let (handle, _) = on_terminal(&state, &id, &exec_id)?;
+    let link = wake(&handle).await?;
+    let exec_id = ExecId(exec_id);
+    let terminal = Terminal::connect(&link, &exec_id).await?;
+    Ok(upgrade_to_terminal(upgrade, terminal, handle, &exec_id))
+}
+
+/// `POST /v1/instances/{id}/execs/{exec_id}/resize`: a new window size for the terminal of an
+/// exec started with `tty`; the process gets SIGWINCH.
+pub async fn resize(
+    State(state): State<AppState>,
+    ApiPath((id, exec_id)): ApiPath<(String, String)>,
+    ApiJson(size): ApiJson<TerminalSize>,
+) -> Result<Json<ExecInfo>, ApiError> {
+    let size = size.check().map_err(ApiError::BadRequest)?;
+    let (handle, info) = on_terminal(&state, &id, &exec_id)?;
+    let link = wake(&handle).await?;
+    let params = ResizeParams {
+        exec_id: ExecId(exec_id),
+        size: WindowSize {
+            rows: size.rows,
+            cols: size.cols,
+        },
+    };
+    link.control
+        .call::<serde_json::Value>(Method::Resize, &params, CONTROL_CALL_TIMEOUT)
+        .await
+        .map_err(|source| {
+            ApiError::Lifecycle(LifecycleError::Control {
+                id: handle.id.clone(),
+                source,
+            })
+        })?;
+    Ok(Json(info))
+}
+
+/// As [`running`], and a 409 unless the process runs on a terminal.
+fn on_terminal(
+    state: &AppState,
+    id: &str,
+    exec_id: &str,
+) -> Result<(InstanceHandle, ExecInfo), ApiError> {
+    let (handle, info) = running(state, id, exec_id)?;
+    if !info.tty {
+        return Err(ApiError::Conflict(format!(
+            "exec {exec_id} has no terminal (start it with \"tty\")"
+        )));
+    }
+    Ok((handle, info))
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aegis_proto::control::{DataRequest, ExecId};
+use aegis_proto::control::{DataRequest, ExecId, WindowSize};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,6 +29,9 @@ pub struct ExecSpec {
     /// Runs in the background: nobody follows its output as it comes (it is in the log), and
     /// its stdin, when it has one, is fed later through [`StdinSink::connect`].
     pub detach: bool,
+    /// Runs on a terminal of this size ([`ExecStarted::input`] is then the terminal, or
+    /// [`Terminal::connect`] attaches to it later).
+    pub tty: Option<WindowSize>,
 }
 
 /// An exec the guest has started.
@@ -38,8 +41,39 @@ pub struct ExecStarted {
     pub exec_id: ExecId,
     /// Its output, then how it ended.
     pub feed: ExecFeed,
-    /// Where its stdin goes, when it was asked for.
-    pub stdin: Option<StdinSink>,
+    /// Where its input goes, when it was asked for and the exec is not detached.
+    pub input: Option<ExecInput>,
+}
+
+/// The input side of an attached exec.
+#[derive(Debug)]
+pub enum ExecInput {
+    /// Its stdin pipe (`stdin`).
+    Stdin(StdinSink),
+    /// Its terminal (`tty`): its output comes back on the same connection.
+    Terminal(Terminal),
+}
+
+/// A connection attached to an exec's terminal: raw bytes both ways, closed by the guest once
+/// the process has ended and its output is drained.
+#[derive(Debug)]
+pub struct Terminal {
+    pub(crate) stream: TcpStream,
+}
+
+impl Terminal {
+    /// Attaches to the terminal of `exec_id`, started with `tty`.
+    ///
+    /// # Errors
+    /// [`DataError::Refused`] when it has no terminal, has ended, or another connection is
+    /// attached; [`DataError::Unreachable`] when the guest cannot be reached.
+    pub async fn connect(link: &GuestLink, exec_id: &ExecId) -> Result<Terminal, DataError> {
+        let request = DataRequest::Terminal {
+            exec_id: exec_id.clone(),
+        };
+        let stream = data::open(link, &request).await?;
+        Ok(Terminal { stream })
+    }
 }
 
 /// The stdin of a running exec: a data-service connection to the harness, fed by

@@ -1,6 +1,6 @@
 //! The processes started through the API in one instance, attached or in the background: what
-//! ran, since when, and how it ended. The exec path adds an entry once the guest has started
-//! the process, the output router records its exit, and the actor marks what was running as
+//! ran, since when, and how it ended. The exec path adds an entry as it asks the guest to start
+//! the process (and drops it when the guest cannot), the output router records its exit, and the actor marks what was running as
 //! lost when the VM that ran it ends without a snapshot (a restored guest's processes go on).
 //!
 //! The table lives in the daemon's memory: after a daemon restart it starts empty, and the
@@ -17,6 +17,17 @@ use crate::logs::now_ts;
 
 /// Finished entries kept per instance; running ones are always kept.
 pub const FINISHED_KEPT: usize = 256;
+
+/// How a process was started, as [`ExecInfo`] shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartedAs {
+    /// In the background.
+    pub detached: bool,
+    /// With a stdin pipe.
+    pub stdin: bool,
+    /// On a terminal.
+    pub tty: bool,
+}
 
 /// One instance's processes.
 #[derive(Debug)]
@@ -36,8 +47,13 @@ impl Default for ProcessTable {
 }
 
 impl ProcessTable {
-    /// Records a process the guest has just started.
-    pub fn started(&self, exec_id: &ExecId, command: Vec<String>, detached: bool, stdin: bool) {
+    /// Records a process the guest is asked to start.
+    pub fn started(&self, exec_id: &ExecId, command: Vec<String>, how: StartedAs) {
+        let StartedAs {
+            detached,
+            stdin,
+            tty,
+        } = how;
         let info = ExecInfo {
             exec_id: exec_id.0.clone(),
             command,
@@ -49,6 +65,7 @@ impl ProcessTable {
             timed_out: false,
             detached,
             stdin,
+            tty,
         };
         self.change(|entries| {
             let next = entries.last_key_value().map_or(0, |(k, _)| k + 1);
@@ -68,6 +85,11 @@ impl ProcessTable {
                 info.timed_out = timed_out;
             }
         });
+    }
+
+    /// Drops the entry of a process the guest could not start.
+    pub fn forget(&self, exec_id: &ExecId) {
+        self.change(|entries| entries.retain(|_, info| info.exec_id != exec_id.0));
     }
 
     /// The VM ended and no snapshot keeps its processes: what was running is lost.
@@ -154,10 +176,17 @@ mod tests {
         ExecId(s.to_owned())
     }
 
+    fn bg() -> StartedAs {
+        StartedAs {
+            detached: true,
+            ..StartedAs::default()
+        }
+    }
+
     #[tokio::test]
     async fn a_process_runs_then_exits_and_a_waiter_sees_it() {
         let table = std::sync::Arc::new(ProcessTable::default());
-        table.started(&id("e1"), vec!["sleep".into(), "1".into()], true, false);
+        table.started(&id("e1"), vec!["sleep".into(), "1".into()], bg());
         assert_eq!(table.get("e1").unwrap().state, ExecState::Running);
         let waiter = {
             let table = std::sync::Arc::clone(&table);
@@ -175,8 +204,15 @@ mod tests {
     #[test]
     fn a_vm_that_ends_loses_what_ran_but_keeps_what_ended() {
         let table = ProcessTable::default();
-        table.started(&id("a"), vec!["a".into()], false, false);
-        table.started(&id("b"), vec!["b".into()], true, true);
+        table.started(&id("a"), vec!["a".into()], StartedAs::default());
+        table.started(
+            &id("b"),
+            vec!["b".into()],
+            StartedAs {
+                stdin: true,
+                ..bg()
+            },
+        );
         table.exited(&id("a"), ExitStatus::signaled(9), true);
         table.vm_gone();
         let list = table.list();
@@ -190,13 +226,13 @@ mod tests {
     #[test]
     fn old_finished_entries_are_forgotten_running_ones_never() {
         let table = ProcessTable::default();
-        table.started(&id("long"), vec!["server".into()], true, false);
+        table.started(&id("long"), vec!["server".into()], bg());
         for i in 0..FINISHED_KEPT + 10 {
             let e = id(&format!("e{i}"));
-            table.started(&e, vec!["true".into()], false, false);
+            table.started(&e, vec!["true".into()], StartedAs::default());
             table.exited(&e, ExitStatus::exited(0), false);
         }
-        table.started(&id("last"), vec!["true".into()], false, false);
+        table.started(&id("last"), vec!["true".into()], StartedAs::default());
         let list = table.list();
         assert_eq!(list.len(), FINISHED_KEPT + 2);
         assert_eq!(list[0].exec_id, "long");

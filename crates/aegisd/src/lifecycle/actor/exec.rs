@@ -14,8 +14,8 @@ use super::Actor;
 use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::ids::InstanceId;
 use crate::lifecycle::command::{reply_channel, GuestLink, LifecycleError, Reply};
-use crate::lifecycle::exec::{ExecSpec, ExecStarted, StdinSink};
-use crate::lifecycle::processes::ProcessTable;
+use crate::lifecycle::exec::{ExecInput, ExecSpec, ExecStarted, StdinSink, Terminal};
+use crate::lifecycle::processes::{ProcessTable, StartedAs};
 use crate::secrets::scrub_env;
 
 impl Actor {
@@ -47,7 +47,6 @@ async fn spawn(
     processes: &ProcessTable,
     spec: ExecSpec,
 ) -> Result<ExecStarted, LifecycleError> {
-    let stdin = spec.stdin;
     let command = spec.argv.clone();
     let exec_id = ExecId(format!("exec-{:08x}", rand::thread_rng().gen::<u32>()));
     let feed = link
@@ -73,23 +72,50 @@ async fn spawn(
             workdir: spec.workdir.or_else(|| link.defaults.workdir.clone()),
             user: link.defaults.user.clone(),
         },
-        stdin: spec.stdin,
+        stdin: spec.stdin && spec.tty.is_none(),
         timeout_ms: spec
             .timeout
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        tty: spec.tty,
     };
+    // Listed before the call: a process that ends at once is reported (by the output router)
+    // before the call's answer arrives here, and its exit must find its entry.
+    let how = StartedAs {
+        detached: spec.detach,
+        stdin: params.stdin,
+        tty: spec.tty.is_some(),
+    };
+    processes.started(&exec_id, command, how);
     let spawned: Result<SpawnResult, ControlError> = link
         .control
         .call(Method::Exec, &params, CONTROL_CALL_TIMEOUT)
         .await;
     scrub_env(&mut params.process.env);
-    if spawned.is_ok() {
-        processes.started(&exec_id, command, spec.detach, stdin);
+    if spawned.is_err() {
+        processes.forget(&exec_id);
     }
     match spawned {
-        Ok(_) if stdin && !spec.detach => {
-            let stdin = match StdinSink::connect(link, Some(&exec_id), false).await {
-                Ok(stdin) => stdin,
+        Ok(_) if spec.detach || !(how.stdin || how.tty) => Ok(ExecStarted {
+            exec_id,
+            feed,
+            input: None,
+        }),
+        Ok(_) => {
+            let input = if how.tty {
+                Terminal::connect(link, &exec_id)
+                    .await
+                    .map(ExecInput::Terminal)
+            } else {
+                StdinSink::connect(link, Some(&exec_id), false)
+                    .await
+                    .map(ExecInput::Stdin)
+            };
+            match input {
+                Ok(input) => Ok(ExecStarted {
+                    exec_id,
+                    feed,
+                    input: Some(input),
+                }),
                 Err(e) => {
                     // Left running it would wait for input that never comes.
                     let kill = SignalParams {
@@ -100,23 +126,13 @@ async fn spawn(
                         .control
                         .call::<serde_json::Value>(Method::Signal, &kill, CONTROL_CALL_TIMEOUT)
                         .await;
-                    return Err(LifecycleError::Stopped {
+                    Err(LifecycleError::Stopped {
                         id: id.clone(),
-                        reason: format!("cannot connect the process's stdin: {e}"),
-                    });
+                        reason: format!("cannot connect the process's input: {e}"),
+                    })
                 }
-            };
-            Ok(ExecStarted {
-                exec_id,
-                feed,
-                stdin: Some(stdin),
-            })
+            }
         }
-        Ok(_) => Ok(ExecStarted {
-            exec_id,
-            feed,
-            stdin: None,
-        }),
         Err(ControlError::Rpc { error, .. }) if error.code == codes::SPAWN_FAILED => {
             Err(LifecycleError::Spawn {
                 id: id.clone(),

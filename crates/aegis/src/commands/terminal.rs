@@ -1,0 +1,187 @@
+//! A terminal session with a process running on a terminal in the guest (`aegis exec -t`,
+//! `aegis process attach`), as `docker exec -it` gives one: this terminal in raw mode (so Ctrl-C,
+//! Ctrl-D and every other key go to the guest's terminal, whose line discipline acts on them),
+//! its size sent at the start and on every SIGWINCH, the output copied as it comes, and the
+//! process's exit code as ours. The terminal's settings are restored on every way out: the end
+//! of the process, an error, a panic, and SIGTERM or SIGHUP to this process.
+
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use aegis_client::{Client, TerminalStream};
+use aegis_proto::api::{ExecState, TerminalSize};
+use anyhow::Context;
+use nix::sys::termios::{self, SetArg, Termios};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::exit::Exit;
+
+/// Exit code of a command killed for its timeout, as `timeout(1)` uses.
+pub const TIMED_OUT: u8 = 124;
+
+/// This side's terminal size: stdout's, else stdin's, else 24 by 80.
+pub fn local_size() -> TerminalSize {
+    let out = std::io::stdout();
+    let input = std::io::stdin();
+    window_size(out.as_fd())
+        .or_else(|| window_size(input.as_fd()))
+        .unwrap_or_default()
+}
+
+fn window_size(fd: BorrowedFd<'_>) -> Option<TerminalSize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize, which lives across the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+    (rc == 0 && size.ws_row > 0 && size.ws_col > 0).then_some(TerminalSize {
+        rows: size.ws_row.min(TerminalSize::MAX),
+        cols: size.ws_col.min(TerminalSize::MAX),
+    })
+}
+
+/// Raw mode on stdin while it lives; the settings from before are put back when it drops.
+struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    /// Raw mode when stdin is a terminal; `None` otherwise (input is then copied as it is).
+    fn enable() -> anyhow::Result<Option<RawMode>> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return Ok(None);
+        }
+        let saved = termios::tcgetattr(stdin.as_fd()).context("cannot read the terminal's mode")?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
+            .context("cannot put the terminal in raw mode")?;
+        Ok(Some(RawMode { saved }))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Why a session ended before the process did.
+enum Left {
+    /// This process got SIGTERM or SIGHUP.
+    Signal(i32),
+}
+
+/// Runs the session on `stream` (the terminal of `exec_id` in `target`); `input` copies this
+/// process's stdin to the guest. Returns the process's exit code.
+///
+/// # Errors
+/// When the terminal cannot be set up, or the daemon cannot say how the process ended.
+pub async fn session(
+    client: &Client,
+    target: &str,
+    exec_id: &str,
+    stream: TerminalStream,
+    input: bool,
+    timeout_secs: Option<u64>,
+) -> anyhow::Result<Exit> {
+    let raw = if input { RawMode::enable()? } else { None };
+    let left = copy_until_end(client, target, exec_id, stream, input).await;
+    // Restored before anything else is printed.
+    drop(raw);
+    match left {
+        Some(Left::Signal(n)) => {
+            eprintln!(
+                "aegis: left the terminal of {exec_id} on signal {n}; the process goes on \
+                 (`aegis process attach {target} {exec_id}` to come back)"
+            );
+            return Ok(Exit::Guest(u8::try_from(128 + n).unwrap_or(255)));
+        }
+        None => {}
+    }
+    let info = client
+        .wait_exec(target, exec_id)
+        .await
+        .with_context(|| format!("cannot learn how {exec_id} in {target:?} ended"))?;
+    match (info.state, info.exit_code) {
+        (ExecState::Exited, _) if info.timed_out => {
+            eprintln!(
+                "aegis: the command ran past its timeout of {} s and was killed",
+                timeout_secs.unwrap_or_default()
+            );
+            Ok(Exit::Guest(TIMED_OUT))
+        }
+        (ExecState::Exited, Some(code)) => Ok(Exit::from_guest(code)),
+        _ => anyhow::bail!(
+            "process {exec_id} ended without an exit code: the VM it ran in stopped without a \
+             snapshot"
+        ),
+    }
+}
+
+/// Copies both ways until the guest closes the terminal (`None`) or a signal says to leave.
+async fn copy_until_end(
+    client: &Client,
+    target: &str,
+    exec_id: &str,
+    stream: TerminalStream,
+    input: bool,
+) -> Option<Left> {
+    let (mut from_guest, mut to_guest) = tokio::io::split(stream);
+    let output = async {
+        let mut stdout = tokio::io::stdout();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match from_guest.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if stdout.write_all(&buf[..n]).await.is_err() || stdout.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let typed = async {
+        if input {
+            let mut stdin = tokio::io::stdin();
+            let _ = tokio::io::copy(&mut stdin, &mut to_guest).await;
+        }
+        // The end of this side's input is not the end of the session.
+        std::future::pending::<()>().await;
+    };
+    let resizes = async {
+        let Ok(mut winch) = signal(SignalKind::window_change()) else {
+            return std::future::pending().await;
+        };
+        // Once at the start too: an attach finds the terminal at the size its last client had.
+        let _ = client.resize_terminal(target, exec_id, local_size()).await;
+        while winch.recv().await.is_some() {
+            let _ = client.resize_terminal(target, exec_id, local_size()).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let leave = async {
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => Left::Signal(libc::SIGTERM),
+            _ = hup.recv() => Left::Signal(libc::SIGHUP),
+        }
+    };
+    tokio::select! {
+        () = output => None,
+        () = typed => None,
+        () = resizes => None,
+        left = leave => Some(left),
+    }
+}
