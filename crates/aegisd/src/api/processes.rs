@@ -64,20 +64,11 @@ pub async fn signal(
 ) -> Result<Json<ExecInfo>, ApiError> {
     let signal = parse_signal(&req.signal).map_err(ApiError::BadRequest)?;
     let (handle, info) = running(&state, &id, &exec_id)?;
-    let link = wake(&handle).await?;
     let params = SignalParams {
         exec_id: Some(ExecId(exec_id.clone())),
         signal,
     };
-    link.control
-        .call::<serde_json::Value>(Method::Signal, &params, CONTROL_CALL_TIMEOUT)
-        .await
-        .map_err(|source| {
-            ApiError::Lifecycle(LifecycleError::Control {
-                id: handle.id.clone(),
-                source,
-            })
-        })?;
+    call_guest(&handle, Method::Signal, &params).await?;
     Ok(Json(info))
 }
 
@@ -109,7 +100,6 @@ pub async fn resize(
 ) -> Result<Json<ExecInfo>, ApiError> {
     let size = size.check().map_err(ApiError::BadRequest)?;
     let (handle, info) = on_terminal(&state, &id, &exec_id)?;
-    let link = wake(&handle).await?;
     let params = ResizeParams {
         exec_id: ExecId(exec_id),
         size: WindowSize {
@@ -117,15 +107,7 @@ pub async fn resize(
             cols: size.cols,
         },
     };
-    link.control
-        .call::<serde_json::Value>(Method::Resize, &params, CONTROL_CALL_TIMEOUT)
-        .await
-        .map_err(|source| {
-            ApiError::Lifecycle(LifecycleError::Control {
-                id: handle.id.clone(),
-                source,
-            })
-        })?;
+    call_guest(&handle, Method::Resize, &params).await?;
     Ok(Json(info))
 }
 
@@ -244,6 +226,25 @@ fn unknown(id: &str, exec_id: &str) -> ApiError {
         instance: id.to_owned(),
         exec_id: exec_id.to_owned(),
     }
+}
+
+/// Wakes the instance and makes one control call that answers `{}`.
+async fn call_guest(
+    handle: &InstanceHandle,
+    method: Method,
+    params: &impl serde::Serialize,
+) -> Result<(), ApiError> {
+    let link = wake(handle).await?;
+    link.control
+        .call::<serde_json::Value>(method, params, CONTROL_CALL_TIMEOUT)
+        .await
+        .map(drop)
+        .map_err(|source| {
+            ApiError::Lifecycle(LifecycleError::Control {
+                id: handle.id.clone(),
+                source,
+            })
+        })
 }
 
 async fn wake(handle: &InstanceHandle) -> Result<GuestLink, ApiError> {
