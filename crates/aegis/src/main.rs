@@ -75,6 +75,8 @@ enum Command {
     /// Run a command in a new instance, print its output, delete the instance
     #[command(after_help = EXIT_CODES_HELP)]
     Run(commands::run::Args),
+    /// Serve sandboxes to assistants over the Model Context Protocol (stdio, or --http)
+    Mcp(commands::mcp::Args),
 }
 
 /// What every command gets: where the daemon lives and how to print.
@@ -141,6 +143,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Logs(args) => commands::logs::run(args, ctx).await,
         Command::Process(command) => commands::process::run(command, ctx).await,
         Command::Run(args) => commands::run::run(args, ctx).await,
+        Command::Mcp(args) => commands::mcp::run(args, ctx).await,
     }
 }
 

@@ -296,9 +296,7 @@ pub async fn run(mut outgoing: mpsc::Receiver<Outgoing>, mut connections: mpsc::
     let mut connections_open = true;
 
     loop {
-        let host_absent = writer
-            .as_ref()
-            .map_or(true, |w| async_fd::hung_up(w.as_fd()));
+        let host_absent = writer.as_ref().is_none_or(|w| async_fd::hung_up(w.as_fd()));
         if host_absent && !host_was_absent {
             outbox.restart_front();
         }

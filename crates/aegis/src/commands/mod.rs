@@ -8,6 +8,7 @@ pub mod image;
 pub mod instance;
 pub mod kit;
 pub mod logs;
+pub mod mcp;
 pub mod process;
 pub mod run;
 pub mod secret;

@@ -32,14 +32,38 @@ pub struct Args {}
 
 /// Runs `aegis up`.
 pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
+    match ensure_running(ctx).await? {
+        Running::Already(status) => println!(
+            "aegisd {} is already running (pid {})",
+            status.version, status.pid
+        ),
+        Running::Started(status) => println!(
+            "aegisd {} started (pid {}); log: {}",
+            status.version,
+            status.pid,
+            ctx.home.join("aegisd.log").display()
+        ),
+    }
+    Ok(Exit::Success)
+}
+
+/// What [`ensure_running`] found or did.
+#[derive(Debug)]
+pub enum Running {
+    /// The daemon was running.
+    Already(aegis_proto::api::Status),
+    /// It was started now.
+    Started(aegis_proto::api::Status),
+}
+
+/// Starts `aegisd` in the background unless it runs, and returns once it answers. Prints
+/// nothing (`aegis mcp` owns its stdout).
+///
+/// # Errors
+/// When it cannot be found or started, or does not answer, with its log's last lines.
+pub async fn ensure_running(ctx: &Ctx) -> anyhow::Result<Running> {
     match ctx.client.status().await {
-        Ok(status) => {
-            println!(
-                "aegisd {} is already running (pid {})",
-                status.version, status.pid
-            );
-            return Ok(Exit::Success);
-        }
+        Ok(status) => return Ok(Running::Already(status)),
         Err(e) if e.is_not_running() => {}
         Err(e) => return Err(e).context("cannot ask whether aegisd is running"),
     }
@@ -91,13 +115,7 @@ pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(status) = probe.status().await {
-            println!(
-                "aegisd {} started (pid {}); log: {}",
-                status.version,
-                status.pid,
-                log_path.display()
-            );
-            return Ok(Exit::Success);
+            return Ok(Running::Started(status));
         }
         if let Ok(Some(exit)) = child.try_wait() {
             return Err(not_started(
