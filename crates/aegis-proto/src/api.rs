@@ -419,6 +419,15 @@ impl TerminalSize {
     }
 }
 
+impl From<TerminalSize> for crate::control::WindowSize {
+    fn from(size: TerminalSize) -> crate::control::WindowSize {
+        crate::control::WindowSize {
+            rows: size.rows,
+            cols: size.cols,
+        }
+    }
+}
+
 /// The response header naming the exec of an upgraded terminal connection, which resize and
 /// wait calls need.
 pub const EXEC_ID_HEADER: &str = "aegis-exec-id";

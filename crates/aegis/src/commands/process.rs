@@ -84,14 +84,7 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
                 .wait_exec(&p.target, &p.exec_id)
                 .await
                 .with_context(|| format!("cannot wait for {} in {:?}", p.exec_id, p.target))?;
-            match (info.state, info.exit_code) {
-                (ExecState::Exited, Some(code)) => Ok(Exit::from_guest(code)),
-                _ => anyhow::bail!(
-                    "process {} ended without an exit code: the VM it ran in stopped without a \
-                     snapshot",
-                    p.exec_id
-                ),
-            }
+            super::terminal::exit_of(&info)
         }
         Command::Kill(args) => {
             let p = args.process;
@@ -112,6 +105,11 @@ pub async fn run(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
                         p.exec_id, p.target
                     )
                 })?;
+            // The terminal has the size its last client gave it; this one may differ.
+            let _ = ctx
+                .client
+                .resize_terminal(&p.target, &p.exec_id, super::terminal::local_size())
+                .await;
             super::terminal::session(&ctx.client, &p.target, &p.exec_id, stream, true, None).await
         }
         Command::Input(args) => {

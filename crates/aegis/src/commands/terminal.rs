@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aegis_client::{Client, TerminalStream};
-use aegis_proto::api::{ExecState, TerminalSize};
+use aegis_proto::api::{ExecInfo, ExecState, TerminalSize};
 use anyhow::Context;
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,12 +71,6 @@ impl Drop for RawMode {
     }
 }
 
-/// Why a session ended before the process did.
-enum Left {
-    /// This process got SIGTERM or SIGHUP.
-    Signal(i32),
-}
-
 /// Runs the session on `stream` (the terminal of `exec_id` in `target`); `input` copies this
 /// process's stdin to the guest. Returns the process's exit code.
 ///
@@ -94,44 +88,50 @@ pub async fn session(
     let left = copy_until_end(client, target, exec_id, stream, input).await;
     // Restored before anything else is printed.
     drop(raw);
-    match left {
-        Some(Left::Signal(n)) => {
-            eprintln!(
-                "aegis: left the terminal of {exec_id} on signal {n}; the process goes on \
-                 (`aegis process attach {target} {exec_id}` to come back)"
-            );
-            return Ok(Exit::Guest(u8::try_from(128 + n).unwrap_or(255)));
-        }
-        None => {}
+    if let Some(signal) = left {
+        eprintln!(
+            "aegis: left the terminal of {exec_id} on signal {signal}; the process goes on \
+             (`aegis process attach {target} {exec_id}` to come back)"
+        );
+        return Ok(Exit::Guest(u8::try_from(128 + signal).unwrap_or(255)));
     }
     let info = client
         .wait_exec(target, exec_id)
         .await
         .with_context(|| format!("cannot learn how {exec_id} in {target:?} ended"))?;
+    if info.state == ExecState::Exited && info.timed_out {
+        eprintln!(
+            "aegis: the command ran past its timeout of {} s and was killed",
+            timeout_secs.unwrap_or_default()
+        );
+        return Ok(Exit::Guest(TIMED_OUT));
+    }
+    exit_of(&info)
+}
+
+/// The exit code of an ended process as ours.
+///
+/// # Errors
+/// When it has none: the VM it ran in stopped without a snapshot.
+pub fn exit_of(info: &ExecInfo) -> anyhow::Result<Exit> {
     match (info.state, info.exit_code) {
-        (ExecState::Exited, _) if info.timed_out => {
-            eprintln!(
-                "aegis: the command ran past its timeout of {} s and was killed",
-                timeout_secs.unwrap_or_default()
-            );
-            Ok(Exit::Guest(TIMED_OUT))
-        }
         (ExecState::Exited, Some(code)) => Ok(Exit::from_guest(code)),
         _ => anyhow::bail!(
-            "process {exec_id} ended without an exit code: the VM it ran in stopped without a \
-             snapshot"
+            "process {} ended without an exit code: the VM it ran in stopped without a snapshot",
+            info.exec_id
         ),
     }
 }
 
-/// Copies both ways until the guest closes the terminal (`None`) or a signal says to leave.
+/// Copies both ways until the guest closes the terminal (`None`) or SIGTERM or SIGHUP says to
+/// leave (that signal's number).
 async fn copy_until_end(
     client: &Client,
     target: &str,
     exec_id: &str,
     stream: TerminalStream,
     input: bool,
-) -> Option<Left> {
+) -> Option<i32> {
     let (mut from_guest, mut to_guest) = tokio::io::split(stream);
     let output = async {
         let mut stdout = tokio::io::stdout();
@@ -159,8 +159,6 @@ async fn copy_until_end(
         let Ok(mut winch) = signal(SignalKind::window_change()) else {
             return std::future::pending().await;
         };
-        // Once at the start too: an attach finds the terminal at the size its last client had.
-        let _ = client.resize_terminal(target, exec_id, local_size()).await;
         while winch.recv().await.is_some() {
             let _ = client.resize_terminal(target, exec_id, local_size()).await;
         }
@@ -174,8 +172,8 @@ async fn copy_until_end(
             return std::future::pending().await;
         };
         tokio::select! {
-            _ = term.recv() => Left::Signal(libc::SIGTERM),
-            _ = hup.recv() => Left::Signal(libc::SIGHUP),
+            _ = term.recv() => libc::SIGTERM,
+            _ = hup.recv() => libc::SIGHUP,
         }
     };
     tokio::select! {

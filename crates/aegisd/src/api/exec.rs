@@ -39,9 +39,7 @@ pub async fn exec(
     ApiPath(id): ApiPath<String>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
-    let upgrade = wants_upgrade(&request)
-        .then(|| request.extensions_mut().remove::<OnUpgrade>())
-        .flatten();
+    let upgrade = take_upgrade(&mut request);
     let ApiJson(req) = ApiJson::<ExecRequest>::from_request(request, &state).await?;
     if req.command.is_empty() {
         return Err(ApiError::BadRequest("command must not be empty".to_owned()));
@@ -50,12 +48,7 @@ pub async fn exec(
     check_env(&req.env).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let tty = req
         .tty
-        .map(|size| {
-            size.check().map(|s| WindowSize {
-                rows: s.rows,
-                cols: s.cols,
-            })
-        })
+        .map(|size| size.check().map(WindowSize::from))
         .transpose()
         .map_err(ApiError::BadRequest)?;
     if (req.stdin || tty.is_some()) && !req.detach && upgrade.is_none() {
@@ -193,12 +186,15 @@ pub(super) fn upgrade_to_terminal(
         .unwrap_or_default()
 }
 
-/// Whether the request asks to upgrade to the exec protocol.
-pub(super) fn wants_upgrade(request: &Request) -> bool {
-    request.headers().get(header::UPGRADE).is_some_and(|v| {
+/// The pending upgrade of a request that asks to upgrade to the exec protocol.
+pub(super) fn take_upgrade(request: &mut Request) -> Option<OnUpgrade> {
+    let wanted = request.headers().get(header::UPGRADE).is_some_and(|v| {
         v.as_bytes()
             .eq_ignore_ascii_case(EXEC_UPGRADE_PROTOCOL.as_bytes())
-    })
+    });
+    wanted
+        .then(|| request.extensions_mut().remove::<OnUpgrade>())
+        .flatten()
 }
 
 /// The upgraded connection: the exec's records go out, the client's bytes go to the process's

@@ -9,12 +9,11 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Json;
 use futures::TryStreamExt;
-use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
 use tokio_util::io::StreamReader;
 
 use super::error::ApiError;
-use super::exec::{needs_upgrade, upgrade_to_terminal, wants_upgrade};
+use super::exec::{needs_upgrade, take_upgrade, upgrade_to_terminal};
 use super::instances::find;
 use super::json::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
@@ -80,10 +79,7 @@ pub async fn terminal(
     ApiPath((id, exec_id)): ApiPath<(String, String)>,
     mut request: Request,
 ) -> Result<Response, ApiError> {
-    let upgrade = wants_upgrade(&request)
-        .then(|| request.extensions_mut().remove::<OnUpgrade>())
-        .flatten()
-        .ok_or_else(|| needs_upgrade("a terminal"))?;
+    let upgrade = take_upgrade(&mut request).ok_or_else(|| needs_upgrade("a terminal"))?;
     let (handle, _) = on_terminal(&state, &id, &exec_id)?;
     let link = wake(&handle).await?;
     let exec_id = ExecId(exec_id);
@@ -102,10 +98,7 @@ pub async fn resize(
     let (handle, info) = on_terminal(&state, &id, &exec_id)?;
     let params = ResizeParams {
         exec_id: ExecId(exec_id),
-        size: WindowSize {
-            rows: size.rows,
-            cols: size.cols,
-        },
+        size: WindowSize::from(size),
     };
     call_guest(&handle, Method::Resize, &params).await?;
     Ok(Json(info))

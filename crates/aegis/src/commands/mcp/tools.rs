@@ -359,14 +359,14 @@ impl Sandboxes {
     #[tool(description = "Read a text file from a sandbox (the first 256 KiB).")]
     async fn read_file(&self, Parameters(p): Parameters<ReadFileParams>) -> Answer {
         let cannot = |e| failed(&format!("cannot read {} in {:?}", p.path, p.instance), e);
-        let download = self
+        let mut download = self
             .client
             .read_file(&p.instance, &p.path, None, Some(MAX_FILE_BYTES + 1))
             .await
             .map_err(cannot)?;
+        // The ranged read already stops one byte past the limit, which tells a cut file.
         let mut bytes = Vec::new();
         download
-            .take(MAX_FILE_BYTES + 1)
             .read_to_end(&mut bytes)
             .await
             .map_err(|e| failed(&format!("cannot read {}", p.path), e))?;
