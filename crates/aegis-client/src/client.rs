@@ -306,6 +306,38 @@ impl Client {
         self.json(Method::POST, path, Some(encode(&size))).await
     }
 
+    /// `POST /v1/instances/{id-or-handle}/terminal`: attaches to the terminal of the primary
+    /// process of an instance created with `tty` (`aegis run -t`), waking it first.
+    ///
+    /// # Errors
+    /// 409 when it has no terminal, or another connection is attached; see [`ClientError`].
+    pub async fn attach_primary_terminal(
+        &self,
+        id_or_handle: &str,
+    ) -> Result<TerminalStream, ClientError> {
+        let path = instance_route(id_or_handle, "/terminal");
+        self.upgrade(path, transport::Outgoing::Empty)
+            .await
+            .map(TerminalStream::from)
+    }
+
+    /// `POST /v1/instances/{id-or-handle}/resize`: the primary process's terminal size.
+    ///
+    /// # Errors
+    /// 400 for a size out of range, 409 when it has no terminal; see [`ClientError`].
+    pub async fn resize_primary_terminal(
+        &self,
+        id_or_handle: &str,
+        size: TerminalSize,
+    ) -> Result<(), ClientError> {
+        let path = instance_route(id_or_handle, "/resize");
+        drop(
+            self.exchange(Method::POST, path, Some(encode(&size)))
+                .await?,
+        );
+        Ok(())
+    }
+
     /// A POST that upgrades its connection to [`EXEC_UPGRADE_PROTOCOL`].
     async fn upgrade(
         &self,

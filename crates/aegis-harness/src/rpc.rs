@@ -271,7 +271,7 @@ impl Server {
                 let options = StartOptions {
                     stdin: params.stdin,
                     timeout: None,
-                    tty: None,
+                    tty: params.tty,
                 };
                 self.start(id, Slot::Primary, &params.process, options)
             }
@@ -299,7 +299,7 @@ impl Server {
                 (response, After::Nothing)
             }
             Request::Resize(params) => {
-                let slot = Slot::Exec(params.exec_id);
+                let slot = Slot::from(params.exec_id);
                 let response = match self.processes.resize(slot, params.size) {
                     Ok(()) => ok(id, &serde_json::json!({})),
                     Err(e) => {

@@ -130,6 +130,11 @@ pub struct CreateInstance {
     /// `POST /v1/instances/{id}/stdin` (`aegis run -i`); `/dev/null` otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// Run the primary process on a pseudo-terminal of this size at each boot (`aegis run -t`),
+    /// attached through `POST /v1/instances/{id}/terminal` and resized through `.../resize`.
+    /// Its output is then the terminal's, not in the instance's logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TerminalSize>,
 }
 
 /// An idle timeout as given: a number of seconds or a string (`"90s"`, `"5m"`, `"never"`).

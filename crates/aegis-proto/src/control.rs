@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Version of the harness ↔ daemon protocol. Bumped on incompatible changes; reported by `health`.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Name of the virtio-serial port carrying the channel (`/sys/class/virtio-ports/*/name`).
 pub const CONTROL_PORT_NAME: &str = "org.aegis.control";
@@ -135,6 +135,10 @@ pub struct RunParams {
     /// Give the process a stdin pipe; `/dev/null` otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// Run it on a pseudo-terminal of this size instead (attached through the data service's
+    /// terminal without an exec id; protocol 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<WindowSize>,
 }
 
 /// Parameters of `exec`.
@@ -173,8 +177,9 @@ pub struct WindowSize {
 /// Parameters of `resize`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResizeParams {
-    /// An exec started with `tty`.
-    pub exec_id: ExecId,
+    /// An exec started with `tty`; the primary process when absent (protocol 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<ExecId>,
     /// The new size; the process gets `SIGWINCH`.
     #[serde(flatten)]
     pub size: WindowSize,
@@ -377,8 +382,9 @@ pub enum DataRequest {
     /// harness closes the connection) or the host goes away (the process goes on, and a later
     /// connection attaches again). The host's end-of-file only ends the input.
     Terminal {
-        /// The exec.
-        exec_id: ExecId,
+        /// The exec; the primary process when absent (protocol 5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_id: Option<ExecId>,
     },
     /// What is at `path` (a symbolic link itself, not its target): `file` of the reply.
     Stat {

@@ -116,6 +116,7 @@ impl InstanceOptions {
             timeout_secs: self.timeout,
             on_timeout: self.on_timeout,
             stdin: false,
+            tty: None,
         }
     }
 }

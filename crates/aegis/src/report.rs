@@ -43,11 +43,17 @@ fn hints(err: &anyhow::Error) -> Vec<String> {
 
 /// True when the failure is a write to a closed pipe.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    // A request to the daemon that broke off (its socket closed while a body was being sent)
+    // is a failure, whatever the I/O error under it says.
+    let talking_to_the_daemon = err
+        .chain()
+        .any(|cause| cause.downcast_ref::<aegis_client::ClientError>().is_some());
+    !talking_to_the_daemon
+        && err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        })
 }
 
 #[cfg(test)]

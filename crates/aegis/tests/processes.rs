@@ -241,9 +241,17 @@ fn background_processes(d: &Daemon) {
     let logs = d.aegis(["logs", "p", "--exec", &id]);
     assert_eq!(logs.stdout, "got 5\n", "{logs}");
     // Its stdin is closed now: more input is refused, as it is for a process without stdin.
-    let refused = d.aegis_with_input(["process", "input", "p", &id], &second, CALL);
-    assert_eq!(refused.code, Some(125), "{refused}");
-    assert!(refused.stderr.contains("no longer running"), "{refused}");
+    let refused = d.api(
+        "POST",
+        &format!("/v1/instances/p/execs/{id}/stdin"),
+        Some("de"),
+    );
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.body.contains("no longer running"),
+        "{}",
+        refused.body
+    );
 
     // A signal by name ends it; the exit code says which.
     let id = detach(d, &["p", "--", "sleep", "300"]);
@@ -371,6 +379,13 @@ fn terminals(d: &Daemon) {
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert!(refused.body.contains("has no terminal"), "{}", refused.body);
     d.aegis(["process", "kill", "p", &id]).expect_success();
+    let refused = d.api(
+        "POST",
+        "/v1/instances/p/resize",
+        Some(r#"{"rows": 10, "cols": 10}"#),
+    );
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("has no terminal"), "{}", refused.body);
 }
 
 #[test]

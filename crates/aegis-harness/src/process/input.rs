@@ -6,7 +6,10 @@
 //! borrows it to feed it: so a process whose input is not connected yet sees no end-of-file
 //! until it exits or a connection comes and ends, and one connection at a time feeds it. A
 //! terminal's master stays here (resizes use it) while one connection at a time is attached to
-//! it; that connection learns of the process's end when the entry goes.
+//! it; that connection learns of the process's end when the entry goes. A terminal that no
+//! connection was ever attached to outlives its process by [`UNREAD_TERMINAL_KEPT`], so that
+//! a command which ends before the host attaches (`aegis exec -t x -- echo hi`) still has its
+//! output read by the first attachment.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -14,6 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use aegis_proto::control::ExecId;
 use tokio::sync::watch;
+
+/// How long the terminal of an ended process waits for its first attachment.
+pub const UNREAD_TERMINAL_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Shared between the process table (which adds and removes processes) and the data service
 /// (which borrows pipes and attaches to terminals). Only ever locked for a map operation.
@@ -27,8 +33,10 @@ enum Input {
     Terminal {
         master: Arc<OwnedFd>,
         attached: bool,
-        /// Dropped with the entry: the attached connection's receiver then sees the end.
-        ended: watch::Sender<()>,
+        /// Whether a connection was attached at some point (and so has read the output).
+        read: bool,
+        /// `true` once the process has ended; dropped with the entry.
+        ended: watch::Sender<bool>,
     },
 }
 
@@ -37,8 +45,8 @@ enum Input {
 pub struct Attached {
     /// The terminal's master side.
     pub master: Arc<OwnedFd>,
-    /// Changes (errs) once the process has ended.
-    pub ended: watch::Receiver<()>,
+    /// `true`, or closed, once the process has ended.
+    pub ended: watch::Receiver<bool>,
 }
 
 impl Inputs {
@@ -52,7 +60,8 @@ impl Inputs {
         let terminal = Input::Terminal {
             master: Arc::new(master),
             attached: false,
-            ended: watch::Sender::new(()),
+            read: false,
+            ended: watch::Sender::new(false),
         };
         self.lock().insert(exec_id, terminal);
     }
@@ -81,9 +90,11 @@ impl Inputs {
             Some(Input::Terminal {
                 master,
                 attached: attached @ false,
+                read,
                 ended,
             }) => {
                 *attached = true;
+                *read = true;
                 Some(Attached {
                     master: Arc::clone(master),
                     ended: ended.subscribe(),
@@ -93,10 +104,16 @@ impl Inputs {
         }
     }
 
-    /// Ends an attachment: a later connection may attach.
+    /// Ends an attachment: a later connection may attach, unless the process has ended (the
+    /// terminal then goes).
     pub fn detach(&self, exec_id: &Option<ExecId>) {
-        if let Some(Input::Terminal { attached, .. }) = self.lock().get_mut(exec_id) {
-            *attached = false;
+        let mut map = self.lock();
+        match map.get_mut(exec_id) {
+            Some(Input::Terminal { ended, .. }) if *ended.borrow() => {
+                map.remove(exec_id);
+            }
+            Some(Input::Terminal { attached, .. }) => *attached = false,
+            _ => {}
         }
     }
 
@@ -109,9 +126,40 @@ impl Inputs {
     }
 
     /// Forgets a process whose stdin was closed or which ended (closing a pipe still here, and
-    /// telling an attached terminal connection).
+    /// telling an attached terminal connection). A terminal never read is kept for its first
+    /// attachment, for [`UNREAD_TERMINAL_KEPT`] (when a runtime is there to expire it).
     pub fn remove(&self, exec_id: &Option<ExecId>) {
-        self.lock().remove(exec_id);
+        let mut map = self.lock();
+        if let Some(Input::Terminal {
+            read: false, ended, ..
+        }) = map.get(exec_id)
+        {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                ended.send_replace(true);
+                let (inputs, key) = (self.clone(), exec_id.clone());
+                runtime.spawn(async move {
+                    tokio::time::sleep(UNREAD_TERMINAL_KEPT).await;
+                    inputs.expire(&key);
+                });
+                return;
+            }
+        }
+        map.remove(exec_id);
+    }
+
+    /// Drops the terminal of an ended process nobody attached to.
+    fn expire(&self, exec_id: &Option<ExecId>) {
+        let mut map = self.lock();
+        if let Some(Input::Terminal {
+            attached: false,
+            ended,
+            ..
+        }) = map.get(exec_id)
+        {
+            if *ended.borrow() {
+                map.remove(exec_id);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Option<ExecId>, Input>> {
@@ -164,5 +212,29 @@ mod tests {
             "the end is seen"
         );
         assert!(inputs.attach(&e).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_unread_terminal_waits_for_its_first_attachment() {
+        let inputs = Inputs::default();
+        let e = Some(ExecId("late".into()));
+        inputs.insert_terminal(e.clone(), pipe());
+        inputs.remove(&e);
+        let attached = inputs
+            .attach(&e)
+            .expect("the output is still there to read");
+        assert!(
+            *attached.ended.borrow(),
+            "and the process is known to have ended"
+        );
+        inputs.detach(&e);
+        assert!(inputs.attach(&e).is_none(), "read once, it is gone");
+
+        let never = Some(ExecId("never".into()));
+        inputs.insert_terminal(never.clone(), pipe());
+        inputs.remove(&never);
+        // What the timer does after UNREAD_TERMINAL_KEPT.
+        inputs.expire(&never);
+        assert!(inputs.attach(&never).is_none(), "nobody came: it expired");
     }
 }

@@ -14,6 +14,7 @@ use nix::sys::stat::Mode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::input::{Attached, Inputs};
+use super::table::Slot;
 use crate::async_fd::AsyncPipe;
 
 /// Bytes moved per read in either direction.
@@ -77,13 +78,13 @@ pub fn take_as_controlling() -> io::Result<()> {
 ///
 /// # Errors
 /// Why no connection may attach now, for the refusal.
-pub fn attach<'a>(inputs: &'a Inputs, exec_id: &ExecId) -> Result<Attachment<'a>, String> {
-    let key = Some(exec_id.clone());
+pub fn attach<'a>(inputs: &'a Inputs, exec_id: &Option<ExecId>) -> Result<Attachment<'a>, String> {
+    let key = exec_id.clone();
     let Some(attached) = inputs.attach(&key) else {
         return Err(format!(
-            "exec {:?} has no terminal to attach to: it was started without tty, it has ended, \
+            "{} has no terminal to attach to: it was started without tty, it has ended, \
              or another connection is attached",
-            exec_id.0
+            Slot::from(key)
         ));
     };
     Ok(Attachment {
@@ -132,7 +133,8 @@ impl Attachment<'_> {
             };
             let output = async {
                 let mut buf = vec![0u8; CHUNK];
-                let mut ended = false;
+                // Attached after the process ended: what it left is all there is.
+                let mut ended = *self.attached.ended.borrow();
                 loop {
                     let n = if ended {
                         // The process is gone: take what it left, without waiting for more

@@ -1,6 +1,8 @@
 //! `aegis run -- CMD...`: create an instance, print its primary process's output while it runs,
 //! exit with its exit code and delete the instance. With `-i` this process's stdin becomes the
-//! command's. Ctrl-C (or SIGTERM) deletes the instance,
+//! command's; with `-t` the command runs on a terminal in the guest that this one is attached
+//! to (raw with `-i`, as `docker run -it`; see `terminal`). Ctrl-C (or SIGTERM) deletes the
+//! instance,
 //! which stops its VM, and exits 130. A failed boot prints the instance's system log lines and
 //! deletes it too. The instance is created with `auto_remove`, so that the daemon deletes it
 //! by itself when this process cannot (killed, or the daemon went away and came back).
@@ -19,6 +21,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use aegis_client::{ClientError, LogsQuery, StatusCode};
 use aegis_proto::api::{CreateInstance, Instance, InstanceStatus, LogSource};
 
+use super::terminal::{self, Owner};
 use crate::args::InstanceOptions;
 use crate::exit::Exit;
 use crate::printer::{LogPrinter, Show};
@@ -45,6 +48,10 @@ pub struct Args {
     /// Keep stdin open: stream it to the command (its end closes the command's stdin)
     #[arg(long, short = 'i')]
     pub interactive: bool,
+    /// Run the command on a terminal in the guest (with -i, this terminal goes in raw mode and
+    /// every key goes to it, as with `docker run -it`); its output is not in the logs then
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// The command and its arguments [default with --kit: the kit's command; with --image: the
     /// image's Entrypoint + Cmd]
     #[arg(
@@ -64,7 +71,8 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
     }
     let request = CreateInstance {
         auto_remove: true,
-        stdin: args.interactive,
+        stdin: args.interactive && !args.tty,
+        tty: args.tty.then(terminal::local_size),
         ..args.options.into_request(args.command)
     };
 
@@ -81,9 +89,14 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
     };
     let id = created.instance.id;
+    if args.tty {
+        if let Some(exit) = on_terminal(ctx, &id, args.interactive, &mut signals).await? {
+            return Ok(exit);
+        }
+    }
     // Streamed as it is read; the daemon wakes the guest and waits for the command first. What
     // the command leaves unread when it exits is dropped, as with a pipe.
-    let feeding = args.interactive.then(|| {
+    let feeding = (args.interactive && !args.tty).then(|| {
         let client = ctx.client.clone();
         let id = id.clone();
         tokio::spawn(async move { client.primary_stdin(&id, tokio::io::stdin()).await })
@@ -129,6 +142,49 @@ pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
         }
         Err(e) => {
             delete(ctx, &id).await;
+            Err(e)
+        }
+    }
+}
+
+/// Attaches this terminal to the command's until the command ends; then its exit code comes
+/// from following the instance as without `-t`. `Some` when `aegis run` ends here: interrupted
+/// while the VM booted, or told to leave by SIGTERM or SIGHUP (the instance is deleted then).
+///
+/// # Errors
+/// When the terminal cannot be attached (the boot failed, say): the instance is deleted, its
+/// system log lines printed first.
+async fn on_terminal(
+    ctx: &Ctx,
+    id: &str,
+    input: bool,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Exit>> {
+    // Waits for the boot: the daemon wakes the instance before it attaches.
+    let stream = tokio::select! {
+        stream = ctx.client.attach_primary_terminal(id) => stream,
+        () = signals.recv() => {
+            delete(ctx, id).await;
+            return Ok(Some(Exit::Interrupted));
+        }
+    };
+    let stream = match stream {
+        Ok(stream) => stream,
+        Err(e) => {
+            print_system_lines(ctx, id).await;
+            delete(ctx, id).await;
+            return Err(e).context("cannot attach to the command's terminal");
+        }
+    };
+    let left = terminal::attached(&ctx.client, id, Owner::Primary, stream, input).await;
+    match left {
+        Ok(None) => Ok(None),
+        Ok(Some(signal)) => {
+            delete(ctx, id).await;
+            Ok(Some(Exit::Guest(u8::try_from(128 + signal).unwrap_or(255))))
+        }
+        Err(e) => {
+            delete(ctx, id).await;
             Err(e)
         }
     }

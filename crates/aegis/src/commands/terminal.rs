@@ -1,5 +1,6 @@
 //! A terminal session with a process running on a terminal in the guest (`aegis exec -t`,
-//! `aegis process attach`), as `docker exec -it` gives one: this terminal in raw mode (so Ctrl-C,
+//! `aegis process attach`, and the primary process of `aegis run -t`), as `docker exec -it`
+//! gives one: this terminal in raw mode (so Ctrl-C,
 //! Ctrl-D and every other key go to the guest's terminal, whose line discipline acts on them),
 //! its size sent at the start and on every SIGWINCH, the output copied as it comes, and the
 //! process's exit code as ours. The terminal's settings are restored on every way out: the end
@@ -71,6 +72,15 @@ impl Drop for RawMode {
     }
 }
 
+/// Whose terminal a session is attached to.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner<'a> {
+    /// An exec, by id.
+    Exec(&'a str),
+    /// The instance's primary process.
+    Primary,
+}
+
 /// Runs the session on `stream` (the terminal of `exec_id` in `target`); `input` copies this
 /// process's stdin to the guest. Returns the process's exit code.
 ///
@@ -84,11 +94,7 @@ pub async fn session(
     input: bool,
     timeout_secs: Option<u64>,
 ) -> anyhow::Result<Exit> {
-    let raw = if input { RawMode::enable()? } else { None };
-    let left = copy_until_end(client, target, exec_id, stream, input).await;
-    // Restored before anything else is printed.
-    drop(raw);
-    if let Some(signal) = left {
+    if let Some(signal) = attached(client, target, Owner::Exec(exec_id), stream, input).await? {
         eprintln!(
             "aegis: left the terminal of {exec_id} on signal {signal}; the process goes on \
              (`aegis process attach {target} {exec_id}` to come back)"
@@ -109,6 +115,26 @@ pub async fn session(
     exit_of(&info)
 }
 
+/// Moves the bytes of `stream`, the terminal of `owner` in `target`, with this terminal in raw
+/// mode when `input` (which copies this process's stdin to the guest), until the guest closes
+/// it (`None`: the process ended) or SIGTERM or SIGHUP says to leave (that signal's number).
+/// This terminal is restored before it returns.
+///
+/// # Errors
+/// When this terminal cannot be put in raw mode.
+pub async fn attached(
+    client: &Client,
+    target: &str,
+    owner: Owner<'_>,
+    stream: TerminalStream,
+    input: bool,
+) -> anyhow::Result<Option<i32>> {
+    let raw = if input { RawMode::enable()? } else { None };
+    let left = copy_until_end(client, target, owner, stream, input).await;
+    drop(raw);
+    Ok(left)
+}
+
 /// The exit code of an ended process as ours.
 ///
 /// # Errors
@@ -124,11 +150,11 @@ pub fn exit_of(info: &ExecInfo) -> anyhow::Result<Exit> {
 }
 
 /// Copies both ways until the guest closes the terminal (`None`) or SIGTERM or SIGHUP says to
-/// leave (that signal's number).
+/// leave (that signal's number); a SIGWINCH sends this terminal's size.
 async fn copy_until_end(
     client: &Client,
     target: &str,
-    exec_id: &str,
+    owner: Owner<'_>,
     stream: TerminalStream,
     input: bool,
 ) -> Option<i32> {
@@ -160,7 +186,13 @@ async fn copy_until_end(
             return std::future::pending().await;
         };
         while winch.recv().await.is_some() {
-            let _ = client.resize_terminal(target, exec_id, local_size()).await;
+            let _ = match owner {
+                Owner::Exec(exec_id) => client
+                    .resize_terminal(target, exec_id, local_size())
+                    .await
+                    .map(drop),
+                Owner::Primary => client.resize_primary_terminal(target, local_size()).await,
+            };
         }
         std::future::pending::<()>().await;
     };

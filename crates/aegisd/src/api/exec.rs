@@ -102,7 +102,12 @@ pub async fn exec(
             // Its end comes from the guest closing the terminal; how it ended from `/wait`.
             drop(feed);
             let upgrade = upgrade.ok_or_else(|| needs_upgrade("an exec on a terminal"))?;
-            return Ok(upgrade_to_terminal(upgrade, terminal, handle, &exec_id));
+            return Ok(upgrade_to_terminal(
+                upgrade,
+                terminal,
+                handle,
+                Some(&exec_id),
+            ));
         }
         Some(ExecInput::Stdin(sink)) => Some(sink),
         None => None,
@@ -159,7 +164,7 @@ pub(super) fn upgrade_to_terminal(
     upgrade: OnUpgrade,
     terminal: Terminal,
     handle: InstanceHandle,
-    exec_id: &ExecId,
+    exec_id: Option<&ExecId>,
 ) -> Response {
     // An attached terminal keeps the instance from idling.
     let busy = handle.activity_started();
@@ -177,13 +182,14 @@ pub(super) fn upgrade_to_terminal(
         }
         handle.notify(Command::Touch);
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL)
-        .header(EXEC_ID_HEADER, exec_id.0.as_str())
-        .body(Body::empty())
-        .unwrap_or_default()
+        .header(header::UPGRADE, EXEC_UPGRADE_PROTOCOL);
+    if let Some(exec_id) = exec_id {
+        response = response.header(EXEC_ID_HEADER, exec_id.0.as_str());
+    }
+    response.body(Body::empty()).unwrap_or_default()
 }
 
 /// The pending upgrade of a request that asks to upgrade to the exec protocol.

@@ -3,6 +3,7 @@
 //! that instance ([`scoped`]). Handlers only translate between HTTP and typed lifecycle
 //! commands or calls of the application layer (`provision`).
 
+mod drain;
 mod error;
 mod exec;
 mod files;
@@ -113,6 +114,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/instances/:id/stdin", post(processes::primary_stdin))
         .route(
+            "/v1/instances/:id/terminal",
+            post(processes::primary_terminal),
+        )
+        .route("/v1/instances/:id/resize", post(processes::primary_resize))
+        .route(
             "/v1/instances/:id/expose/:guest_port",
             axum::routing::delete(instances::unexpose),
         )
@@ -137,5 +143,6 @@ pub fn router(state: AppState) -> Router {
             get(workspaces::get).delete(workspaces::delete),
         )
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(drain::drain_refused))
         .with_state(state)
 }

@@ -4,8 +4,9 @@
 //! id (`logs?exec_id=`), except a terminal's, which goes to the attached connection only.
 
 use aegis_proto::api::{ExecInfo, SignalRequest, TerminalSize};
-use aegis_proto::control::{ExecId, Method, ResizeParams, SignalParams, WindowSize};
+use aegis_proto::control::{codes, ExecId, Method, ResizeParams, SignalParams, WindowSize};
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use futures::TryStreamExt;
@@ -17,7 +18,7 @@ use super::exec::{needs_upgrade, take_upgrade, upgrade_to_terminal};
 use super::instances::find;
 use super::json::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
-use crate::control::CONTROL_CALL_TIMEOUT;
+use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::lifecycle::command::{Command, GuestLink, LifecycleError};
 use crate::lifecycle::exec::{StdinSink, Terminal};
 use crate::lifecycle::instances::InstanceHandle;
@@ -83,8 +84,53 @@ pub async fn terminal(
     let (handle, _) = on_terminal(&state, &id, &exec_id)?;
     let link = wake(&handle).await?;
     let exec_id = ExecId(exec_id);
-    let terminal = Terminal::connect(&link, &exec_id).await?;
-    Ok(upgrade_to_terminal(upgrade, terminal, handle, &exec_id))
+    let terminal = Terminal::connect(&link, Some(&exec_id)).await?;
+    Ok(upgrade_to_terminal(
+        upgrade,
+        terminal,
+        handle,
+        Some(&exec_id),
+    ))
+}
+
+/// `POST /v1/instances/{id}/terminal` with `Upgrade: aegis-exec`: attaches to the terminal of
+/// the primary process of an instance created with `tty` (`aegis run -t`), as
+/// `.../execs/{exec_id}/terminal` does for an exec. Wakes the instance first; a primary process
+/// without a terminal, or one another connection is attached to, is a 409.
+pub async fn primary_terminal(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let upgrade = take_upgrade(&mut request).ok_or_else(|| needs_upgrade("a terminal"))?;
+    let handle = find(&state, &id)?;
+    let link = wake(&handle).await?;
+    let terminal = Terminal::connect(&link, None).await?;
+    Ok(upgrade_to_terminal(upgrade, terminal, handle, None))
+}
+
+/// `POST /v1/instances/{id}/resize`: a new window size for the primary process's terminal.
+pub async fn primary_resize(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(size): ApiJson<TerminalSize>,
+) -> Result<StatusCode, ApiError> {
+    let size = size.check().map_err(ApiError::BadRequest)?;
+    let handle = find(&state, &id)?;
+    let params = ResizeParams {
+        exec_id: None,
+        size: WindowSize::from(size),
+    };
+    match call_guest(&handle, Method::Resize, &params).await {
+        // The harness's refusal says what is wrong: no terminal, or no primary process now.
+        Err(ApiError::Lifecycle(LifecycleError::Control {
+            source: ControlError::Rpc { error, .. },
+            ..
+        })) if error.code == codes::INVALID_PARAMS || error.code == codes::NO_SUCH_PROCESS => {
+            Err(ApiError::Conflict(error.message))
+        }
+        other => other.map(|()| StatusCode::NO_CONTENT),
+    }
 }
 
 /// `POST /v1/instances/{id}/execs/{exec_id}/resize`: a new window size for the terminal of an
@@ -97,7 +143,7 @@ pub async fn resize(
     let size = size.check().map_err(ApiError::BadRequest)?;
     let (handle, info) = on_terminal(&state, &id, &exec_id)?;
     let params = ResizeParams {
-        exec_id: ExecId(exec_id),
+        exec_id: Some(ExecId(exec_id)),
         size: WindowSize::from(size),
     };
     call_guest(&handle, Method::Resize, &params).await?;

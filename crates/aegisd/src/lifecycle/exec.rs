@@ -54,7 +54,7 @@ pub enum ExecInput {
     Terminal(Terminal),
 }
 
-/// A connection attached to an exec's terminal: raw bytes both ways, closed by the guest once
+/// A connection attached to a process's terminal: raw bytes both ways, closed by the guest once
 /// the process has ended and its output is drained.
 #[derive(Debug)]
 pub struct Terminal {
@@ -62,14 +62,18 @@ pub struct Terminal {
 }
 
 impl Terminal {
-    /// Attaches to the terminal of `exec_id`, started with `tty`.
+    /// Attaches to the terminal of `exec_id` (the primary process when `None`), started with
+    /// `tty`.
     ///
     /// # Errors
     /// [`DataError::Refused`] when it has no terminal, has ended, or another connection is
     /// attached; [`DataError::Unreachable`] when the guest cannot be reached.
-    pub async fn connect(link: &GuestLink, exec_id: &ExecId) -> Result<Terminal, DataError> {
+    pub async fn connect(
+        link: &GuestLink,
+        exec_id: Option<&ExecId>,
+    ) -> Result<Terminal, DataError> {
         let request = DataRequest::Terminal {
-            exec_id: exec_id.clone(),
+            exec_id: exec_id.cloned(),
         };
         let stream = data::open(link, &request).await?;
         Ok(Terminal { stream })

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use aegis_proto::api::{CreateInstance, OnTimeout};
+use aegis_proto::api::{CreateInstance, OnTimeout, TerminalSize};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
@@ -69,6 +69,9 @@ pub struct InstanceSpec {
     /// The primary process gets a stdin pipe at each boot, fed by `POST .../stdin`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// The primary process runs on a terminal of this size at each boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TerminalSize>,
     /// When the instance's lifetime runs out, and what happens then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<Lifetime>,
@@ -272,6 +275,9 @@ pub enum SpecError {
     /// A command element is empty or the command holds a NUL byte.
     #[error("command contains an empty program name or a NUL byte")]
     Command,
+    /// A terminal size out of range.
+    #[error("{0}")]
+    Terminal(String),
 }
 
 /// Checks an environment map.
@@ -378,7 +384,12 @@ impl InstanceSpec {
             .map(|secs| Lifetime::from_now(secs, req.on_timeout.unwrap_or_default()))
             .transpose()?;
         Ok(InstanceSpec {
-            stdin: req.stdin,
+            stdin: req.stdin && req.tty.is_none(),
+            tty: req
+                .tty
+                .map(TerminalSize::check)
+                .transpose()
+                .map_err(SpecError::Terminal)?,
             lifetime,
             snapshot,
             exposes,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use aegis_image::manifest::ImageConfig;
 use aegis_proto::api::Instance;
-use aegis_proto::control::{Method, ProcessSpec, RunParams, SpawnResult};
+use aegis_proto::control::{Method, ProcessSpec, RunParams, SpawnResult, WindowSize};
 use tokio_util::sync::CancellationToken;
 
 use super::{Actor, Flow, Live, State};
@@ -280,6 +280,7 @@ impl Actor {
         let mut params = RunParams {
             process,
             stdin: self.spec.stdin,
+            tty: self.spec.tty.map(WindowSize::from),
         };
         let res: Result<SpawnResult, _> = live
             .link

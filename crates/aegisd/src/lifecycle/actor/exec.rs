@@ -14,6 +14,7 @@ use super::Actor;
 use crate::control::{ControlError, CONTROL_CALL_TIMEOUT};
 use crate::ids::InstanceId;
 use crate::lifecycle::command::{reply_channel, GuestLink, LifecycleError, Reply};
+use crate::lifecycle::data::DataError;
 use crate::lifecycle::exec::{ExecInput, ExecSpec, ExecStarted, StdinSink, Terminal};
 use crate::lifecycle::processes::{ProcessTable, StartedAs};
 use crate::secrets::scrub_env;
@@ -102,7 +103,7 @@ async fn spawn(
         }),
         Ok(_) => {
             let input = if how.tty {
-                Terminal::connect(link, &exec_id)
+                Terminal::connect(link, Some(&exec_id))
                     .await
                     .map(ExecInput::Terminal)
             } else {
@@ -115,6 +116,14 @@ async fn spawn(
                     exec_id,
                     feed,
                     input: Some(input),
+                }),
+                // A pipe is refused once the process has ended (`true` can end before this
+                // connection comes): its exit is on the way, and input has nowhere to go, as
+                // with a pipe whose reader is gone.
+                Err(DataError::Refused { .. }) if !how.tty => Ok(ExecStarted {
+                    exec_id,
+                    feed,
+                    input: None,
                 }),
                 Err(e) => {
                     // Left running it would wait for input that never comes.
