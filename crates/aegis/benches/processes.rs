@@ -35,7 +35,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use support::{accelerator, wait_state, BOOT};
+use support::{accelerator, ingress_forward, wait_state, BOOT};
 
 /// Deadline of one measured step.
 const STEP: Duration = Duration::from_secs(300);
@@ -175,16 +175,7 @@ struct RawTransport {
 
 impl RawTransport {
     fn of(d: &Daemon, id: &str) -> RawTransport {
-        let run = d.home().join("instances").join(id).join("run");
-        let port = std::fs::read_to_string(run.join("ingress.port"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no ingress port in {}", run.display()));
-        let key = std::fs::read_to_string(run.join("ingress.key"))
-            .ok()
-            .and_then(|s| hex::decode(s.trim()).ok())
-            .and_then(|k| k.try_into().ok())
-            .unwrap_or_else(|| panic!("no ingress key in {}", run.display()));
+        let (port, key) = ingress_forward(d, id);
         RawTransport { port, key }
     }
 

@@ -221,21 +221,6 @@ fn probe(public: u16) -> Result<(), String> {
     }
 }
 
-/// The VM's ingress forward as the daemon keeps it beside the VM: port and key.
-fn ingress_forward(d: &Daemon, id: &str) -> Path {
-    let run = d.home().join("instances").join(id).join("run");
-    let port = std::fs::read_to_string(run.join("ingress.port"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ingress port in {}", run.display()));
-    let key = std::fs::read_to_string(run.join("ingress.key"))
-        .ok()
-        .and_then(|s| hex::decode(s.trim()).ok())
-        .and_then(|k| k.try_into().ok())
-        .unwrap_or_else(|| panic!("no ingress key in {}", run.display()));
-    Path::Direct(port, key)
-}
-
 fn ratio(router: [f64; 3], direct: [f64; 3]) -> String {
     format!(
         "router/direct: p50 {:.2}x  p95 {:.2}x  p99 {:.2}x  (p50 difference {:+.2} ms)",
@@ -293,7 +278,8 @@ fn main() {
         "instance {id} serving after {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let direct = ingress_forward(&d, &id);
+    let (port, key) = support::ingress_forward(&d, &id);
+    let direct = Path::Direct(port, key);
 
     // Added latency, a new connection per request; interleaved so that load from elsewhere on
     // the machine hits both paths alike.

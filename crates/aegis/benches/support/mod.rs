@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aegis_proto::api::{Instance, InstanceStatus};
+use aegis_proto::control::INGRESS_KEY_BYTES;
 use aegis_testkit::Daemon;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -95,4 +96,23 @@ where
 /// [`Daemon::start`] also requires).
 pub fn release_cli() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/aegis")
+}
+
+/// The VM's ingress forward as the daemon keeps it beside the VM (`run/ingress.port` and
+/// `run/ingress.key`): the host port and the key of the ingress header.
+///
+/// # Panics
+/// When either file is missing or unreadable.
+pub fn ingress_forward(d: &Daemon, id: &str) -> (u16, [u8; INGRESS_KEY_BYTES]) {
+    let run = d.home().join("instances").join(id).join("run");
+    let port = std::fs::read_to_string(run.join("ingress.port"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ingress port in {}", run.display()));
+    let key = std::fs::read_to_string(run.join("ingress.key"))
+        .ok()
+        .and_then(|s| hex::decode(s.trim()).ok())
+        .and_then(|k| k.try_into().ok())
+        .unwrap_or_else(|| panic!("no ingress key in {}", run.display()));
+    (port, key)
 }

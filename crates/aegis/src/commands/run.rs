@@ -181,7 +181,7 @@ async fn on_terminal(
         Ok(None) => Ok(None),
         Ok(Some(signal)) => {
             delete(ctx, id).await;
-            Ok(Some(Exit::Guest(u8::try_from(128 + signal).unwrap_or(255))))
+            Ok(Some(terminal::left_on(signal)))
         }
         Err(e) => {
             delete(ctx, id).await;

@@ -99,7 +99,7 @@ pub async fn session(
             "aegis: left the terminal of {exec_id} on signal {signal}; the process goes on \
              (`aegis process attach {target} {exec_id}` to come back)"
         );
-        return Ok(Exit::Guest(u8::try_from(128 + signal).unwrap_or(255)));
+        return Ok(left_on(signal));
     }
     let info = client
         .wait_exec(target, exec_id)
@@ -133,6 +133,11 @@ pub async fn attached(
     let left = copy_until_end(client, target, owner, stream, input).await;
     drop(raw);
     Ok(left)
+}
+
+/// Our exit code after leaving a terminal on `signal`, as a shell reports a signal.
+pub fn left_on(signal: i32) -> Exit {
+    Exit::Guest(u8::try_from(128 + signal).unwrap_or(255))
 }
 
 /// The exit code of an ended process as ours.
