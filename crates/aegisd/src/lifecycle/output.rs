@@ -213,15 +213,20 @@ async fn route<C: From<GuestNote> + Send + 'static>(
     let mut execs: HashMap<ExecId, ExecStream> = HashMap::new();
     // Only the first primary exit counts: any later one is the guest's invention.
     let mut primary_exited = false;
+    // The owner drops its handle when it lets the guest go, often before the channel closes;
+    // a closed registration queue answers at once, so it is polled no more (or, first in a
+    // biased select, it would starve the notifications and no exec stream would ever end).
+    let mut registering = true;
     loop {
         tokio::select! {
             // Registrations first: one is always sent before its exec starts.
             biased;
-            reg = registrations.recv() => {
-                if let Some((id, stream)) = reg {
+            reg = registrations.recv(), if registering => match reg {
+                Some((id, stream)) => {
                     execs.insert(id, stream);
                 }
-            }
+                None => registering = false,
+            },
             note = notes.recv() => {
                 let Some(note) = note else { break };
                 match note {
@@ -311,4 +316,50 @@ fn emit(
         }
     }
     log.append(entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixStream;
+
+    use super::*;
+    use crate::control::ControlChannel;
+
+    #[derive(Debug)]
+    struct Owner;
+
+    impl From<GuestNote> for Owner {
+        fn from(_: GuestNote) -> Owner {
+            Owner
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exec_stream_ends_after_its_owner_let_the_router_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(InstanceLog::open("i", &dir.path().join("logs.ndjson")).unwrap());
+        let (actor, _mailbox) = mpsc::channel::<Owner>(8);
+        let (sink, router) = OutputRouter::spawn(log, Arc::new(ProcessTable::default()), actor, 1);
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let _channel = ControlChannel::from_stream(host, sink);
+        let exec = ExecId("e1".to_owned());
+        let mut feed = router.subscribe(exec.clone()).await.unwrap();
+        // The owner lets the guest go while the exec runs; the guest still reports its end.
+        drop(router);
+        tokio::task::yield_now().await;
+        guest
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"exit\",\"params\":{\"exec_id\":\"e1\",\"code\":3}}\n")
+            .await
+            .unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), feed.next())
+            .await
+            .expect("the exec stream never ended");
+        assert!(
+            matches!(end, Some(ExecEvent::Done { exit_code: 3, .. })),
+            "{end:?}"
+        );
+    }
 }
