@@ -337,6 +337,22 @@ fn terminals(d: &Daemon) {
     assert!(!before.trim().is_empty());
     assert_eq!(before, after, "the terminal's settings were not restored");
 
+    // `exec -t` without -i and `run -it`: the primary process of a new instance on a terminal
+    // of this size, its exit code the CLI's. (A terminal ends its lines with "\r\n".)
+    let mut t = d.on_terminal(
+        "stty rows 20 cols 70; \"$AEGIS\" exec -t p -- echo qu''ick; echo quick-rc=$?; \
+         \"$AEGIS\" run -it -- sh; echo run-rc=$?",
+    );
+    let before = t.expect("quick-rc=0", MINUTE);
+    assert!(before.contains("quick\r\n"), "{}", t.all());
+    t.send(b"stty size; echo $((6 * 7))-from-run\n");
+    t.expect("20 70", CALL);
+    t.expect("42-from-run", MINUTE);
+    t.send(b"exit 5\n");
+    t.expect("run-rc=5", CALL);
+    let status = t.finish(MINUTE);
+    assert!(status.success(), "{status}\n{}", t.all());
+
     // A terminal started in the background waits for someone to attach.
     let id = detach(
         d,

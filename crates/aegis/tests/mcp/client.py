@@ -7,13 +7,17 @@ binary; the environment carries AEGIS_HOME.
 import asyncio
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import jsonschema
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 AEGIS = sys.argv[1]
 
@@ -32,6 +36,45 @@ def text_of(result):
 async def call(session, tool, **arguments):
     result = await session.call_tool(tool, arguments)
     return result, text_of(result)
+
+
+async def over_http():
+    """The same server over the streamable HTTP transport, on loopback only."""
+    refused = subprocess.run([AEGIS, "mcp", "--http", "0.0.0.0:0"], capture_output=True,
+                             text=True, timeout=60)
+    check(refused.returncode != 0 and "loopback" in refused.stderr,
+          f"a non-loopback address is refused: {refused.returncode} {refused.stderr}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([AEGIS, "mcp", "--http", f"127.0.0.1:{port}"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        check("serving MCP on" in server.stderr.readline(), "the HTTP server says where it is")
+        url = f"http://127.0.0.1:{port}/mcp"
+        for header, value in [("Origin", "http://evil.example"), ("Host", "evil.example")]:
+            request = urllib.request.Request(
+                url, method="POST", data=b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
+                headers={header: value, "Content-Type": "application/json",
+                         "Accept": "application/json, text/event-stream"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as r:
+                    status = r.status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            check(status == 403, f"a request with a foreign {header} is refused: {status}")
+        async with streamable_http_client(url) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                names = {t.name for t in (await session.list_tools()).tools}
+                check("run_command" in names, f"tools over HTTP: {sorted(names)}")
+                result, text = await call(session, "run_command", instance="m",
+                                          command="echo via-$((40 + 2))")
+                check(not result.is_error and json.loads(text)["stdout"] == "via-42\n",
+                      f"run_command over HTTP: {text}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 async def main():
@@ -121,6 +164,9 @@ async def main():
 
             result, text = await call(session, "list_instances")
             check([i["handle"] for i in json.loads(text)] == ["m"], f"list_instances: {text[:300]}")
+
+            await over_http()
+
             result, text = await call(session, "delete_instance", instance="m")
             check(not result.is_error, f"delete_instance: {text}")
             result, text = await call(session, "instance_info", instance="m")

@@ -83,7 +83,10 @@ async fn serve_http(server: tools::Sandboxes, addr: SocketAddr) -> anyhow::Resul
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         LocalSessionManager::default().into(),
-        StreamableHttpServerConfig::default(),
+        // Hosts other than loopback names are refused by default (DNS rebinding); so is any
+        // request that carries an Origin: MCP clients send none, and a web page in the user's
+        // browser must not reach a server that runs code.
+        StreamableHttpServerConfig::default().enforce_origin_validation(),
     );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
