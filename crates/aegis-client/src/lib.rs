@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod e2b;
 mod error;
 mod files;
 mod images;

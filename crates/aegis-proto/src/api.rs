@@ -709,6 +709,38 @@ pub struct SecretInfo {
     pub updated_at: String,
 }
 
+/// `POST /v1/e2b/keys`: a new API key of the E2B-compatible listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateE2bKey {
+    /// What the key is for (shown in lists, usable to revoke it).
+    pub name: String,
+}
+
+/// An API key of the E2B-compatible listener as listed: never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct E2bKeyInfo {
+    /// `key_` and hex digits.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// RFC 3339 time it was created.
+    pub created_at: String,
+    /// RFC 3339 time it last authenticated a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<String>,
+}
+
+/// The answer to `POST /v1/e2b/keys`: the key itself, shown this once (only its hash is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct E2bKeyCreated {
+    /// What is listed of it.
+    #[serde(flatten)]
+    pub info: E2bKeyInfo,
+    /// The key, `e2b_` and 40 hex digits: `E2B_API_KEY`.
+    pub key: String,
+}
+
 /// `PUT /v1/instances/{id}/secrets`: the secrets injected at the instance's next boot (names,
 /// or `*` for all). The instance answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -740,6 +772,9 @@ pub struct Status {
     /// Total size of the snapshots of stopped instances, in bytes.
     #[serde(default)]
     pub snapshot_bytes: u64,
+    /// The address of the E2B-compatible listener, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2b: Option<String>,
 }
 
 /// Every error body: `{"error": "...", "hint": "..."}`.

@@ -63,6 +63,9 @@ enum Command {
     /// Manage named workspaces: persistent /workspace directories or volumes shared by instances
     #[command(subcommand)]
     Workspace(commands::workspace::Command),
+    /// The E2B-compatible API (`aegis up --e2b ADDR`): its API keys
+    #[command(subcommand)]
+    E2b(commands::e2b::Command),
     /// Run a command in a running instance (waking it if it sleeps)
     Exec(commands::exec::Args),
     /// Copy files and directories between this machine and an instance (as `docker cp`)
@@ -138,6 +141,7 @@ async fn dispatch(command: Command, ctx: &Ctx) -> anyhow::Result<Exit> {
         Command::Image(command) => commands::image::run(command, ctx).await,
         Command::Secret(command) => commands::secret::run(command, ctx).await,
         Command::Workspace(command) => commands::workspace::run(command, ctx).await,
+        Command::E2b(command) => commands::e2b::run(command, ctx).await,
         Command::Exec(args) => commands::exec::run(args, ctx).await,
         Command::Cp(args) => commands::cp::run(args, ctx).await,
         Command::Logs(args) => commands::logs::run(args, ctx).await,

@@ -121,6 +121,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Removed however start-up or the daemon ends, so no stale pid is left for the CLI.
     let _pid_file = RemoveOnDrop(config.pid_file());
 
+    let e2b_listen = crate::e2b::listen_from_env().map_err(DaemonError::Config)?;
     let open_files = raise_open_file_limit();
     let accel = AcceleratorChoice::detect()?;
     tracing::info!(accelerator = %accel.accelerator, reason = %accel.reason, "accelerator chosen");
@@ -175,6 +176,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         provision: Arc::clone(&provision),
         accel,
         shutdown: shutdown.clone(),
+        e2b: e2b_listen,
     };
     scoped.attach(&state);
     let app = api::router(state);
@@ -188,6 +190,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         stop_accepting.clone(),
         OnStop::Finish,
     ));
+    if let Some(addr) = e2b_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            DaemonError::Config(format!("cannot listen for E2B clients on {addr}: {e}"))
+        })?;
+        let app = crate::e2b::router(aegis_client::Client::new(&socket), ctx.registry.clone());
+        server.spawn(
+            server
+                .clone()
+                .serve(listener, app, stop_accepting.clone(), OnStop::Close),
+        );
+        tracing::info!(%addr, "serving the E2B-compatible API");
+    }
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "aegisd ready");
     let stop_vms = tokio::select! {
         () = shutdown.cancelled() => true,

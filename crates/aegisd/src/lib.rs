@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod durable;
+pub mod e2b;
 pub mod ids;
 pub mod images;
 pub mod kits;

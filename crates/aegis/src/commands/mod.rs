@@ -3,6 +3,7 @@
 pub mod cp;
 pub mod doctor;
 pub mod down;
+pub mod e2b;
 pub mod exec;
 pub mod image;
 pub mod instance;

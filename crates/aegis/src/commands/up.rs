@@ -16,6 +16,8 @@ use crate::exit::Exit;
 use crate::report::Hinted;
 use crate::{locate, Ctx};
 
+/// The daemon's variable naming the E2B listener's address (`aegisd::e2b::LISTEN_ENV`).
+const E2B_LISTEN_ENV: &str = "AEGIS_E2B_LISTEN";
 /// How long a fresh daemon gets to answer `GET /v1/status`. It opens its registry and re-attaches
 /// to running VMs before it listens; neither boots anything, so this is generous.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,19 +30,48 @@ const LOG_TAIL_LINES: usize = 20;
 
 /// `aegis up`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Also serve the E2B-compatible API on ADDR (loopback, such as 127.0.0.1:3000): point
+    /// E2B_API_URL and E2B_SANDBOX_URL at http://ADDR and set E2B_API_KEY to a key from
+    /// `aegis e2b key create`
+    #[arg(long, value_name = "ADDR")]
+    pub e2b: Option<std::net::SocketAddr>,
+}
 
 /// Runs `aegis up`.
-pub async fn run(_args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
-    match ensure_running(ctx).await? {
-        Running::Already(status) => println!(
-            "aegisd {} is already running (pid {})",
-            status.version, status.pid
-        ),
+pub async fn run(args: Args, ctx: &Ctx) -> anyhow::Result<Exit> {
+    let e2b = |status: &aegis_proto::api::Status| match &status.e2b {
+        Some(addr) => format!("; E2B API on http://{addr}"),
+        None => String::new(),
+    };
+    match start_daemon(ctx, args.e2b).await? {
+        Running::Already(status) => {
+            if let Some(wanted) = args.e2b {
+                if status.e2b.as_deref() != Some(wanted.to_string().as_str()) {
+                    return Err(Hinted {
+                        message: format!(
+                            "aegisd is already running (pid {}) without the E2B API on {wanted}",
+                            status.pid
+                        ),
+                        hint: format!(
+                            "`aegis down`, then `aegis up --e2b {wanted}` (running VMs are kept)"
+                        ),
+                    }
+                    .into());
+                }
+            }
+            println!(
+                "aegisd {} is already running (pid {}){}",
+                status.version,
+                status.pid,
+                e2b(&status)
+            );
+        }
         Running::Started(status) => println!(
-            "aegisd {} started (pid {}); log: {}",
+            "aegisd {} started (pid {}){}; log: {}",
             status.version,
             status.pid,
+            e2b(&status),
             ctx.home.join("aegisd.log").display()
         ),
     }
@@ -62,6 +93,11 @@ pub enum Running {
 /// # Errors
 /// When it cannot be found or started, or does not answer, with its log's last lines.
 pub async fn ensure_running(ctx: &Ctx) -> anyhow::Result<Running> {
+    start_daemon(ctx, None).await
+}
+
+/// [`ensure_running`], the daemon started with the E2B listener on `e2b` when given.
+async fn start_daemon(ctx: &Ctx, e2b: Option<std::net::SocketAddr>) -> anyhow::Result<Running> {
     match ctx.client.status().await {
         Ok(status) => return Ok(Running::Already(status)),
         Err(e) if e.is_not_running() => {}
@@ -93,6 +129,9 @@ pub async fn ensure_running(ctx: &Ctx) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot open {}", log_path.display()))?;
 
     let mut command = Command::new(&aegisd);
+    if let Some(addr) = e2b {
+        command.env(E2B_LISTEN_ENV, addr.to_string());
+    }
     command
         .env(HOME_ENV, &ctx.home)
         .stdin(Stdio::null())

@@ -28,6 +28,9 @@ pub enum ApiError {
     /// No such instance.
     #[error("instance {0:?} not found")]
     UnknownInstance(String),
+    /// No such resource (one without a kind of its own here).
+    #[error("{0}")]
+    NotFound(String),
     /// No such route.
     #[error("no route {0}")]
     NoRoute(String),
@@ -95,9 +98,10 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Name(_) | ApiError::Spawn(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::UnknownInstance(_) | ApiError::NoRoute(_) | ApiError::UnknownExec { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::UnknownInstance(_)
+            | ApiError::NotFound(_)
+            | ApiError::NoRoute(_)
+            | ApiError::UnknownExec { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Data(DataError::Refused { kind, .. }) => match kind {
                 None
@@ -184,6 +188,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::Name(_)
             | ApiError::NoRoute(_)
+            | ApiError::NotFound(_)
             | ApiError::Conflict(_)
             | ApiError::Data(_)
             | ApiError::Spawn(_)

@@ -4,6 +4,7 @@
 //! commands or calls of the application layer (`provision`).
 
 mod drain;
+mod e2b_keys;
 mod error;
 mod exec;
 mod files;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub accel: AcceleratorChoice,
     /// Cancelled by `POST /v1/shutdown`.
     pub shutdown: CancellationToken,
+    /// Where the E2B-compatible listener is, when it is on.
+    pub e2b: Option<std::net::SocketAddr>,
 }
 
 /// The checked-in OpenAPI document.
@@ -127,6 +130,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/instances/:id/secrets",
             axum::routing::put(secrets::set_for_instance),
         )
+        .route("/v1/e2b/keys", get(e2b_keys::list).post(e2b_keys::create))
+        .route("/v1/e2b/keys/:key", axum::routing::delete(e2b_keys::revoke))
         .route("/v1/kits", get(kits::list).post(kits::install))
         .route("/v1/kits/:name", get(kits::get).delete(kits::remove))
         .route("/v1/secrets", get(secrets::list))

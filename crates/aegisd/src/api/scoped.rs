@@ -242,6 +242,8 @@ impl WeakState {
             provision: self.provision.upgrade()?,
             accel: self.accel.clone(),
             shutdown: self.shutdown.clone(),
+            // Scoped sockets do not show where the E2B listener is.
+            e2b: None,
         })
     }
 }

@@ -1,7 +1,8 @@
-//! Serving the API on unix sockets: one accept loop per listener, one task per connection, all
-//! tracked by one [`Server`] so shutdown can wait for them. The main socket and the sockets
-//! scoped to one instance ([`super::scoped`]) are served by this one mechanism; what a socket
-//! allows is decided by the router it is given, not here.
+//! Serving the API: one accept loop per listener, one task per connection, all tracked by one
+//! [`Server`] so shutdown can wait for them. The main socket, the sockets scoped to one
+//! instance ([`super::scoped`]) and the E2B-compatible TCP listener (`crate::e2b`) are served
+//! by this one mechanism; what a listener allows is decided by the router it is given, not
+//! here.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,20 +55,20 @@ impl Server {
 
     /// Accepts connections on `listener` and serves each with `app` until `stop` is cancelled;
     /// then drops the listener and treats the open connections as `on_stop` says.
-    pub async fn serve(
+    pub async fn serve<L: Listener>(
         self,
-        listener: UnixListener,
+        listener: L,
         app: Router,
         stop: CancellationToken,
         on_stop: OnStop,
     ) {
         loop {
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = listener.accept_one() => accepted,
                 () = stop.cancelled() => return,
             };
             let stream = match accepted {
-                Ok((stream, _)) => stream,
+                Ok(stream) => stream,
                 Err(e) => {
                     // Out of descriptors: a retry at once would fail the same way, in a busy
                     // loop. The router's caps make this rare; say so and wait.
@@ -108,8 +110,36 @@ impl Server {
     }
 }
 
+/// A listener [`Server::serve`] accepts connections from.
+pub trait Listener: Send + 'static {
+    /// A connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection.
+    fn accept_one(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Listener for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream> {
+        let (stream, _) = self.accept().await?;
+        // Connect's streams are small frames each way: Nagle would hold them.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
 /// Serves one API connection (HTTP/1.1 or HTTP/2) with `app` until the client closes it.
-pub async fn serve_connection(stream: UnixStream, app: Router) {
+pub async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(app);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder

@@ -37,6 +37,7 @@ pub async fn status(State(state): State<AppState>) -> Json<Status> {
         instances,
         pid: std::process::id(),
         snapshot_bytes: crate::lifecycle::snapshot::total_bytes(&state.ctx.config.instances_dir()),
+        e2b: state.e2b.map(|addr| addr.to_string()),
     })
 }
 

@@ -27,6 +27,25 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );",
+    // 3: the E2B-compatible front end. Keys are stored as their SHA-256 (a key is 32 random
+    // bytes, so a fast hash is enough: there is nothing to guess). A sandbox is an instance
+    // with the E2B side of it: its template name, metadata, the token its in-sandbox calls
+    // carry; it goes with its instance.
+    "CREATE TABLE e2b_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    CREATE TABLE e2b_sandboxes (
+        instance_id TEXT PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+        template TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        access_token TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );",
 ];
 
 /// Brings the schema up to date.

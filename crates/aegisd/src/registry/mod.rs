@@ -6,6 +6,7 @@
 //! start on it and the user can restore it; a write that finds the disk full fails whole
 //! (SQLite rolls the transaction back) with an error naming the file.
 
+mod e2b;
 mod instances;
 mod migrations;
 mod secrets;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, ErrorCode};
 
+pub use e2b::{E2bKeyRow, E2bSandboxRow};
 pub use instances::InstanceRow;
 pub use secrets::{SecretMeta, SecretRow};
 
