@@ -95,6 +95,23 @@ def background(sbx):
     check(h.pid not in [p.pid for p in sbx.commands.list()], "a killed command is no longer listed")
 
 
+def unsupported(sbx):
+    # Calls Aegis does not serve answer at once with an error that says so, never a hang.
+    from e2b.sandbox.commands.command_handle import PtySize
+    for name, call in [
+        ("pty.create", lambda: sbx.pty.create(PtySize(rows=24, cols=80))),
+        ("files.watch_dir", lambda: sbx.files.watch_dir("/tmp")),
+        ("files.write with gzip", lambda: sbx.files.write("/tmp/z", b"z", gzip=True)),
+    ]:
+        started = time.monotonic()
+        try:
+            call()
+            check(False, f"{name} is refused")
+        except Exception as e:
+            check("Aegis" in str(e) and time.monotonic() - started < 30,
+                  f"{name} is refused with a clear error: {type(e).__name__}: {e}")
+
+
 def pause_and_resume(sbx):
     # A value in guest memory (a tmpfs) and a process running: both are there after resume.
     sbx.commands.run("mkdir -p /mnt/mem && mount -t tmpfs mem /mnt/mem && head -c 16 /dev/urandom | od -An -tx1 > /mnt/mem/value")
@@ -167,6 +184,7 @@ def main():
     commands(sbx)
     files(sbx)
     background(sbx)
+    unsupported(sbx)
     sbx = pause_and_resume(sbx)
     isolation_and_timeout(sbx)
     asyncio.run(async_client(sbx.sandbox_id))
