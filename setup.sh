@@ -26,6 +26,7 @@ requirements="$repo/scripts/requirements"
 tools="$AEGIS_HOME/tools"
 kernel_dir="$AEGIS_HOME/kernel"
 venv="$tools/venv"
+npm_dir="$tools/npm"   # the npm requirements, installed with `npm install --prefix`
 # Debian's interpreter (python3-venv's), whatever other python3 comes first in PATH.
 system_python=/usr/bin/python3
 
@@ -42,10 +43,11 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
 
 # --- requirements -------------------------------------------------------------------------
-# scripts/requirements: `kind name package why`, kinds command | package | built | pip.
+# scripts/requirements: `kind name package why`, kinds command | package | built | pip | npm.
 packages=()        # Debian packages to install, each once
 commands=()        # "program package" pairs
 pips=()            # pinned PyPI packages, NAME==VERSION
+npms=()            # pinned npm packages, NAME@VERSION
 while read -r kind name pkg _; do
   case "$kind" in
     command) commands+=("$name $pkg") ;;
@@ -53,6 +55,9 @@ while read -r kind name pkg _; do
     pip) [[ "$pkg" == "$name=="?* ]] ||
            die "scripts/requirements: pip package $name must be pinned as $name==VERSION, not '$pkg'"
          pips+=("$pkg") ;;
+    npm) [[ "$pkg" == "$name@"?* ]] ||
+           die "scripts/requirements: npm package $name must be pinned as $name@VERSION, not '$pkg'"
+         npms+=("$pkg") ;;
     *) die "scripts/requirements: unknown kind '$kind' for $name" ;;
   esac
   case "$kind" in
@@ -138,6 +143,16 @@ missing_pips() {
   done
 }
 
+# The pinned npm packages $npm_dir lacks (or has at another version), one per line.
+missing_npms() {
+  local spec name version have
+  for spec in "${npms[@]}"; do
+    name="${spec%@*}" version="${spec##*@}"
+    have="$(node -p "require('$npm_dir/node_modules/$name/package.json').version" 2>/dev/null || true)"
+    [ "$have" = "$version" ] || echo "$spec"
+  done
+}
+
 kernel_package() {
   apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
@@ -196,6 +211,16 @@ if [ "$mode" = check ]; then
         report "would install" "${spec%%==*}" "$spec from PyPI into $venv"; problems=1
       else
         report "ok" "${spec%%==*}" "$spec in $venv"
+      fi
+    done
+  fi
+  if [ ${#npms[@]} -gt 0 ]; then
+    mapfile -t missing_npm < <(missing_npms)
+    for spec in "${npms[@]}"; do
+      if [[ " ${missing_npm[*]} " == *" $spec "* ]]; then
+        report "would install" "${spec%@*}" "$spec from npm into $npm_dir"; problems=1
+      else
+        report "ok" "${spec%@*}" "$spec in $npm_dir"
       fi
     done
   fi
@@ -263,6 +288,20 @@ if [ ${#pips[@]} -gt 0 ]; then
     [ ${#missing_pip[@]} -eq 0 ] || die "after pip install, $venv still lacks ${missing_pip[*]}"
   else
     say "PyPI packages present: ${pips[*]}"
+  fi
+fi
+# --- 1b'. npm packages (test tools), in their own prefix ------------------------------------
+if [ ${#npms[@]} -gt 0 ]; then
+  mapfile -t missing_npm < <(missing_npms)
+  if [ ${#missing_npm[@]} -gt 0 ]; then
+    say "installing from npm into $npm_dir: ${missing_npm[*]}"
+    mkdir -p "$npm_dir"
+    npm install --prefix "$npm_dir" --no-audit --no-fund --silent "${missing_npm[@]}" ||
+      die "npm could not install ${missing_npm[*]} into $npm_dir (see its message above)"
+    mapfile -t missing_npm < <(missing_npms)
+    [ ${#missing_npm[@]} -eq 0 ] || die "after npm install, $npm_dir still lacks ${missing_npm[*]}"
+  else
+    say "npm packages present: ${npms[*]}"
   fi
 fi
 # --- 1c. the user QEMU runs as --------------------------------------------------------------

@@ -14,6 +14,8 @@ const REQUIREMENTS: &str = include_str!("../../../scripts/requirements");
 /// Where `setup.sh` creates the virtual environment of the `pip` requirements, in the set-up
 /// home.
 const VENV: &str = "tools/venv";
+/// Where `setup.sh` installs the `npm` requirements (`npm install --prefix`).
+const NPM: &str = "tools/npm";
 
 /// How a listed program is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,12 @@ pub fn provider(program: &str) -> Option<&'static str> {
 /// The virtual environment setup.sh installs the `pip` requirements into.
 pub fn venv_dir() -> PathBuf {
     shared_home().join(VENV)
+}
+
+/// The prefix setup.sh installs the `npm` requirements into: a node script copied into it
+/// imports them.
+pub fn npm_dir() -> PathBuf {
+    shared_home().join(NPM)
 }
 
 /// Finds `program`: a Debian program in `PATH` or an sbin directory, a PyPI package's program

@@ -3,12 +3,13 @@
 //! (`tests/e2b/client.py` holds the checks: commands with output, env, cwd, stdin and errors;
 //! files in text and 10 MiB binary; list, exists, rename, remove; a background command killed;
 //! pause and resume with memory kept; an expired timeout removing its sandbox; list with a
-//! metadata filter; isolation of two sandboxes; not-found and authentication errors). Then a
+//! metadata filter; isolation of two sandboxes; not-found and authentication errors), then by
+//! the JavaScript SDK (`e2b` from npm: `tests/e2b/client.mjs`, the main calls). Then a
 //! revoked key is refused, and the keys are listed without their secrets.
 
 use std::process::{Command, Output};
 
-use aegis_testkit::{free_port, venv_dir, Daemon};
+use aegis_testkit::{free_port, npm_dir, tool, venv_dir, Daemon};
 
 fn python(d: &Daemon, addr: &str, key: &str, args: &[&str]) -> Output {
     let python = venv_dir().join("bin").join("python");
@@ -52,6 +53,36 @@ fn the_e2b_sdk_drives_aegis_sandboxes() {
         out.status.success() && stdout.contains("all checks passed"),
         "the E2B client failed ({}):\n{stdout}\n{stderr}\n{}",
         out.status,
+        d.log_tail()
+    );
+    println!("{stdout}");
+
+    // The JavaScript SDK (`e2b` from npm, pinned in scripts/requirements): node resolves its
+    // imports next to the script, so the script runs from setup.sh's npm prefix.
+    let js = npm_dir().join("aegis-e2b-client.mjs");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2b/client.mjs"),
+        &js,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "copy the JS client to {}: {e} (run ./setup.sh)",
+            js.display()
+        )
+    });
+    let out = Command::new(tool("node"))
+        .arg(&js)
+        .env("E2B_API_URL", format!("http://{addr}"))
+        .env("E2B_SANDBOX_URL", format!("http://{addr}"))
+        .env("E2B_API_KEY", &key)
+        .output()
+        .expect("run the JS E2B client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "the JS E2B client failed ({}):\n{stdout}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
         d.log_tail()
     );
     println!("{stdout}");
