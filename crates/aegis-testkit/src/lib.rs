@@ -30,7 +30,7 @@ pub use measure::{env_usize, print_load, quantile, report, report_ms, report_rat
 pub use net::{free_port, get_status_line};
 pub use process::{Background, Output, DEFAULT_CLI_TIMEOUT};
 pub use terminal::TerminalSession;
-pub use tools::{npm_dir, provider, tool, venv_dir};
+pub use tools::{e2b_client, npm_dir, provider, tool, venv_dir};
 pub use wait::{try_wait_until, wait_until};
 
 /// `len` bytes of a xorshift sequence from `seed`: data that reveals lost, repeated or

@@ -60,6 +60,16 @@ pub fn npm_dir() -> PathBuf {
     shared_home().join(NPM)
 }
 
+/// Points an E2B SDK client at the listener on `addr` with `key`: the three variables a user
+/// sets (control plane, data plane, API key).
+pub fn e2b_client(command: &mut std::process::Command, addr: &str, key: &str) {
+    let url = format!("http://{addr}");
+    command
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env("E2B_API_KEY", key);
+}
+
 /// Finds `program`: a Debian program in `PATH` or an sbin directory, a PyPI package's program
 /// in [`venv_dir`]`/bin`.
 ///

@@ -12,7 +12,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use aegis_testkit::{env_usize, free_port, print_load, report_ms, venv_dir, Daemon};
+use aegis_testkit::{e2b_client, env_usize, free_port, print_load, report_ms, venv_dir, Daemon};
 
 use support::{accelerator, time_cli};
 
@@ -38,13 +38,12 @@ fn main() {
     let created: serde_json::Value = serde_json::from_str(&created.stdout).expect("JSON");
     let python = venv_dir().join("bin").join("python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2b/create.py");
-    let out = Command::new(&python)
+    let mut command = Command::new(&python);
+    e2b_client(&mut command, &addr, created["key"].as_str().expect("a key"));
+    let out = command
         .arg(script)
         // One more than measured: the first warms the SDK's imports and connections.
         .arg((starts + 1).to_string())
-        .env("E2B_API_URL", format!("http://{addr}"))
-        .env("E2B_SANDBOX_URL", format!("http://{addr}"))
-        .env("E2B_API_KEY", created["key"].as_str().expect("a key"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     assert!(

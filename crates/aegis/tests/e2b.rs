@@ -9,7 +9,7 @@
 
 use std::process::{Command, Output};
 
-use aegis_testkit::{free_port, npm_dir, tool, venv_dir, Daemon};
+use aegis_testkit::{e2b_client, free_port, npm_dir, tool, venv_dir, Daemon};
 
 fn python(d: &Daemon, addr: &str, key: &str, args: &[&str]) -> Output {
     let python = venv_dir().join("bin").join("python");
@@ -18,11 +18,10 @@ fn python(d: &Daemon, addr: &str, key: &str, args: &[&str]) -> Output {
         "no {}: run ./setup.sh (it installs the pip requirements)",
         python.display()
     );
-    Command::new(&python)
+    let mut command = Command::new(&python);
+    e2b_client(&mut command, addr, key);
+    command
         .args(args)
-        .env("E2B_API_URL", format!("http://{addr}"))
-        .env("E2B_SANDBOX_URL", format!("http://{addr}"))
-        .env("E2B_API_KEY", key)
         .env("AEGIS_HOME", d.home())
         .output()
         .expect("run the E2B client")
@@ -70,13 +69,9 @@ fn the_e2b_sdk_drives_aegis_sandboxes() {
             js.display()
         )
     });
-    let out = Command::new(tool("node"))
-        .arg(&js)
-        .env("E2B_API_URL", format!("http://{addr}"))
-        .env("E2B_SANDBOX_URL", format!("http://{addr}"))
-        .env("E2B_API_KEY", &key)
-        .output()
-        .expect("run the JS E2B client");
+    let mut node = Command::new(tool("node"));
+    e2b_client(&mut node, &addr, &key);
+    let out = node.arg(&js).output().expect("run the JS E2B client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("all checks passed"),

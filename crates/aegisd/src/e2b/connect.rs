@@ -113,11 +113,7 @@ impl ConnectError {
     /// The daemon's refusal or failure.
     pub fn daemon(e: &aegis_client::ClientError) -> ConnectError {
         let code = e.status().map_or(Code::Unavailable, Code::of_status);
-        let message = match e.hint() {
-            Some(hint) => format!("{e} ({hint})"),
-            None => e.to_string(),
-        };
-        ConnectError::new(code, message)
+        ConnectError::new(code, super::error::daemon_message(e))
     }
 
     fn json(&self) -> serde_json::Value {
@@ -239,6 +235,16 @@ where
 }
 
 /// A stream that fails at once with `error` (a streaming call refused before it started).
-pub fn streaming_error(error: ConnectError) -> Response {
+fn streaming_error(error: ConnectError) -> Response {
     streaming(futures::stream::once(async move { Err(error) }))
+}
+
+/// A call's outcome as the client expects it: a failed streaming call still answers as a
+/// stream (its error in the end message), a failed unary call with the error's status.
+pub fn answer(streaming: bool, result: Result<Response, ConnectError>) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(e) if streaming => streaming_error(e),
+        Err(e) => e.into_response(),
+    }
 }

@@ -77,7 +77,7 @@ async fn authenticate(
     };
     keys::authenticate(&state.registry, presented)
         .await
-        .map_err(|e| E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(E2bError::internal)?
         .ok_or_else(|| {
             E2bError::new(
                 StatusCode::UNAUTHORIZED,
@@ -192,10 +192,7 @@ async fn create(
     if let Err(e) = state.registry.add_e2b_sandbox(row.clone()).await {
         // Not a sandbox without its record: do not leave an instance nobody can reach.
         let _ = state.client.delete_instance(&created.instance.id).await;
-        return Err(E2bError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.to_string(),
-        ));
+        return Err(E2bError::internal(e));
     }
     Ok((StatusCode::CREATED, Json(sandbox(&row, &created.instance))).into_response())
 }
@@ -248,7 +245,7 @@ pub async fn find(state: &E2bState, id: &str) -> Result<(E2bSandboxRow, Instance
         .registry
         .e2b_sandbox(id.to_owned())
         .await
-        .map_err(|e| E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(E2bError::internal)?
         .ok_or_else(|| E2bError::no_sandbox(id))?;
     match state.client.instance(id).await {
         Ok(instance) => Ok((row, instance)),
@@ -268,11 +265,9 @@ async fn info(
     Ok(Json(detail(&row, &instance)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A list's page.
+#[derive(Debug, Default)]
 struct ListQuery {
-    metadata: Option<String>,
-    state: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
 }
@@ -306,8 +301,6 @@ fn filters(raw: &str) -> (Vec<(String, String)>, Vec<String>, ListQuery) {
             _ => {}
         }
     }
-    query.metadata = None;
-    query.state = None;
     (metadata, states, query)
 }
 
@@ -326,7 +319,7 @@ async fn listed(
         .registry
         .list_e2b_sandboxes()
         .await
-        .map_err(|e| E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(E2bError::internal)?;
     let instances = state
         .client
         .list_instances(None)
@@ -407,13 +400,14 @@ struct TimeoutBody {
     duration: Option<u64>,
 }
 
-async fn new_lifetime(state: &E2bState, id: &str, secs: u64) -> Result<Instance, E2bError> {
+/// The sandbox's lifetime from now: `secs`, or none (a paused sandbox waits for its resume).
+async fn new_lifetime(state: &E2bState, id: &str, secs: Option<u64>) -> Result<Instance, E2bError> {
     state
         .client
         .set_timeout(
             id,
             &SetTimeout {
-                timeout_secs: Some(secs),
+                timeout_secs: secs,
                 on_timeout: None,
             },
         )
@@ -433,7 +427,7 @@ async fn set_timeout(
         .map_err(|e| E2bError::bad_request(format!("invalid timeout request: {e}")))?;
     find(&state, &id).await?;
     let secs = check_timeout(body.timeout.or(body.duration))?;
-    new_lifetime(&state, &id, secs).await?;
+    new_lifetime(&state, &id, Some(secs)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -461,17 +455,7 @@ async fn pause(
             format!("sandbox {id:?} is already paused"),
         ));
     }
-    state
-        .client
-        .set_timeout(
-            &id,
-            &SetTimeout {
-                timeout_secs: None,
-                on_timeout: None,
-            },
-        )
-        .await
-        .map_err(|e| E2bError::daemon(&e))?;
+    new_lifetime(&state, &id, None).await?;
     state
         .client
         .instance_action(&id, InstanceAction::Stop)
@@ -497,7 +481,7 @@ async fn wake(
             .await
             .map_err(|e| E2bError::daemon(&e))?;
     }
-    let instance = new_lifetime(state, id, secs).await?;
+    let instance = new_lifetime(state, id, Some(secs)).await?;
     Ok((row, instance, paused))
 }
 

@@ -19,7 +19,7 @@ use aegis_proto::control::FileKind;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
@@ -28,7 +28,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::connect::{self, Code, ConnectError};
-use super::control;
 use super::error::E2bError;
 use super::processes::Entry;
 use super::E2bState;
@@ -60,9 +59,14 @@ async fn sandbox(state: &E2bState, headers: &HeaderMap) -> Result<String, Connec
                  names the sandbox in each request",
             )
         })?;
-    let (row, _): (E2bSandboxRow, _) = control::find(state, id)
+    // The record alone: it goes with its instance (the registry cascades), and a call to an
+    // instance that is not running gets the daemon's own refusal.
+    let row: E2bSandboxRow = state
+        .registry
+        .e2b_sandbox(id.to_owned())
         .await
-        .map_err(|e| ConnectError::new(Code::NotFound, e.message))?;
+        .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?
+        .ok_or_else(|| ConnectError::new(Code::NotFound, format!("sandbox {id:?} not found")))?;
     let token = headers.get("x-access-token").and_then(|v| v.to_str().ok());
     if token != Some(row.access_token.as_str()) {
         return Err(ConnectError::new(
@@ -71,10 +75,6 @@ async fn sandbox(state: &E2bState, headers: &HeaderMap) -> Result<String, Connec
         ));
     }
     Ok(row.instance_id)
-}
-
-fn daemon_err(e: &aegis_client::ClientError) -> ConnectError {
-    ConnectError::daemon(e)
 }
 
 // ----- process.Process -----
@@ -170,7 +170,7 @@ async fn process(
                     .client
                     .exec_stdin(&id, &entry.exec_id, tokio::io::empty(), false)
                     .await
-                    .map_err(|e| daemon_err(&e))?;
+                    .map_err(|e| ConnectError::daemon(&e))?;
                 Ok(connect::unary(&json!({})))
             }
             other => Err(ConnectError::new(
@@ -180,11 +180,7 @@ async fn process(
         }
     }
     .await;
-    match result {
-        Ok(response) => response,
-        Err(e) if streaming => connect::streaming_error(e),
-        Err(e) => e.into_response(),
-    }
+    connect::answer(streaming, result)
 }
 
 fn select(state: &E2bState, id: &str, selector: &Selector) -> Result<(u32, Entry), ConnectError> {
@@ -243,7 +239,7 @@ async fn start(
         .client
         .exec_detached(id, &exec)
         .await
-        .map_err(|e| daemon_err(&e))?;
+        .map_err(|e| ConnectError::daemon(&e))?;
     let pid = state.processes.add(
         id,
         Entry {
@@ -302,7 +298,7 @@ fn follow(
         let mut lines = match state.client.logs(&id, &query).await {
             Ok(lines) => lines,
             Err(e) => {
-                let _ = tx.send(Err(daemon_err(&e))).await;
+                let _ = tx.send(Err(ConnectError::daemon(&e))).await;
                 return;
             }
         };
@@ -331,7 +327,7 @@ fn follow(
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    let _ = tx.send(Err(daemon_err(&e))).await;
+                    let _ = tx.send(Err(ConnectError::daemon(&e))).await;
                     return;
                 }
                 Ok(Some(Ok(entry))) => {
@@ -368,7 +364,7 @@ fn follow(
                 end
             }
             Err(e) => {
-                let _ = tx.send(Err(daemon_err(&e))).await;
+                let _ = tx.send(Err(ConnectError::daemon(&e))).await;
                 return;
             }
         };
@@ -393,7 +389,11 @@ fn signal_name(signal: i32) -> String {
 }
 
 async fn list(state: &E2bState, id: &str) -> Result<Response, ConnectError> {
-    let running = state.client.execs(id).await.map_err(|e| daemon_err(&e))?;
+    let running = state
+        .client
+        .execs(id)
+        .await
+        .map_err(|e| ConnectError::daemon(&e))?;
     let processes: Vec<Value> = state
         .processes
         .all(id)
@@ -435,7 +435,7 @@ async fn send_input(
         .client
         .exec_stdin(id, &entry.exec_id, std::io::Cursor::new(bytes), true)
         .await
-        .map_err(|e| daemon_err(&e))?;
+        .map_err(|e| ConnectError::daemon(&e))?;
     Ok(connect::unary(&json!({})))
 }
 
@@ -461,7 +461,7 @@ async fn send_signal(
         .client
         .signal_exec(id, &entry.exec_id, signal)
         .await
-        .map_err(|e| daemon_err(&e))?;
+        .map_err(|e| ConnectError::daemon(&e))?;
     Ok(connect::unary(&json!({})))
 }
 
@@ -538,7 +538,7 @@ async fn filesystem(
         match method.as_str() {
             "Stat" => {
                 let req: PathRequest = connect::request(&headers, &body)?;
-                let info = client.stat_file(&id, &guest_path(&req.path)).await.map_err(|e| daemon_err(&e))?;
+                let info = client.stat_file(&id, &guest_path(&req.path)).await.map_err(|e| ConnectError::daemon(&e))?;
                 Ok(connect::unary(&json!({ "entry": entry(&info) })))
             }
             "ListDir" => {
@@ -547,7 +547,7 @@ async fn filesystem(
                 let list = client
                     .list_files(&id, &guest_path(&req.path), depth)
                     .await
-                    .map_err(|e| daemon_err(&e))?;
+                    .map_err(|e| ConnectError::daemon(&e))?;
                 let entries: Vec<Value> = list.iter().map(entry).collect();
                 Ok(connect::unary(&json!({ "entries": entries })))
             }
@@ -569,7 +569,7 @@ async fn filesystem(
                         },
                     )
                     .await
-                    .map_err(|e| daemon_err(&e))?;
+                    .map_err(|e| ConnectError::daemon(&e))?;
                 Ok(connect::unary(&json!({ "entry": entry(&made) })))
             }
             "Move" => {
@@ -583,7 +583,7 @@ async fn filesystem(
                         },
                     )
                     .await
-                    .map_err(|e| daemon_err(&e))?;
+                    .map_err(|e| ConnectError::daemon(&e))?;
                 Ok(connect::unary(&json!({ "entry": entry(&moved) })))
             }
             "Remove" => {
@@ -591,7 +591,7 @@ async fn filesystem(
                 client
                     .remove_file(&id, &guest_path(&req.path), true)
                     .await
-                    .map_err(|e| daemon_err(&e))?;
+                    .map_err(|e| ConnectError::daemon(&e))?;
                 Ok(connect::unary(&json!({})))
             }
             other => Err(ConnectError::new(
@@ -601,11 +601,7 @@ async fn filesystem(
         }
     }
     .await;
-    match result {
-        Ok(response) => response,
-        Err(e) if streaming => connect::streaming_error(e),
-        Err(e) => e.into_response(),
-    }
+    connect::answer(streaming, result)
 }
 
 // ----- /files -----

@@ -41,11 +41,20 @@ impl E2bError {
             .status()
             .filter(|s| s.is_client_error() || s.is_server_error())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = match e.hint() {
-            Some(hint) => format!("{e} ({hint})"),
-            None => e.to_string(),
-        };
-        E2bError::new(status, message)
+        E2bError::new(status, daemon_message(e))
+    }
+
+    /// 500 for a failure of the listener's own (its registry, its serialisation).
+    pub fn internal(e: impl std::fmt::Display) -> E2bError {
+        E2bError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// The daemon's message with its hint, as both planes show it.
+pub fn daemon_message(e: &ClientError) -> String {
+    match e.hint() {
+        Some(hint) => format!("{e} ({hint})"),
+        None => e.to_string(),
     }
 }
 
