@@ -121,6 +121,20 @@ impl ConnectError {
     }
 }
 
+impl From<aegis_client::ClientError> for ConnectError {
+    fn from(e: aegis_client::ClientError) -> ConnectError {
+        ConnectError::daemon(&e)
+    }
+}
+
+/// A control-plane refusal met on the data plane (an unknown sandbox): the same message, its
+/// status as a Connect code.
+impl From<super::error::E2bError> for ConnectError {
+    fn from(e: super::error::E2bError) -> ConnectError {
+        ConnectError::new(Code::of_status(e.status), e.message)
+    }
+}
+
 impl IntoResponse for ConnectError {
     fn into_response(self) -> Response {
         (self.code.status(), axum::Json(self.json())).into_response()

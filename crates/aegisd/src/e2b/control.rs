@@ -174,11 +174,7 @@ async fn create(
         }),
         ..CreateInstance::default()
     };
-    let created = state
-        .client
-        .create_instance(&create)
-        .await
-        .map_err(|e| E2bError::daemon(&e))?;
+    let created = state.client.create_instance(&create).await?;
     let mut token = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut token);
     let row = E2bSandboxRow {
@@ -239,14 +235,19 @@ fn detail(row: &E2bSandboxRow, instance: &Instance) -> Value {
     })
 }
 
-/// The sandbox `id`: its record and its instance.
-pub async fn find(state: &E2bState, id: &str) -> Result<(E2bSandboxRow, Instance), E2bError> {
-    let row = state
+/// The record of sandbox `id` (it goes with its instance: the registry cascades).
+pub async fn record(state: &E2bState, id: &str) -> Result<E2bSandboxRow, E2bError> {
+    state
         .registry
         .e2b_sandbox(id.to_owned())
         .await
         .map_err(E2bError::internal)?
-        .ok_or_else(|| E2bError::no_sandbox(id))?;
+        .ok_or_else(|| E2bError::no_sandbox(id))
+}
+
+/// The sandbox `id`: its record and its instance.
+pub async fn find(state: &E2bState, id: &str) -> Result<(E2bSandboxRow, Instance), E2bError> {
+    let row = record(state, id).await?;
     match state.client.instance(id).await {
         Ok(instance) => Ok((row, instance)),
         Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(E2bError::no_sandbox(id)),
@@ -320,11 +321,7 @@ async fn listed(
         .list_e2b_sandboxes()
         .await
         .map_err(E2bError::internal)?;
-    let instances = state
-        .client
-        .list_instances(None)
-        .await
-        .map_err(|e| E2bError::daemon(&e))?;
+    let instances = state.client.list_instances(None).await?;
     let mut out = Vec::new();
     for row in rows {
         let Some(instance) = instances.iter().find(|i| i.id == row.instance_id) else {
@@ -385,11 +382,7 @@ async fn kill(
 ) -> Result<StatusCode, E2bError> {
     authenticate(&state, &headers).await?;
     find(&state, &id).await?;
-    state
-        .client
-        .delete_instance(&id)
-        .await
-        .map_err(|e| E2bError::daemon(&e))?;
+    state.client.delete_instance(&id).await?;
     state.processes.forget(&id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -412,7 +405,7 @@ async fn new_lifetime(state: &E2bState, id: &str, secs: Option<u64>) -> Result<I
             },
         )
         .await
-        .map_err(|e| E2bError::daemon(&e))
+        .map_err(E2bError::from)
 }
 
 /// `POST /sandboxes/{id}/timeout` (`{"timeout": seconds}`, from now).
@@ -459,8 +452,7 @@ async fn pause(
     state
         .client
         .instance_action(&id, InstanceAction::Stop)
-        .await
-        .map_err(|e| E2bError::daemon(&e))?;
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -478,8 +470,7 @@ async fn wake(
         state
             .client
             .instance_action(id, InstanceAction::Start)
-            .await
-            .map_err(|e| E2bError::daemon(&e))?;
+            .await?;
     }
     let instance = new_lifetime(state, id, Some(secs)).await?;
     Ok((row, instance, paused))

@@ -28,10 +28,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::connect::{self, Code, ConnectError};
+use super::control;
 use super::error::E2bError;
 use super::processes::Entry;
 use super::E2bState;
-use crate::registry::E2bSandboxRow;
 
 /// Between two keepalive events of a quiet process stream, unless the client asks for another
 /// interval (`Keepalive-Ping-Interval`, seconds).
@@ -59,14 +59,9 @@ async fn sandbox(state: &E2bState, headers: &HeaderMap) -> Result<String, Connec
                  names the sandbox in each request",
             )
         })?;
-    // The record alone: it goes with its instance (the registry cascades), and a call to an
-    // instance that is not running gets the daemon's own refusal.
-    let row: E2bSandboxRow = state
-        .registry
-        .e2b_sandbox(id.to_owned())
-        .await
-        .map_err(|e| ConnectError::new(Code::Internal, e.to_string()))?
-        .ok_or_else(|| ConnectError::new(Code::NotFound, format!("sandbox {id:?} not found")))?;
+    // The record alone, no daemon round trip per call: a call to an instance that is not
+    // running gets the daemon's own refusal.
+    let row = control::record(state, id).await?;
     let token = headers.get("x-access-token").and_then(|v| v.to_str().ok());
     if token != Some(row.access_token.as_str()) {
         return Err(ConnectError::new(
@@ -169,8 +164,7 @@ async fn process(
                 state
                     .client
                     .exec_stdin(&id, &entry.exec_id, tokio::io::empty(), false)
-                    .await
-                    .map_err(|e| ConnectError::daemon(&e))?;
+                    .await?;
                 Ok(connect::unary(&json!({})))
             }
             other => Err(ConnectError::new(
@@ -235,11 +229,7 @@ async fn start(
         detach: true,
         ..ExecRequest::default()
     };
-    let info = state
-        .client
-        .exec_detached(id, &exec)
-        .await
-        .map_err(|e| ConnectError::daemon(&e))?;
+    let info = state.client.exec_detached(id, &exec).await?;
     let pid = state.processes.add(
         id,
         Entry {
@@ -389,11 +379,7 @@ fn signal_name(signal: i32) -> String {
 }
 
 async fn list(state: &E2bState, id: &str) -> Result<Response, ConnectError> {
-    let running = state
-        .client
-        .execs(id)
-        .await
-        .map_err(|e| ConnectError::daemon(&e))?;
+    let running = state.client.execs(id).await?;
     let processes: Vec<Value> = state
         .processes
         .all(id)
@@ -434,8 +420,7 @@ async fn send_input(
     state
         .client
         .exec_stdin(id, &entry.exec_id, std::io::Cursor::new(bytes), true)
-        .await
-        .map_err(|e| ConnectError::daemon(&e))?;
+        .await?;
     Ok(connect::unary(&json!({})))
 }
 
@@ -457,11 +442,7 @@ async fn send_signal(
             ))
         }
     };
-    state
-        .client
-        .signal_exec(id, &entry.exec_id, signal)
-        .await
-        .map_err(|e| ConnectError::daemon(&e))?;
+    state.client.signal_exec(id, &entry.exec_id, signal).await?;
     Ok(connect::unary(&json!({})))
 }
 
@@ -538,7 +519,7 @@ async fn filesystem(
         match method.as_str() {
             "Stat" => {
                 let req: PathRequest = connect::request(&headers, &body)?;
-                let info = client.stat_file(&id, &guest_path(&req.path)).await.map_err(|e| ConnectError::daemon(&e))?;
+                let info = client.stat_file(&id, &guest_path(&req.path)).await?;
                 Ok(connect::unary(&json!({ "entry": entry(&info) })))
             }
             "ListDir" => {
@@ -547,7 +528,7 @@ async fn filesystem(
                 let list = client
                     .list_files(&id, &guest_path(&req.path), depth)
                     .await
-                    .map_err(|e| ConnectError::daemon(&e))?;
+                    ?;
                 let entries: Vec<Value> = list.iter().map(entry).collect();
                 Ok(connect::unary(&json!({ "entries": entries })))
             }
@@ -569,7 +550,7 @@ async fn filesystem(
                         },
                     )
                     .await
-                    .map_err(|e| ConnectError::daemon(&e))?;
+                    ?;
                 Ok(connect::unary(&json!({ "entry": entry(&made) })))
             }
             "Move" => {
@@ -583,7 +564,7 @@ async fn filesystem(
                         },
                     )
                     .await
-                    .map_err(|e| ConnectError::daemon(&e))?;
+                    ?;
                 Ok(connect::unary(&json!({ "entry": entry(&moved) })))
             }
             "Remove" => {
@@ -591,7 +572,7 @@ async fn filesystem(
                 client
                     .remove_file(&id, &guest_path(&req.path), true)
                     .await
-                    .map_err(|e| ConnectError::daemon(&e))?;
+                    ?;
                 Ok(connect::unary(&json!({})))
             }
             other => Err(ConnectError::new(
@@ -635,8 +616,7 @@ async fn download(
     let file = state
         .client
         .read_file(&id, &guest_path(&path), None, None)
-        .await
-        .map_err(|e| E2bError::daemon(&e))?;
+        .await?;
     let length = file.length;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     let mut response = Response::builder().header(header::CONTENT_TYPE, "application/octet-stream");
@@ -728,8 +708,7 @@ async fn write(
                 ..WriteOptions::default()
             },
         )
-        .await
-        .map_err(|e| E2bError::daemon(&e))?;
+        .await?;
     Ok(json!({ "name": info.name, "type": "file", "path": info.path }))
 }
 

@@ -58,6 +58,12 @@ pub fn daemon_message(e: &ClientError) -> String {
     }
 }
 
+impl From<ClientError> for E2bError {
+    fn from(e: ClientError) -> E2bError {
+        E2bError::daemon(&e)
+    }
+}
+
 impl IntoResponse for E2bError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
